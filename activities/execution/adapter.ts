@@ -1,0 +1,33 @@
+import type { RunOutcome, RunSpec } from '../../core/domain.js';
+
+/** What an execution needs from the activity that drives it, so adapters stay free of Temporal. */
+export interface ExecutionContext {
+  /** Aborted when the run is cancelled: the adapter stops the container (SIGTERM, grace, SIGKILL) and reports `cancelled`. */
+  signal: AbortSignal;
+  /** Called at least every few seconds while the container runs; progress is shown in the Temporal UI. */
+  heartbeat(details: { phase: string; containerId?: string }): void;
+  log(message: string, fields?: Record<string, unknown>): void;
+}
+
+/**
+ * Runs one template container per run (Docker on a node, a Job on Kubernetes). Implementations must be
+ * idempotent per run id: a second `execute` of the same run adopts the container started by the first.
+ */
+export interface ExecutionAdapter {
+  execute(spec: RunSpec, ctx: ExecutionContext): Promise<RunOutcome>;
+  /** Removes what the run left behind. Called only after the run's outcome is recorded. */
+  cleanup(runId: string): Promise<void>;
+}
+
+/** ApplicationFailure types thrown by adapters, matching FailureReason where a run ends with one. */
+export const ExecutionFailure = {
+  ImageUnavailable: 'image-unavailable',
+  ContainerVanished: 'container-vanished',
+} as const;
+
+export const containerName = (runId: string): string => `gg-${runId}`;
+
+/** Labels on everything an adapter creates, so leftovers can be found (and the tests can assert there are none). */
+export const MANAGED_LABEL = 'io.glider-gun.managed';
+export const RUN_LABEL = 'io.glider-gun.run';
+export const DEPLOYMENT_LABEL = 'io.glider-gun.deployment';

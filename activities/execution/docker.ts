@@ -1,0 +1,205 @@
+import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { ApplicationFailure } from '@temporalio/common';
+import type Docker from 'dockerode';
+import type { RunOutcome, RunSpec } from '../../core/domain.js';
+import { readOutputs } from './outputs.js';
+import {
+  DEPLOYMENT_LABEL,
+  ExecutionFailure,
+  MANAGED_LABEL,
+  RUN_LABEL,
+  containerName,
+  type ExecutionAdapter,
+  type ExecutionContext,
+} from './adapter.js';
+
+const HEARTBEAT_MS = 2_000;
+
+function statusCode(err: unknown): number | undefined {
+  return typeof err === 'object' && err !== null && 'statusCode' in err && typeof err.statusCode === 'number'
+    ? err.statusCode
+    : undefined;
+}
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * Runs a template as one Docker container on this node. The run's directory on the host holds the
+ * bind-mounted /state and /logs and a `started` marker written after the container is created and before it
+ * starts, so a retried activity can tell "not started yet" from "started, then lost".
+ */
+export class DockerExecutor implements ExecutionAdapter {
+  constructor(
+    private readonly docker: Docker,
+    private readonly workDir: string,
+  ) {}
+
+  runDir(runId: string): string {
+    return path.join(this.workDir, 'runs', runId);
+  }
+
+  async execute(spec: RunSpec, ctx: ExecutionContext): Promise<RunOutcome> {
+    const name = containerName(spec.runId);
+    const dir = this.runDir(spec.runId);
+    const marker = path.join(dir, 'started');
+    let container = await this.find(name);
+    if (!container) {
+      if (await exists(marker)) {
+        throw ApplicationFailure.create({
+          type: ExecutionFailure.ContainerVanished,
+          message: `container ${name} was started but no longer exists on this node`,
+          nonRetryable: true,
+        });
+      }
+      await this.prepare(dir, spec);
+      await this.ensureImage(spec.image, ctx);
+      container = await this.create(name, dir, spec);
+      ctx.log('container created', { container: name, image: spec.image });
+    } else {
+      ctx.log('adopting existing container', { container: name });
+    }
+    await mkdir(dir, { recursive: true });
+    await writeFile(marker, `${container.id}\n`);
+
+    let info = await container.inspect();
+    if (info.State.Status === 'created') {
+      await container.start();
+      info = await container.inspect();
+    }
+    return this.supervise(container, info, spec, ctx);
+  }
+
+  private async supervise(
+    container: Docker.Container,
+    info: Docker.ContainerInspectInfo,
+    spec: RunSpec,
+    ctx: ExecutionContext,
+  ): Promise<RunOutcome> {
+    // The deadline counts from the container's own start, so an adopted container keeps its original deadline.
+    const startedAt = Date.parse(info.State.StartedAt);
+    const deadline = (Number.isNaN(startedAt) ? Date.now() : startedAt) + spec.timeoutSeconds * 1000;
+    const exited = container.wait({ condition: 'not-running' }) as Promise<{ StatusCode: number }>;
+    let stopReason: 'cancelled' | 'timeout' | undefined;
+    const heartbeat = setInterval(() => ctx.heartbeat({ phase: 'executing', containerId: container.id }), HEARTBEAT_MS);
+    try {
+      ctx.heartbeat({ phase: 'executing', containerId: container.id });
+      stopReason = await new Promise<'cancelled' | 'timeout' | undefined>((resolve, reject) => {
+        const timer = setTimeout(() => resolve('timeout'), Math.max(0, deadline - Date.now()));
+        const onAbort = () => resolve('cancelled');
+        if (ctx.signal.aborted) onAbort();
+        ctx.signal.addEventListener('abort', onAbort, { once: true });
+        exited.then(
+          () => resolve(undefined),
+          (err: unknown) => reject(err instanceof Error ? err : new Error(String(err))),
+        );
+        void exited.finally(() => {
+          clearTimeout(timer);
+          ctx.signal.removeEventListener('abort', onAbort);
+        });
+      });
+      if (stopReason) {
+        ctx.log(`stopping container: ${stopReason}`, { graceSeconds: spec.stopGraceSeconds });
+        // SIGTERM reaches the whole process group through tini (TINI_KILL_PROCESS_GROUP), SIGKILL after the grace.
+        await container.stop({ t: spec.stopGraceSeconds }).catch((err: unknown) => {
+          if (statusCode(err) !== 304) throw err; // 304: already stopped
+        });
+        await exited;
+      }
+    } finally {
+      clearInterval(heartbeat);
+    }
+    const final = await container.inspect();
+    const exitCode = final.State.ExitCode;
+    const { outputs, warnings } = await readOutputs(path.join(this.runDir(spec.runId), 'state'));
+    const extras = { exitCode, warnings, ...(outputs ? { outputs } : {}) };
+    if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled on request', ...extras };
+    if (stopReason === 'timeout') {
+      return { status: 'failed', reason: 'timeout', message: `exceeded the run timeout of ${spec.timeoutSeconds}s`, ...extras };
+    }
+    if (exitCode === 0) return { status: 'succeeded', ...extras };
+    const oom = final.State.OOMKilled ? ' (killed: out of memory)' : '';
+    return { status: 'failed', reason: 'exit-code', message: `template exited with code ${exitCode}${oom}`, ...extras };
+  }
+
+  async cleanup(runId: string): Promise<void> {
+    const container = await this.find(containerName(runId));
+    if (container) {
+      await container.remove({ force: true, v: true }).catch((err: unknown) => {
+        if (statusCode(err) !== 404 && statusCode(err) !== 409) throw err; // gone, or removal already in progress
+      });
+    }
+    await rm(this.runDir(runId), { recursive: true, force: true });
+  }
+
+  private async find(name: string): Promise<Docker.Container | undefined> {
+    const container = this.docker.getContainer(name);
+    try {
+      await container.inspect();
+      return container;
+    } catch (err) {
+      if (statusCode(err) === 404) return undefined;
+      throw err;
+    }
+  }
+
+  /** Lays out /state and /logs afresh; only ever called before the container exists. */
+  private async prepare(dir: string, spec: RunSpec): Promise<void> {
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(path.join(dir, 'state'), { recursive: true });
+    await mkdir(path.join(dir, 'logs'), { recursive: true });
+    await writeFile(
+      path.join(dir, 'state', 'template-parameters.json'),
+      `${JSON.stringify(spec.parameters, null, 2)}\n`,
+    );
+  }
+
+  private async ensureImage(image: string, ctx: ExecutionContext): Promise<void> {
+    try {
+      await this.docker.getImage(image).inspect();
+      return;
+    } catch (err) {
+      if (statusCode(err) !== 404) throw err;
+    }
+    ctx.log('pulling image', { image });
+    try {
+      const stream = await this.docker.pull(image);
+      await new Promise<void>((resolve, reject) => {
+        this.docker.modem.followProgress(stream, (err: Error | null) => (err ? reject(err) : resolve()), () =>
+          ctx.heartbeat({ phase: 'pulling' }),
+        );
+      });
+    } catch (err) {
+      throw ApplicationFailure.create({
+        type: ExecutionFailure.ImageUnavailable,
+        message: `image ${image} is not on this node and could not be pulled: ${err instanceof Error ? err.message : String(err)}`,
+        nonRetryable: true,
+      });
+    }
+  }
+
+  private async create(name: string, dir: string, spec: RunSpec): Promise<Docker.Container> {
+    try {
+      return await this.docker.createContainer({
+        name,
+        Image: spec.image,
+        Cmd: [spec.action],
+        Env: [...Object.entries(spec.env).map(([k, v]) => `${k}=${v}`), 'TINI_KILL_PROCESS_GROUP=1'],
+        Labels: { [MANAGED_LABEL]: 'true', [RUN_LABEL]: spec.runId, [DEPLOYMENT_LABEL]: spec.deploymentId },
+        HostConfig: {
+          Init: true,
+          Binds: [`${path.join(dir, 'state')}:/state`, `${path.join(dir, 'logs')}:/logs`],
+        },
+      });
+    } catch (err) {
+      // A concurrent attempt created it first: adopt that one instead of making a twin.
+      if (statusCode(err) === 409) return this.docker.getContainer(name);
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,90 @@
+import { ApplicationFailure } from '@temporalio/common';
+import type { Config } from '../core/config.js';
+import { getDeployment } from '../core/db/deployments.js';
+import type { Db } from '../core/db/pool.js';
+import * as runs from '../core/db/runs.js';
+import { getTemplateVersion } from '../core/db/templates.js';
+import {
+  CONTRACT_VERSION,
+  type DeploymentStatus,
+  type RunOutcome,
+  type RunPhase,
+  type RunSpec,
+  type RunSummary,
+} from '../core/domain.js';
+
+export interface RunTransition {
+  run: RunSummary;
+  /** The deployment's status as Postgres now records it; the workflow reports exactly this. */
+  deploymentStatus: DeploymentStatus;
+}
+
+export interface StartedRun extends RunTransition {
+  /** Present only when the run really moved to `running` (not when it had already ended). */
+  spec?: RunSpec | undefined;
+  nodeWaitSeconds: number;
+}
+
+/** Thrown for facts that retrying cannot change, e.g. a run id the database does not know. */
+const missing = (what: string, id: string) =>
+  ApplicationFailure.create({ type: 'infrastructure', message: `${what} '${id}' not found`, nonRetryable: true });
+
+/** Terraform reads TF_VAR_x as a string, or as HCL/JSON for numbers, booleans and collections. */
+function tfVarValue(value: unknown): string {
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}
+
+/** Database transitions of a run, run by the cluster worker. Each is idempotent (see core/db/runs.ts). */
+export function createRunActivities(deps: { db: Db; runs: Config['runs'] }) {
+  const { db } = deps;
+
+  async function transition(run: runs.Run | undefined, runId: string): Promise<RunTransition> {
+    if (!run) throw missing('run', runId);
+    const deployment = await getDeployment(db, run.deploymentId);
+    if (!deployment) throw missing('deployment', run.deploymentId);
+    return { run: runs.runSummary(run), deploymentStatus: deployment.status };
+  }
+
+  return {
+    async startRun(runId: string): Promise<StartedRun> {
+      const run = await runs.markRunStarted(db, runId);
+      const base = { ...(await transition(run, runId)), nodeWaitSeconds: deps.runs.nodeWaitSeconds };
+      if (!run || run.status !== 'running') return base;
+      const deployment = (await getDeployment(db, run.deploymentId))!;
+      const version = await getTemplateVersion(db, deployment.template.name, deployment.template.version);
+      if (!version) throw missing('template version', `${deployment.template.name}@${deployment.template.version}`);
+      const sensitive = new Set(version.parameters.filter((p) => p.sensitive).map((p) => p.name));
+      const parameters = Object.fromEntries(Object.entries(deployment.parameters).filter(([k]) => !sensitive.has(k)));
+      const env: Record<string, string> = {
+        GLIDERGUN_CONTRACT_VERSION: CONTRACT_VERSION,
+        GLIDERGUN_ACTION: run.action,
+        GLIDERGUN_DEPLOYMENT_ID: deployment.id,
+        GLIDERGUN_RUN_ID: run.id,
+      };
+      if (version.tfVars) {
+        for (const [name, value] of Object.entries(parameters)) env[`TF_VAR_${name}`] = tfVarValue(value);
+      }
+      const spec: RunSpec = {
+        runId: run.id,
+        deploymentId: deployment.id,
+        action: run.action,
+        image: version.image,
+        parameters,
+        env,
+        timeoutSeconds: deps.runs.timeoutSeconds,
+        stopGraceSeconds: deps.runs.stopGraceSeconds,
+      };
+      return { ...base, spec };
+    },
+
+    async setRunPhase(runId: string, phase: RunPhase): Promise<RunTransition> {
+      return transition(await runs.setRunPhase(db, runId, phase), runId);
+    },
+
+    async finishRun(runId: string, outcome: RunOutcome): Promise<RunTransition> {
+      return transition(await runs.finishRun(db, runId, outcome), runId);
+    },
+  };
+}
+
+export type RunActivities = ReturnType<typeof createRunActivities>;

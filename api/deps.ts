@@ -1,0 +1,14 @@
+import type { Client } from '@temporalio/client';
+import type { Logger } from 'pino';
+import type { Db } from '../core/db/pool.js';
+
+export interface ApiDeps {
+  db: Db;
+  temporal: Client;
+  /** Task queue of the cluster worker, which hosts the deployment workflows. */
+  taskQueue: string;
+  kubernetesEnabled: boolean;
+  /** Reachability checks reported by /healthz; each throws when its dependency is down. */
+  probes: Record<string, () => Promise<void>>;
+  log: Logger;
+}

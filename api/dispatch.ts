@@ -1,0 +1,61 @@
+import { WorkflowIdConflictPolicy, type Client } from '@temporalio/client';
+import { isGrpcServiceError } from '@temporalio/client';
+import type { Deployment } from '../core/db/deployments.js';
+import type { Db } from '../core/db/pool.js';
+import { finishRun, getRun, runSummary, type Run } from '../core/db/runs.js';
+import { targetLabel } from '../core/domain.js';
+import { AppError, ErrorCode } from '../core/errors.js';
+import {
+  StatusSearchAttribute,
+  TargetSearchAttribute,
+  TemplateSearchAttribute,
+  deploymentWorkflowId,
+  runRequestedSignal,
+  type DeploymentWorkflowInput,
+} from '../workflows/messages.js';
+
+const RESOURCE_EXHAUSTED = 8;
+
+/**
+ * Hands a run that Postgres has accepted to the deployment's workflow, starting the workflow if it is not
+ * running. If Temporal refuses, the run is closed as failed at once, so the database never shows a pending
+ * run that nothing will execute.
+ */
+export async function dispatchRun(deps: { db: Db; temporal: Client; taskQueue: string }, deployment: Deployment, run: Run): Promise<Run> {
+  const lastRun = deployment.lastRunId && deployment.lastRunId !== run.id ? await getRun(deps.db, deployment.lastRunId) : undefined;
+  const input: DeploymentWorkflowInput = {
+    deploymentId: deployment.id,
+    template: deployment.template.name,
+    target: deployment.target,
+    clusterTaskQueue: deps.taskQueue,
+    status: 'pending',
+    pending: [],
+    lastRun: lastRun ? runSummary(lastRun) : undefined,
+  };
+  try {
+    await deps.temporal.workflow.signalWithStart('deploymentWorkflow', {
+      workflowId: deploymentWorkflowId(deployment.id),
+      taskQueue: deps.taskQueue,
+      args: [input],
+      signal: runRequestedSignal,
+      signalArgs: [{ runId: run.id, action: run.action }],
+      workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
+      typedSearchAttributes: [
+        { key: StatusSearchAttribute, value: 'pending' },
+        { key: TemplateSearchAttribute, value: deployment.template.name },
+        { key: TargetSearchAttribute, value: targetLabel(deployment.target) },
+      ],
+    });
+    return run;
+  } catch (err) {
+    const throttled = isGrpcServiceError(err) && err.code === RESOURCE_EXHAUSTED;
+    await finishRun(deps.db, run.id, {
+      status: 'failed',
+      reason: 'infrastructure',
+      message: `Temporal did not accept the run: ${err instanceof Error ? err.message : String(err)}`,
+    });
+    throw throttled
+      ? new AppError(ErrorCode.Throttled, 'Temporal is throttling requests; try again shortly', { runId: run.id })
+      : new AppError(ErrorCode.DependencyUnavailable, 'the workflow service is unavailable; the run was not started', { runId: run.id });
+  }
+}

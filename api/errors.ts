@@ -1,0 +1,80 @@
+import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { z } from 'zod';
+import { AppError, ErrorCode } from '../core/errors.js';
+
+/** The one place error codes become HTTP statuses. */
+const HTTP_STATUS: Record<ErrorCode, number> = {
+  [ErrorCode.ValidationFailed]: 400,
+  [ErrorCode.MalformedJson]: 400,
+  [ErrorCode.UnsupportedMediaType]: 415,
+  [ErrorCode.PayloadTooLarge]: 413,
+  [ErrorCode.RouteNotFound]: 404,
+  [ErrorCode.TemplateNotFound]: 404,
+  [ErrorCode.TemplateVersionNotFound]: 404,
+  [ErrorCode.DeploymentNotFound]: 404,
+  [ErrorCode.RunNotFound]: 404,
+  [ErrorCode.NodeNotFound]: 404,
+  [ErrorCode.TemplateExists]: 409,
+  [ErrorCode.RunInProgress]: 409,
+  [ErrorCode.InvalidParameters]: 422,
+  [ErrorCode.UnknownAction]: 422,
+  [ErrorCode.TargetUnavailable]: 422,
+  [ErrorCode.Throttled]: 429,
+  [ErrorCode.DependencyUnavailable]: 503,
+  [ErrorCode.Internal]: 500,
+};
+
+export interface ErrorBody {
+  code: ErrorCode;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+/** Turns a zod failure into a 400 listing every problem with its JSON path. */
+export function validationError(where: string, error: z.ZodError): AppError {
+  const problems = error.issues.map((i) => ({ path: i.path.join('.'), problem: i.message }));
+  const summary = problems.map((p) => (p.path ? `${p.path}: ${p.problem}` : p.problem)).join('; ');
+  return new AppError(ErrorCode.ValidationFailed, `invalid ${where}: ${summary}`, { problems });
+}
+
+export function parseOrThrow<S extends z.ZodType>(schema: S, value: unknown, where: string): z.infer<S> {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw validationError(where, parsed.error);
+  return parsed.data;
+}
+
+export const notFoundRoute: RequestHandler = (req, _res, next) => {
+  next(new AppError(ErrorCode.RouteNotFound, `no route for ${req.method} ${req.path}`));
+};
+
+/** Body-parser errors carry a `type`; everything else that is not an AppError is an internal error. */
+function toAppError(err: unknown): AppError {
+  if (err instanceof AppError) return err;
+  const type = typeof err === 'object' && err !== null && 'type' in err ? err.type : undefined;
+  if (type === 'entity.parse.failed') return new AppError(ErrorCode.MalformedJson, 'the request body is not valid JSON');
+  if (type === 'entity.too.large') return new AppError(ErrorCode.PayloadTooLarge, 'the request body is too large');
+  if (type === 'encoding.unsupported' || type === 'charset.unsupported') {
+    return new AppError(ErrorCode.UnsupportedMediaType, 'the request body must be UTF-8 JSON');
+  }
+  return new AppError(ErrorCode.Internal, 'internal error');
+}
+
+export function errorHandler(logError: (err: unknown, req: { method: string; path: string }) => void): ErrorRequestHandler {
+  return (err: unknown, req, res, _next) => {
+    const appError = toAppError(err);
+    if (appError.code === ErrorCode.Internal) logError(err, req);
+    const body: ErrorBody = { code: appError.code, message: appError.message };
+    if (appError.details) body.details = appError.details;
+    res.status(HTTP_STATUS[appError.code]).json(body);
+  };
+}
+
+/** POST/PUT/PATCH bodies must be JSON; anything else is refused before it is read. */
+export const requireJson: RequestHandler = (req, _res, next) => {
+  const hasBody = req.headers['content-length'] !== '0' && (req.headers['content-length'] || req.headers['transfer-encoding']);
+  if (['POST', 'PUT', 'PATCH'].includes(req.method) && hasBody && !req.is('application/json')) {
+    next(new AppError(ErrorCode.UnsupportedMediaType, 'the request body must be application/json'));
+    return;
+  }
+  next();
+};

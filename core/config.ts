@@ -1,0 +1,79 @@
+import path from 'node:path';
+import { z } from 'zod';
+
+/**
+ * The one typed configuration of every Glider Gun process, read from the environment once at start-up.
+ * Defaults are for a single machine running the dev stack; anything wrong fails fast with every problem listed.
+ */
+const booleanFromEnv = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const ConfigSchema = z.object({
+  GLIDERGUN_DATA_DIR: z.string().min(1).default('.gg-data'),
+  DATABASE_URL: z.string().url().optional(),
+  TEMPORAL_ADDRESS: z.string().min(1).default('127.0.0.1:7233'),
+  TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
+  TEMPORAL_UI_PORT: z.coerce.number().int().min(1).max(65535).default(8233),
+  GLIDERGUN_TASK_QUEUE: z.string().min(1).default('glider-gun'),
+  GLIDERGUN_API_HOST: z.string().min(1).default('127.0.0.1'),
+  GLIDERGUN_API_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  GLIDERGUN_NODE_ID: z.string().regex(/^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$/).default('local'),
+  DOCKER_HOST: z.string().optional(),
+  GLIDERGUN_KUBERNETES: booleanFromEnv.default(false),
+  GLIDERGUN_RUN_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(3600),
+  GLIDERGUN_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
+  GLIDERGUN_NODE_WAIT_SECONDS: z.coerce.number().int().min(1).default(600),
+  GLIDERGUN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
+});
+
+export interface Config {
+  dataDir: string;
+  /** Unset means "the dev stack runs an embedded Postgres". */
+  databaseUrl: string | undefined;
+  temporal: { address: string; namespace: string; uiPort: number; taskQueue: string };
+  api: { host: string; port: number };
+  node: { id: string; workDir: string };
+  docker: { host: string | undefined };
+  kubernetes: { enabled: boolean };
+  runs: { timeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number };
+  logLevel: z.infer<typeof ConfigSchema>['GLIDERGUN_LOG_LEVEL'];
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = ConfigSchema.safeParse(
+    Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== '')),
+  );
+  if (!parsed.success) {
+    throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
+  }
+  const e = parsed.data;
+  const dataDir = path.resolve(e.GLIDERGUN_DATA_DIR);
+  return {
+    dataDir,
+    databaseUrl: e.DATABASE_URL,
+    temporal: {
+      address: e.TEMPORAL_ADDRESS,
+      namespace: e.TEMPORAL_NAMESPACE,
+      uiPort: e.TEMPORAL_UI_PORT,
+      taskQueue: e.GLIDERGUN_TASK_QUEUE,
+    },
+    api: { host: e.GLIDERGUN_API_HOST, port: e.GLIDERGUN_API_PORT },
+    node: { id: e.GLIDERGUN_NODE_ID, workDir: path.join(dataDir, 'node', e.GLIDERGUN_NODE_ID) },
+    docker: { host: e.DOCKER_HOST },
+    kubernetes: { enabled: e.GLIDERGUN_KUBERNETES },
+    runs: {
+      timeoutSeconds: e.GLIDERGUN_RUN_TIMEOUT_SECONDS,
+      stopGraceSeconds: e.GLIDERGUN_STOP_GRACE_SECONDS,
+      nodeWaitSeconds: e.GLIDERGUN_NODE_WAIT_SECONDS,
+    },
+    logLevel: e.GLIDERGUN_LOG_LEVEL,
+  };
+}

@@ -1,0 +1,109 @@
+import type { DeploymentStatus, Target } from '../domain.js';
+import type { Queryable } from './pool.js';
+
+export interface Deployment {
+  id: string;
+  name: string;
+  template: { name: string; version: number };
+  parameters: Record<string, unknown>;
+  target: Target;
+  status: DeploymentStatus;
+  lastRunId: string | null;
+  outputs: Record<string, unknown>;
+  createdBy: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+interface DeploymentRow {
+  id: string;
+  seq: string;
+  name: string;
+  template_name: string;
+  template_version: number;
+  parameters: Record<string, unknown>;
+  target_kind: 'cluster' | 'node';
+  target_node: string | null;
+  status: DeploymentStatus;
+  last_run_id: string | null;
+  outputs: Record<string, unknown>;
+  created_by: string;
+  created_at: Date;
+  updated_at: Date;
+}
+
+const toDeployment = (r: DeploymentRow): Deployment => ({
+  id: r.id,
+  name: r.name,
+  template: { name: r.template_name, version: r.template_version },
+  parameters: r.parameters,
+  target: r.target_kind === 'cluster' ? { kind: 'cluster' } : { kind: 'node', node: r.target_node! },
+  status: r.status,
+  lastRunId: r.last_run_id,
+  outputs: r.outputs,
+  createdBy: r.created_by,
+  createdAt: r.created_at.toISOString(),
+  updatedAt: r.updated_at.toISOString(),
+});
+
+export async function insertDeployment(
+  db: Queryable,
+  d: Pick<Deployment, 'id' | 'name' | 'template' | 'parameters' | 'target' | 'createdBy'>,
+): Promise<Deployment> {
+  const { rows } = await db.query<DeploymentRow>(
+    `INSERT INTO deployments (id, name, template_name, template_version, parameters, target_kind, target_node, created_by)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *`,
+    [
+      d.id,
+      d.name,
+      d.template.name,
+      d.template.version,
+      JSON.stringify(d.parameters),
+      d.target.kind,
+      d.target.kind === 'node' ? d.target.node : null,
+      d.createdBy,
+    ],
+  );
+  return toDeployment(rows[0]!);
+}
+
+export async function getDeployment(db: Queryable, id: string): Promise<Deployment | undefined> {
+  const { rows } = await db.query<DeploymentRow>('SELECT * FROM deployments WHERE id = $1', [id]);
+  return rows[0] && toDeployment(rows[0]);
+}
+
+export interface DeploymentFilter {
+  status?: DeploymentStatus | undefined;
+  template?: string | undefined;
+  /** `cluster` or `node:<id>` */
+  target?: string | undefined;
+  limit: number;
+  /** The sequence number after which to continue (decoded from the API's cursor). */
+  afterSeq?: number | undefined;
+}
+
+/** Oldest first, stable across pages: ordered by creation sequence, continued after `afterSeq`. */
+export async function listDeployments(
+  db: Queryable,
+  f: DeploymentFilter,
+): Promise<{ items: Deployment[]; nextSeq: number | null }> {
+  const where: string[] = [];
+  const args: unknown[] = [];
+  const arg = (v: unknown) => {
+    args.push(v);
+    return `$${args.length}`;
+  };
+  if (f.status) where.push(`status = ${arg(f.status)}`);
+  if (f.template) where.push(`template_name = ${arg(f.template)}`);
+  if (f.target === 'cluster') where.push(`target_kind = 'cluster'`);
+  else if (f.target?.startsWith('node:')) where.push(`target_node = ${arg(f.target.slice('node:'.length))}`);
+  if (f.afterSeq !== undefined) where.push(`seq > ${arg(f.afterSeq)}`);
+  const { rows } = await db.query<DeploymentRow>(
+    `SELECT * FROM deployments ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+      ORDER BY seq LIMIT ${arg(f.limit + 1)}`,
+    args,
+  );
+  const page = rows.slice(0, f.limit);
+  const last = page[page.length - 1];
+  return { items: page.map(toDeployment), nextSeq: rows.length > f.limit && last ? Number(last.seq) : null };
+}

@@ -1,0 +1,201 @@
+import {
+  deploymentStatusFor,
+  type FailureReason,
+  type RunOutcome,
+  type RunPhase,
+  type RunStatus,
+  type RunSummary,
+} from '../domain.js';
+import { AppError, ErrorCode } from '../errors.js';
+import { PgCode, inTransaction, pgConstraint, pgErrorCode, type Db, type Queryable } from './pool.js';
+
+export interface Run {
+  id: string;
+  deploymentId: string;
+  action: string;
+  status: RunStatus;
+  phase: RunPhase | null;
+  reason: FailureReason | null;
+  message: string | null;
+  exitCode: number | null;
+  outputs: Record<string, unknown> | null;
+  warnings: string[];
+  requestedBy: string;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+}
+
+interface RunRow {
+  id: string;
+  seq: string;
+  deployment_id: string;
+  action: string;
+  status: RunStatus;
+  phase: RunPhase | null;
+  reason: FailureReason | null;
+  message: string | null;
+  exit_code: number | null;
+  outputs: Record<string, unknown> | null;
+  warnings: string[];
+  requested_by: string;
+  created_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+}
+
+const toRun = (r: RunRow): Run => ({
+  id: r.id,
+  deploymentId: r.deployment_id,
+  action: r.action,
+  status: r.status,
+  phase: r.phase,
+  reason: r.reason,
+  message: r.message,
+  exitCode: r.exit_code,
+  outputs: r.outputs,
+  warnings: r.warnings,
+  requestedBy: r.requested_by,
+  createdAt: r.created_at.toISOString(),
+  startedAt: r.started_at?.toISOString() ?? null,
+  finishedAt: r.finished_at?.toISOString() ?? null,
+});
+
+export function runSummary(run: Run): RunSummary {
+  return {
+    id: run.id,
+    action: run.action,
+    status: run.status,
+    phase: run.phase ?? undefined,
+    reason: run.reason ?? undefined,
+    exitCode: run.exitCode ?? undefined,
+  };
+}
+
+const ACTIVE = `('pending', 'running', 'cancelling')`;
+
+/**
+ * Records a new pending run. The partial unique index `runs_one_active_per_deployment` makes the
+ * database itself refuse a second active run, however many requests race.
+ */
+export async function insertRun(
+  db: Db,
+  r: { id: string; deploymentId: string; action: string; requestedBy: string },
+): Promise<Run> {
+  try {
+    return await inTransaction(db, async (tx) => {
+      const { rows } = await tx.query<RunRow>(
+        `INSERT INTO runs (id, deployment_id, action, requested_by) VALUES ($1, $2, $3, $4) RETURNING *`,
+        [r.id, r.deploymentId, r.action, r.requestedBy],
+      );
+      await tx.query(
+        `UPDATE deployments SET status = 'pending', last_run_id = $2, updated_at = now() WHERE id = $1`,
+        [r.deploymentId, r.id],
+      );
+      return toRun(rows[0]!);
+    });
+  } catch (err) {
+    if (pgErrorCode(err) === PgCode.UniqueViolation && pgConstraint(err) === 'runs_one_active_per_deployment') {
+      const active = await getActiveRun(db, r.deploymentId);
+      throw new AppError(
+        ErrorCode.RunInProgress,
+        `deployment '${r.deploymentId}' already has an active run${active ? ` (${active.id}, ${active.status})` : ''}; wait for it to end or cancel it`,
+        { deploymentId: r.deploymentId, activeRunId: active?.id },
+      );
+    }
+    throw err;
+  }
+}
+
+export async function getRun(db: Queryable, id: string): Promise<Run | undefined> {
+  const { rows } = await db.query<RunRow>('SELECT * FROM runs WHERE id = $1', [id]);
+  return rows[0] && toRun(rows[0]);
+}
+
+export async function getActiveRun(db: Queryable, deploymentId: string): Promise<Run | undefined> {
+  const { rows } = await db.query<RunRow>(`SELECT * FROM runs WHERE deployment_id = $1 AND status IN ${ACTIVE}`, [
+    deploymentId,
+  ]);
+  return rows[0] && toRun(rows[0]);
+}
+
+/** Newest first. */
+export async function listRuns(
+  db: Queryable,
+  deploymentId: string,
+  opts: { limit: number; beforeSeq?: number | undefined },
+): Promise<{ items: Run[]; nextSeq: number | null }> {
+  const args: unknown[] = [deploymentId, opts.limit + 1];
+  let cond = '';
+  if (opts.beforeSeq !== undefined) {
+    args.push(opts.beforeSeq);
+    cond = 'AND seq < $3';
+  }
+  const { rows } = await db.query<RunRow>(
+    `SELECT * FROM runs WHERE deployment_id = $1 ${cond} ORDER BY seq DESC LIMIT $2`,
+    args,
+  );
+  const page = rows.slice(0, opts.limit);
+  const last = page[page.length - 1];
+  return { items: page.map(toRun), nextSeq: rows.length > opts.limit && last ? Number(last.seq) : null };
+}
+
+/** Keeps the deployment's status in step with its latest run, in the same transaction as the run's change. */
+async function syncDeployment(tx: Queryable, run: Run): Promise<void> {
+  await tx.query(
+    `UPDATE deployments SET status = $3, updated_at = now() WHERE id = $1 AND last_run_id = $2 AND status <> $3`,
+    [run.deploymentId, run.id, deploymentStatusFor(run)],
+  );
+}
+
+/**
+ * Each transition is conditional on the statuses it may leave, so a retried activity changes nothing twice
+ * and a late transition cannot reopen a finished run. Each returns the run as it now is.
+ */
+export async function markRunStarted(db: Db, runId: string): Promise<Run | undefined> {
+  return inTransaction(db, async (tx) => {
+    const { rows } = await tx.query<RunRow>(
+      `UPDATE runs SET status = 'running', phase = 'preparing', started_at = now()
+        WHERE id = $1 AND status = 'pending' RETURNING *`,
+      [runId],
+    );
+    if (rows[0]) await syncDeployment(tx, toRun(rows[0]));
+    return getRun(tx, runId);
+  });
+}
+
+export async function setRunPhase(db: Queryable, runId: string, phase: RunPhase): Promise<Run | undefined> {
+  await db.query(`UPDATE runs SET phase = $2 WHERE id = $1 AND status IN ('running', 'cancelling')`, [runId, phase]);
+  return getRun(db, runId);
+}
+
+export async function finishRun(db: Db, runId: string, outcome: RunOutcome): Promise<Run | undefined> {
+  return inTransaction(db, async (tx) => {
+    const { rows } = await tx.query<RunRow>(
+      `UPDATE runs SET status = $2, reason = $3, exit_code = $4, message = $5, outputs = $6, warnings = $7,
+              phase = NULL, finished_at = now()
+        WHERE id = $1 AND status IN ${ACTIVE} RETURNING *`,
+      [
+        runId,
+        outcome.status,
+        outcome.reason ?? null,
+        outcome.exitCode ?? null,
+        outcome.message ?? null,
+        outcome.outputs ? JSON.stringify(outcome.outputs) : null,
+        JSON.stringify(outcome.warnings ?? []),
+      ],
+    );
+    const finished = rows[0] && toRun(rows[0]);
+    if (finished) {
+      await syncDeployment(tx, finished);
+      if (finished.status === 'succeeded' && finished.outputs) {
+        await tx.query('UPDATE deployments SET outputs = $2 WHERE id = $1 AND last_run_id = $3', [
+          finished.deploymentId,
+          JSON.stringify(finished.outputs),
+          finished.id,
+        ]);
+      }
+    }
+    return getRun(tx, runId);
+  });
+}

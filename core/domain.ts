@@ -1,0 +1,102 @@
+/**
+ * The vocabulary shared by the API, the workflows (as types only) and the activities.
+ * Kept free of I/O so the workflow sandbox can import its types.
+ */
+
+export const RUN_STATUSES = ['pending', 'running', 'cancelling', 'succeeded', 'failed', 'cancelled'] as const;
+export type RunStatus = (typeof RUN_STATUSES)[number];
+/** A run in one of these holds the deployment: the database refuses a second one (migration 001). */
+export const ACTIVE_RUN_STATUSES = ['pending', 'running', 'cancelling'] as const satisfies readonly RunStatus[];
+export type ActiveRunStatus = (typeof ACTIVE_RUN_STATUSES)[number];
+export type FinalRunStatus = Exclude<RunStatus, ActiveRunStatus>;
+
+export const RUN_PHASES = ['preparing', 'restoring', 'executing', 'archiving'] as const;
+export type RunPhase = (typeof RUN_PHASES)[number];
+
+/** Why a run failed, as a stable machine-readable word. */
+export const FAILURE_REASONS = [
+  'exit-code',
+  'timeout',
+  'node-unavailable',
+  'image-unavailable',
+  'container-vanished',
+  'infrastructure',
+] as const;
+export type FailureReason = (typeof FAILURE_REASONS)[number];
+
+/** A deployment mirrors its active run, else its last run's outcome; `new` before any run. */
+export const DEPLOYMENT_STATUSES = ['new', ...RUN_STATUSES, 'destroyed'] as const;
+export type DeploymentStatus = (typeof DEPLOYMENT_STATUSES)[number];
+
+export const PARAMETER_TYPES = ['string', 'number', 'integer', 'boolean', 'object', 'array'] as const;
+export type ParameterType = (typeof PARAMETER_TYPES)[number];
+
+export interface ParameterDeclaration {
+  name: string;
+  type: ParameterType;
+  required: boolean;
+  default?: unknown;
+  sensitive: boolean;
+  description?: string;
+}
+
+export type Target = { kind: 'cluster' } | { kind: 'node'; node: string };
+
+/** The Temporal task queue that executes runs for a target. */
+export function targetTaskQueue(target: Target, clusterQueue: string): string {
+  return target.kind === 'cluster' ? clusterQueue : `node-${target.node}`;
+}
+
+/** A short label for a target, used in search attributes and logs. */
+export function targetLabel(target: Target): string {
+  return target.kind === 'cluster' ? 'cluster' : `node:${target.node}`;
+}
+
+export const CONTRACT_VERSION = '1';
+
+/** Everything the execution adapter needs to run one container; contains no secret values. */
+export interface RunSpec {
+  runId: string;
+  deploymentId: string;
+  action: string;
+  image: string;
+  /** Non-sensitive parameter values, written to /state/template-parameters.json. */
+  parameters: Record<string, unknown>;
+  env: Record<string, string>;
+  timeoutSeconds: number;
+  stopGraceSeconds: number;
+}
+
+export interface RunOutcome {
+  status: FinalRunStatus;
+  reason?: FailureReason;
+  exitCode?: number;
+  message?: string;
+  /** From /state/outputs.json, when the template wrote a valid one. */
+  outputs?: Record<string, unknown>;
+  /** Problems worth telling the operator that did not fail the run (e.g. an invalid outputs file). */
+  warnings?: string[];
+}
+
+/** The deployment workflow's answer to the `status` query and the API's `GET /deployments/{id}` agree on these. */
+export interface RunSummary {
+  id: string;
+  action: string;
+  status: RunStatus;
+  phase?: RunPhase | undefined;
+  reason?: FailureReason | undefined;
+  exitCode?: number | undefined;
+}
+
+export interface DeploymentStatusView {
+  deploymentId: string;
+  status: DeploymentStatus;
+  activeRun?: RunSummary | undefined;
+  lastRun?: RunSummary | undefined;
+}
+
+/** The deployment status that follows from a run's status and action. */
+export function deploymentStatusFor(run: { status: RunStatus; action: string }): DeploymentStatus {
+  if (run.status === 'succeeded' && run.action === 'destroy') return 'destroyed';
+  return run.status;
+}

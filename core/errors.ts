@@ -1,0 +1,40 @@
+/**
+ * Every failure a caller can act on has a code. The API maps codes to HTTP statuses in one place
+ * (api/errors.ts); activities use the same codes as ApplicationFailure types.
+ */
+export enum ErrorCode {
+  ValidationFailed = 'VALIDATION_FAILED',
+  MalformedJson = 'MALFORMED_JSON',
+  UnsupportedMediaType = 'UNSUPPORTED_MEDIA_TYPE',
+  PayloadTooLarge = 'PAYLOAD_TOO_LARGE',
+  RouteNotFound = 'ROUTE_NOT_FOUND',
+  TemplateNotFound = 'TEMPLATE_NOT_FOUND',
+  TemplateVersionNotFound = 'TEMPLATE_VERSION_NOT_FOUND',
+  TemplateExists = 'TEMPLATE_EXISTS',
+  DeploymentNotFound = 'DEPLOYMENT_NOT_FOUND',
+  RunNotFound = 'RUN_NOT_FOUND',
+  NodeNotFound = 'NODE_NOT_FOUND',
+  InvalidParameters = 'INVALID_PARAMETERS',
+  UnknownAction = 'UNKNOWN_ACTION',
+  RunInProgress = 'RUN_IN_PROGRESS',
+  TargetUnavailable = 'TARGET_UNAVAILABLE',
+  DependencyUnavailable = 'DEPENDENCY_UNAVAILABLE',
+  Throttled = 'THROTTLED',
+  Internal = 'INTERNAL',
+}
+
+/** An error meant for the caller: its message is safe to show and its details are machine-readable. */
+export class AppError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: Record<string, unknown>,
+  ) {
+    super(message);
+    this.name = 'AppError';
+  }
+}
+
+export function notFound(code: ErrorCode, what: string, id: string): AppError {
+  return new AppError(code, `${what} '${id}' does not exist`, { id });
+}

@@ -1,0 +1,103 @@
+import { createHash } from 'node:crypto';
+import { readFile, readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import type Docker from 'dockerode';
+import tar from 'tar-stream';
+import { say as defaultSay, step, type Say } from './progress.js';
+
+const IMAGES_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'images');
+/** Debian's busybox-static: a self-contained userland for base images, since no image registry can be reached. */
+export const BUSYBOX_PATH = process.env.GLIDERGUN_BUSYBOX ?? '/bin/busybox';
+
+export interface BaseImages {
+  busybox: string;
+  example: string;
+}
+
+const hash = (...parts: (string | Buffer)[]) => {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return h.digest('hex').slice(0, 12);
+};
+
+async function imageExists(docker: Docker, ref: string): Promise<boolean> {
+  return docker
+    .getImage(ref)
+    .inspect()
+    .then(
+      () => true,
+      () => false,
+    );
+}
+
+async function drain(docker: Docker, stream: NodeJS.ReadableStream): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    docker.modem.followProgress(stream, (err: Error | null, results: { error?: string }[]) => {
+      const failed = results?.find((r) => r.error);
+      if (err || failed) reject(err ?? new Error(failed?.error));
+      else resolve();
+    });
+  });
+}
+
+/** A root filesystem of one static busybox and a link per applet, imported as an image. */
+async function buildBusybox(docker: Docker, ref: string, binary: Buffer, applets: string[]): Promise<void> {
+  const pack = tar.pack();
+  const dirs = new Set(['bin', 'sbin', 'usr', 'usr/bin', 'usr/sbin', 'tmp', 'etc', 'root', 'state', 'logs']);
+  for (const dir of dirs) pack.entry({ name: `${dir}/`, type: 'directory', mode: dir === 'tmp' ? 0o1777 : 0o755 });
+  pack.entry({ name: 'bin/busybox', mode: 0o755 }, binary);
+  for (const applet of applets) {
+    if (applet === 'bin/busybox') continue;
+    const depth = applet.split('/').length - 1;
+    pack.entry({ name: applet, type: 'symlink', linkname: `${'../'.repeat(depth)}bin/busybox` });
+  }
+  pack.entry({ name: 'etc/passwd', mode: 0o644 }, 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
+  pack.entry({ name: 'etc/group', mode: 0o644 }, 'root:x:0:\nnogroup:x:65534:\n');
+  pack.finalize();
+  const [repo, tag] = ref.split(':') as [string, string];
+  const stream = await docker.importImage(Readable.from(pack) as unknown as NodeJS.ReadableStream, { repo, tag, changes: ['CMD ["/bin/sh"]', 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin'] } as object);
+  await drain(docker, stream);
+}
+
+async function listApplets(): Promise<string[]> {
+  const { execFile } = await import('node:child_process');
+  return new Promise((resolve, reject) =>
+    execFile(BUSYBOX_PATH, ['--list-full'], (err, stdout) => (err ? reject(err) : resolve(stdout.split('\n').filter(Boolean)))),
+  );
+}
+
+async function buildFromDir(docker: Docker, dir: string, ref: string, buildargs: Record<string, string>): Promise<void> {
+  const files = await readdir(dir);
+  const stream = await docker.buildImage({ context: dir, src: files }, { t: ref, buildargs, rm: true, forcerm: true });
+  await drain(docker, stream);
+}
+
+/**
+ * The images the dev stack and the tests use, made locally and tagged by a hash of their inputs,
+ * so a change rebuilds them and an unchanged input costs one image lookup.
+ */
+export async function ensureBaseImages(docker: Docker, out: Say = defaultSay): Promise<BaseImages> {
+  let binary: Buffer;
+  try {
+    binary = await readFile(BUSYBOX_PATH);
+  } catch {
+    throw new Error(`${BUSYBOX_PATH} is missing: install Debian's busybox-static (apt-get install -y busybox-static)`);
+  }
+  const busybox = `glider-gun/busybox:${hash(binary)}`;
+  if (!(await imageExists(docker, busybox))) {
+    await step(`making base image ${busybox}`, async () => buildBusybox(docker, busybox, binary, await listApplets()), out);
+  }
+  const exampleDir = path.join(IMAGES_DIR, 'example-template');
+  const files = (await readdir(exampleDir)).sort();
+  const contents = await Promise.all(files.map((f) => readFile(path.join(exampleDir, f))));
+  const example = `glider-gun/example-template:${hash(busybox, ...files, ...contents)}`;
+  if (!(await imageExists(docker, example))) {
+    await step(`building image ${example}`, () => buildFromDir(docker, exampleDir, example, { BASE_IMAGE: busybox }), out);
+  }
+  // Stable names for people following the docs; the tests use the hashed ones.
+  await docker.getImage(example).tag({ repo: 'glider-gun/example-template', tag: 'latest' });
+  await docker.getImage(busybox).tag({ repo: 'glider-gun/busybox', tag: 'latest' });
+  return { busybox, example };
+}

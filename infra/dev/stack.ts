@@ -1,0 +1,132 @@
+/**
+ * `npm start`: the whole system on one machine with embedded defaults — a Temporal dev server with its UI,
+ * Postgres (DATABASE_URL, or an embedded one), migrations, the base images, the cluster worker, the node
+ * worker of the built-in node `local` and the HTTP API. Ctrl-C stops everything.
+ */
+import path from 'node:path';
+import { Connection } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime, makeTelemetryFilterString } from '@temporalio/worker';
+import { loadConfig } from '../../core/config.js';
+import { migrate } from '../../core/db/migrate.js';
+import { createPool } from '../../core/db/pool.js';
+import { startApiServer } from '../../workers/api.js';
+import { createClusterWorker } from '../../workers/cluster.js';
+import { createLogger } from '../../workers/logger.js';
+import { createDockerClient, createNodeWorker } from '../../workers/node.js';
+import { ensureBaseImages } from './images.js';
+import { isPortInUse } from './ports.js';
+import { startEmbeddedPostgres, type Postgres } from './postgres.js';
+import { say, step } from './progress.js';
+import { ensureTemporalCli, startTemporalServer, type TemporalServer } from './temporal.js';
+
+const EMBEDDED_PG_PORT = Number(process.env.GLIDERGUN_EMBEDDED_PG_PORT ?? 54329);
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const log = createLogger(config.logLevel, 'glider-gun');
+  // We stop the workers ourselves, in order, after the API; the SDK's own signal handling would race us.
+  Runtime.install({
+    logger: new DefaultLogger('WARN'),
+    shutdownSignals: [],
+    telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: 'WARN' }) } },
+  });
+  const stops: (() => Promise<unknown>)[] = [];
+  let stopping = false;
+  const stopAll = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    say('stopping ...');
+    for (const stop of stops.reverse()) await stop().catch((err: unknown) => say(`  while stopping: ${String(err)}`));
+    say('stopped');
+    process.exit(code);
+  };
+  process.on('SIGINT', () => void stopAll(0));
+  process.on('SIGTERM', () => void stopAll(0));
+
+  try {
+    if (await isPortInUse(config.api.port, config.api.host)) {
+      throw new Error(`port ${config.api.port} is in use: stop what uses it, or set GLIDERGUN_API_PORT`);
+    }
+
+    let temporal: TemporalServer | undefined;
+    if (process.env.TEMPORAL_ADDRESS) {
+      say(`using the Temporal server at ${config.temporal.address}`);
+    } else {
+      const port = Number(config.temporal.address.split(':').pop());
+      if (await isPortInUse(port)) throw new Error(`port ${port} is in use: stop what uses it, or set TEMPORAL_ADDRESS to use that server`);
+      const binary = await ensureTemporalCli();
+      temporal = await step('starting the Temporal dev server', () =>
+        startTemporalServer({ binary, port, uiPort: config.temporal.uiPort, dbFile: path.join(config.dataDir, 'temporal.db') }),
+      );
+      stops.push(() => temporal!.stop());
+    }
+
+    let databaseUrl = config.databaseUrl;
+    if (!databaseUrl) {
+      const pg: Postgres = await step('starting the embedded Postgres', () =>
+        startEmbeddedPostgres({ dataDir: path.join(config.dataDir, 'postgres'), port: EMBEDDED_PG_PORT, database: 'glidergun' }),
+      );
+      stops.push(() => pg.stop());
+      databaseUrl = pg.url;
+    }
+    await step('applying database migrations', () => migrate(databaseUrl));
+    const db = createPool(databaseUrl);
+    stops.push(() => db.end());
+
+    const nativeConnection = await NativeConnection.connect({ address: config.temporal.address });
+    const connection = await Connection.connect({ address: config.temporal.address });
+    stops.push(() => connection.close());
+    stops.push(() => nativeConnection.close());
+
+    const clusterWorker = await step('bundling workflows and starting the cluster worker', () =>
+      createClusterWorker({ connection: nativeConnection, config, db }),
+    );
+    const clusterDone = clusterWorker.run();
+    stops.push(async () => {
+      clusterWorker.shutdown();
+      await clusterDone;
+    });
+
+    const docker = createDockerClient(config.docker.host);
+    let dockerReady = false;
+    try {
+      await docker.ping();
+      dockerReady = true;
+    } catch (err) {
+      say(`no Docker engine at ${config.docker.host ?? '/var/run/docker.sock'} (${err instanceof Error ? err.message : String(err)}):`);
+      say(`  the node '${config.node.id}' worker is not started; runs targeting it wait for it, then fail as node-unavailable.`);
+      say('  Install and start Docker (infra/dev/provision-host.sh does both), then restart.');
+    }
+    let exampleImage: string | undefined;
+    if (dockerReady) {
+      try {
+        exampleImage = (await ensureBaseImages(docker)).example;
+      } catch (err) {
+        say(`base images not made: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      const nodeWorker = await createNodeWorker({ connection: nativeConnection, config, docker });
+      const nodeDone = nodeWorker.run();
+      stops.push(async () => {
+        nodeWorker.shutdown();
+        await nodeDone;
+      });
+      say(`node worker '${config.node.id}' polls task queue node-${config.node.id}`);
+    }
+
+    const api = await startApiServer({ config, db, connection, docker: dockerReady ? docker : undefined, log });
+    stops.push(() => api.close());
+
+    say('');
+    say(`API          ${api.url}   (try: curl ${api.url}/healthz)`);
+    if (temporal?.uiUrl) say(`Temporal UI  ${temporal.uiUrl}`);
+    say(`Temporal     ${config.temporal.address}   (temporal workflow list --address ${config.temporal.address})`);
+    say(`data         ${config.dataDir}`);
+    if (exampleImage) say(`example image glider-gun/example-template:latest (see docs/operators-guide.md for a first deployment)`);
+    say('Ctrl-C stops everything.');
+  } catch (err) {
+    say(`start-up failed: ${err instanceof Error ? err.message : String(err)}`);
+    await stopAll(1);
+  }
+}
+
+await main();

@@ -1,0 +1,57 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Client, Connection } from '@temporalio/client';
+import type Docker from 'dockerode';
+import type { Logger } from 'pino';
+import { createApp } from '../api/app.js';
+import type { Config } from '../core/config.js';
+import type { Db } from '../core/db/pool.js';
+
+export interface ApiServer {
+  url: string;
+  server: http.Server;
+  close(): Promise<void>;
+}
+
+/** The HTTP API's composition root: real Temporal client, Postgres pool and health probes. */
+export async function startApiServer(opts: {
+  config: Config;
+  db: Db;
+  connection: Connection;
+  docker?: Docker | undefined;
+  log: Logger;
+  port?: number;
+}): Promise<ApiServer> {
+  const { config, db, connection } = opts;
+  const temporal = new Client({ connection, namespace: config.temporal.namespace });
+  const probes: Record<string, () => Promise<void>> = {
+    postgres: async () => {
+      await db.query('SELECT 1');
+    },
+    temporal: async () => {
+      await connection.healthService.check({});
+    },
+  };
+  const docker = opts.docker;
+  if (docker) {
+    probes.docker = async () => {
+      await docker.ping();
+    };
+  }
+  const app = createApp({ db, temporal, taskQueue: config.temporal.taskQueue, kubernetesEnabled: config.kubernetes.enabled, probes, log: opts.log });
+  const server = http.createServer(app);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? config.api.port, config.api.host, () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://${config.api.host}:${port}`,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

@@ -1,0 +1,32 @@
+import { NativeConnection, Worker } from '@temporalio/worker';
+import Docker from 'dockerode';
+import { DockerExecutor } from '../activities/execution/docker.js';
+import { createNodeActivities } from '../activities/node.js';
+import type { Config } from '../core/config.js';
+
+export const nodeTaskQueue = (nodeId: string): string => `node-${nodeId}`;
+
+/** A Docker client for DOCKER_HOST (unix:///path or tcp://host:port) or the default socket. */
+export function createDockerClient(host: string | undefined): Docker {
+  if (!host) return new Docker();
+  const url = new URL(host);
+  if (url.protocol === 'unix:') return new Docker({ socketPath: url.pathname });
+  return new Docker({ host: url.hostname, port: Number(url.port || 2375), protocol: url.protocol === 'https:' ? 'https' : 'http' });
+}
+
+/**
+ * A node worker: polls only its own node's task queue and only executes runs in the local Docker engine.
+ * It dials out to Temporal and accepts no connections.
+ */
+export async function createNodeWorker(opts: { connection: NativeConnection; config: Config; docker: Docker }): Promise<Worker> {
+  const { config } = opts;
+  return Worker.create({
+    connection: opts.connection,
+    namespace: config.temporal.namespace,
+    taskQueue: nodeTaskQueue(config.node.id),
+    activities: createNodeActivities({ adapter: new DockerExecutor(opts.docker, config.node.workDir) }),
+    // Runs are long and mostly waiting; the limit is about how many containers one node should carry.
+    maxConcurrentActivityTaskExecutions: 20,
+    shutdownGraceTime: '10 seconds',
+  });
+}

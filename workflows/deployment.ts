@@ -1,0 +1,177 @@
+import {
+  ActivityCancellationType,
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  TimeoutFailure,
+  allHandlersFinished,
+  condition,
+  continueAsNew,
+  isCancellation,
+  log,
+  proxyActivities,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { TimeoutType } from '@temporalio/common';
+import type { RunActivities, RunTransition } from '../activities/runs.js';
+import type { NodeActivities } from '../activities/node.js';
+import type { FailureReason, RunOutcome, RunSpec, RunSummary } from '../core/domain.js';
+import {
+  StatusSearchAttribute,
+  cancelSignal,
+  runRequestedSignal,
+  statusQuery,
+  type DeploymentWorkflowInput,
+  type RunRequest,
+} from './messages.js';
+
+/** Continue-as-new well before Temporal's history limits (51,200 events); a run takes ~30 events. */
+const MAX_HISTORY_EVENTS = 5_000;
+const KNOWN_REASONS: readonly FailureReason[] = ['timeout', 'node-unavailable', 'image-unavailable', 'container-vanished'];
+
+const db = proxyActivities<RunActivities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '1 second', maximumInterval: '30 seconds' },
+});
+
+/**
+ * One deployment, for as long as it exists. Runs arrive as signals after the API has recorded them as
+ * pending in Postgres (which alone decides whether a run may start); this entity executes them one at a time,
+ * keeps Postgres and its own `status` in step, and is the only place a run's container is started or removed.
+ */
+export class DeploymentEntity {
+  private readonly state: DeploymentWorkflowInput;
+  private active: RunSummary | undefined;
+  private activeScope: CancellationScope | undefined;
+  private readonly cancelRequested = new Set<string>();
+
+  constructor(input: DeploymentWorkflowInput) {
+    this.state = { ...input, pending: [...input.pending] };
+  }
+
+  async run(): Promise<never> {
+    setHandler(statusQuery, () => ({
+      deploymentId: this.state.deploymentId,
+      status: this.state.status,
+      activeRun: this.active,
+      lastRun: this.state.lastRun,
+    }));
+    setHandler(runRequestedSignal, (req) => this.enqueue(req));
+    setHandler(cancelSignal, ({ runId }) => this.cancel(runId));
+
+    for (;;) {
+      await condition(() => this.state.pending.length > 0 || this.shouldContinueAsNew());
+      const next = this.state.pending.shift();
+      if (next) {
+        await this.execute(next);
+        continue;
+      }
+      await condition(allHandlersFinished);
+      if (this.state.pending.length === 0) {
+        return continueAsNew<(input: DeploymentWorkflowInput) => Promise<never>>(this.state);
+      }
+    }
+  }
+
+  private shouldContinueAsNew(): boolean {
+    const info = workflowInfo();
+    return info.continueAsNewSuggested || info.historyLength > MAX_HISTORY_EVENTS;
+  }
+
+  /** Signals are delivered at least once (the API may retry), so a run id is queued once only. */
+  private enqueue(req: RunRequest): void {
+    const known =
+      this.active?.id === req.runId ||
+      this.state.lastRun?.id === req.runId ||
+      this.state.pending.some((p) => p.runId === req.runId);
+    if (!known) this.state.pending.push(req);
+  }
+
+  private cancel(runId: string): void {
+    this.cancelRequested.add(runId);
+    if (this.active?.id === runId) this.activeScope?.cancel();
+  }
+
+  private apply(t: RunTransition): void {
+    this.state.status = t.deploymentStatus;
+    if (['pending', 'running', 'cancelling'].includes(t.run.status)) this.active = t.run;
+    else {
+      this.active = undefined;
+      this.state.lastRun = t.run;
+    }
+    upsertSearchAttributes([{ key: StatusSearchAttribute, value: t.deploymentStatus }]);
+  }
+
+  private async execute(req: RunRequest): Promise<void> {
+    this.active = { id: req.runId, action: req.action, status: 'pending' };
+    const started = await db.startRun(req.runId);
+    this.apply(started);
+    if (started.run.status !== 'running' || !started.spec) return; // ended before it began (e.g. cancelled while pending)
+
+    const spec = started.spec;
+    const node = proxyActivities<NodeActivities>({
+      taskQueue: this.state.target.kind === 'node' ? `node-${this.state.target.node}` : this.state.clusterTaskQueue,
+      // A node that is down never picks the task up: that is a clear failure, not an endless wait.
+      scheduleToStartTimeout: `${started.nodeWaitSeconds} seconds`,
+      // The adapter enforces the run timeout itself; this is only a backstop.
+      startToCloseTimeout: `${spec.timeoutSeconds + spec.stopGraceSeconds + 120} seconds`,
+      heartbeatTimeout: '20 seconds',
+      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+      retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 10 },
+    });
+
+    let outcome: RunOutcome;
+    if (this.cancelRequested.has(spec.runId)) {
+      outcome = { status: 'cancelled', message: 'cancelled before the container started' };
+    } else {
+      this.apply(await db.setRunPhase(spec.runId, 'executing'));
+      outcome = await this.executeOnTarget(node, spec);
+    }
+    // Whatever happened above, the outcome is recorded and the container removed, even if this workflow is being cancelled.
+    await CancellationScope.nonCancellable(async () => {
+      this.apply(await db.finishRun(spec.runId, outcome));
+      try {
+        await node.cleanupRun(spec.runId);
+      } catch (err) {
+        log.warn('could not remove the run container; the node removes leftovers at start', {
+          runId: spec.runId,
+          error: String(err),
+        });
+      }
+    });
+  }
+
+  private async executeOnTarget(node: NodeActivities, spec: RunSpec): Promise<RunOutcome> {
+    const scope = new CancellationScope();
+    this.activeScope = scope;
+    try {
+      return await scope.run(() => node.executeRun(spec));
+    } catch (err) {
+      return outcomeOfFailure(err);
+    } finally {
+      this.activeScope = undefined;
+    }
+  }
+}
+
+function outcomeOfFailure(err: unknown): RunOutcome {
+  if (isCancellation(err)) return { status: 'cancelled', message: 'cancelled on request' };
+  const cause = err instanceof ActivityFailure ? err.cause : err;
+  if (cause instanceof TimeoutFailure && cause.timeoutType === TimeoutType.SCHEDULE_TO_START) {
+    return { status: 'failed', reason: 'node-unavailable', message: 'no worker of the target node picked the run up in time' };
+  }
+  if (cause instanceof ApplicationFailure && KNOWN_REASONS.includes(cause.type as FailureReason)) {
+    return { status: 'failed', reason: cause.type as FailureReason, message: cause.message };
+  }
+  return {
+    status: 'failed',
+    reason: 'infrastructure',
+    message: cause instanceof Error ? cause.message : 'the run could not be executed',
+  };
+}
+
+export async function deploymentWorkflow(input: DeploymentWorkflowInput): Promise<never> {
+  return new DeploymentEntity(input).run();
+}

@@ -1,0 +1,1 @@
+export { deploymentWorkflow } from './deployment.js';
