@@ -24,9 +24,11 @@ json_string() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
 tf_vars=$(env | grep '^TF_VAR_' | sort | while IFS='=' read -r name value; do
   printf '"%s":"%s"\n' "${name}" "$(json_string "${value}")"
 done | paste -sd, -)
-printf '{"action":"%s","runCount":%s,"message":"%s","parameters":%s,"tfVars":{%s},"argv":"%s"}\n' \
+printf '{"action":"%s","runCount":%s,"message":"%s","parameters":%s,"tfVars":{%s},"argv":"%s",' \
   "${action}" "${runs}" "$(json_string "${TF_VAR_message:-}")" "$(cat /state/template-parameters.json)" \
   "${tf_vars}" "$(json_string "$*")" > /state/outputs.json
+printf '"env":{"GLIDERGUN_CONTRACT_VERSION":"%s","GLIDERGUN_ACTION":"%s","GLIDERGUN_DEPLOYMENT_ID":"%s","GLIDERGUN_RUN_ID":"%s"}}\n' \
+  "${GLIDERGUN_CONTRACT_VERSION}" "${GLIDERGUN_ACTION}" "${GLIDERGUN_DEPLOYMENT_ID}" "${GLIDERGUN_RUN_ID}" >> /state/outputs.json
 
 code="${TF_VAR_exit_code:-0}"
 if [ "${code}" != 0 ]; then echo "failing on purpose with exit code ${code}" >&2; fi

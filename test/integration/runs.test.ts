@@ -1,0 +1,162 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { deploymentWorkflowId, statusQuery } from '../../workflows/messages.js';
+import { createDeployment, registerExampleTemplate } from '../support/fixtures.js';
+import { apiClient, eventually, startTestSystem, type TestSystem } from '../support/system.js';
+
+interface RunBody {
+  id: string;
+  status: string;
+  reason: string | null;
+  exitCode: number | null;
+  message: string | null;
+  outputs: Record<string, unknown> | null;
+}
+
+describe('a deployment runs its template container end to end', () => {
+  let sys: TestSystem;
+  let call: ReturnType<typeof apiClient>;
+  let template: string;
+
+  before(async () => {
+    sys = await startTestSystem();
+    call = apiClient(sys.api.url);
+    template = await registerExampleTemplate(call);
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  const target = () => ({ kind: 'node', node: sys.nodeId });
+
+  async function runToEnd(deploymentId: string, action = 'deploy'): Promise<RunBody> {
+    const started = await call<RunBody>('POST', `/v1/deployments/${deploymentId}/runs`, { action });
+    assert.equal(started.status, 202, JSON.stringify(started.body));
+    assert.equal(started.body.status, 'pending');
+    return eventually(`run ${started.body.id} to end`, async () => {
+      const run = await call<RunBody>('GET', `/v1/runs/${started.body.id}`);
+      return ['succeeded', 'failed', 'cancelled'].includes(run.body.status) ? run.body : undefined;
+    });
+  }
+
+  it('succeeds, with the contract honoured and the status the same in the API and in a Temporal query', async () => {
+    const id = await createDeployment(call, template, { message: 'hello "world"' }, target());
+    const run = await runToEnd(id);
+    assert.equal(run.status, 'succeeded', run.message ?? '');
+    assert.equal(run.exitCode, 0);
+    assert.equal(run.reason, null);
+
+    // What the container saw, as it reported it in /state/outputs.json.
+    const outputs = run.outputs!;
+    assert.equal(outputs.action, 'deploy');
+    assert.equal(outputs.argv, 'deploy');
+    assert.deepEqual(outputs.parameters, { message: 'hello "world"', exit_code: 0, sleep_seconds: 0 });
+    assert.deepEqual(outputs.tfVars, { TF_VAR_message: 'hello "world"', TF_VAR_exit_code: '0', TF_VAR_sleep_seconds: '0' });
+    assert.deepEqual(outputs.env, {
+      GLIDERGUN_CONTRACT_VERSION: '1',
+      GLIDERGUN_ACTION: 'deploy',
+      GLIDERGUN_DEPLOYMENT_ID: id,
+      GLIDERGUN_RUN_ID: run.id,
+    });
+
+    const deployment = await call<{ status: string; outputs: unknown; lastRun: { id: string; status: string } }>('GET', `/v1/deployments/${id}`);
+    assert.equal(deployment.body.status, 'succeeded');
+    assert.equal(deployment.body.lastRun.id, run.id);
+    assert.deepEqual(deployment.body.outputs, outputs);
+
+    const handle = sys.client.workflow.getHandle(deploymentWorkflowId(id));
+    const status = await handle.query(statusQuery);
+    assert.equal(status.status, deployment.body.status);
+    assert.deepEqual(status.lastRun, { id: run.id, action: 'deploy', status: 'succeeded', exitCode: 0 });
+    assert.equal(status.activeRun, undefined);
+
+    // The Temporal UI's filter: the deployment is found by its status search attribute.
+    await eventually('the search attribute to be indexed', async () => {
+      for await (const wf of sys.client.workflow.list({ query: `WorkflowId = '${deploymentWorkflowId(id)}' AND GliderGunStatus = 'succeeded'` })) {
+        return wf;
+      }
+      return undefined;
+    });
+  });
+
+  it('fails with reason exit-code and keeps the exit code when the template exits non-zero', async () => {
+    const id = await createDeployment(call, template, { message: 'bad', exit_code: 3 }, target());
+    const run = await runToEnd(id);
+    assert.equal(run.status, 'failed');
+    assert.equal(run.reason, 'exit-code');
+    assert.equal(run.exitCode, 3);
+    assert.match(run.message ?? '', /exited with code 3/);
+    const deployment = await call<{ status: string }>('GET', `/v1/deployments/${id}`);
+    assert.equal(deployment.body.status, 'failed');
+    const status = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).query(statusQuery);
+    assert.equal(status.status, 'failed');
+    assert.equal(status.lastRun?.reason, 'exit-code');
+  });
+
+  it('runs again after a run ends, and a successful destroy leaves the deployment destroyed', async () => {
+    const id = await createDeployment(call, template, { message: 'twice' }, target());
+    assert.equal((await runToEnd(id)).status, 'succeeded');
+    const destroy = await runToEnd(id, 'destroy');
+    assert.equal(destroy.status, 'succeeded');
+    assert.equal(destroy.outputs?.action, 'destroy');
+    const deployment = await call<{ status: string }>('GET', `/v1/deployments/${id}`);
+    assert.equal(deployment.body.status, 'destroyed');
+    const runs = await call<{ items: { id: string }[] }>('GET', `/v1/deployments/${id}/runs`);
+    assert.deepEqual(runs.body.items.map((r) => r.id), [destroy.id, runs.body.items[1]!.id]);
+    assert.equal(runs.body.items.length, 2);
+  });
+
+  it('refuses a second run while one is active, then accepts one after it ends', async () => {
+    const id = await createDeployment(call, template, { message: 'slow', sleep_seconds: 2 }, target());
+    const first = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    assert.equal(first.status, 202);
+    const second = await call<{ code: string; details: { activeRunId: string } }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    assert.equal(second.status, 409);
+    assert.equal(second.body.code, 'RUN_IN_PROGRESS');
+    assert.equal(second.body.details.activeRunId, first.body.id);
+    const running = await eventually('the run to be running', async () => {
+      const status = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).query(statusQuery);
+      return status.activeRun?.status === 'running' ? status : undefined;
+    });
+    assert.equal(running.status, 'running');
+    assert.equal(running.activeRun?.phase, 'executing');
+    await eventually('the first run to end', async () => {
+      const run = await call<RunBody>('GET', `/v1/runs/${first.body.id}`);
+      return run.body.status === 'succeeded' ? run : undefined;
+    });
+    assert.equal((await runToEnd(id)).status, 'succeeded');
+  });
+
+  it('fails a run with reason image-unavailable when the image cannot be had, leaving nothing behind', async () => {
+    const missing = await registerExampleTemplate(call, { image: 'glider-gun/no-such-image:never' });
+    const id = await createDeployment(call, missing, { message: 'x' }, target());
+    const run = await runToEnd(id);
+    assert.equal(run.status, 'failed');
+    assert.equal(run.reason, 'image-unavailable');
+    assert.match(run.message ?? '', /no-such-image/);
+  });
+});
+
+describe('a run whose node has no worker', () => {
+  let sys: TestSystem;
+  before(async () => {
+    sys = await startTestSystem({ nodeWorker: false, env: { GLIDERGUN_NODE_WAIT_SECONDS: '2' } });
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  it('fails as node-unavailable after the configured wait instead of waiting forever', async () => {
+    const call = apiClient(sys.api.url);
+    const template = await registerExampleTemplate(call);
+    const id = await createDeployment(call, template, { message: 'x' }, { kind: 'node', node: sys.nodeId });
+    const started = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    const run = await eventually('the run to fail', async () => {
+      const r = await call<RunBody>('GET', `/v1/runs/${started.body.id}`);
+      return r.body.status === 'failed' ? r.body : undefined;
+    });
+    assert.equal(run.reason, 'node-unavailable');
+    const status = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).query(statusQuery);
+    assert.equal(status.status, 'failed');
+  });
+});

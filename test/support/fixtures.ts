@@ -1,0 +1,38 @@
+import { randomBytes } from 'node:crypto';
+import { images, type apiClient } from './system.js';
+
+type Call = ReturnType<typeof apiClient>;
+
+export const uniqueName = (prefix: string): string => `${prefix}-${randomBytes(4).toString('hex')}`;
+
+/** The example template's parameters (infra/images/example-template/entrypoint.sh reads them as TF_VAR_*). */
+export const EXAMPLE_PARAMETERS = [
+  { name: 'message', type: 'string', required: true, description: 'printed and returned as an output' },
+  { name: 'exit_code', type: 'integer', default: 0 },
+  { name: 'sleep_seconds', type: 'integer', default: 0 },
+];
+
+export async function registerExampleTemplate(call: Call, overrides: Record<string, unknown> = {}): Promise<string> {
+  const name = uniqueName('example');
+  const created = await call('POST', '/v1/templates', { name, description: 'the example template' });
+  if (created.status !== 201) throw new Error(`template not created: ${JSON.stringify(created.body)}`);
+  const version = await call('POST', `/v1/templates/${name}/versions`, {
+    image: images.example,
+    tfVars: true,
+    parameters: EXAMPLE_PARAMETERS,
+    ...overrides,
+  });
+  if (version.status !== 201) throw new Error(`version not created: ${JSON.stringify(version.body)}`);
+  return name;
+}
+
+export async function createDeployment(
+  call: Call,
+  template: string,
+  parameters: Record<string, unknown>,
+  target: Record<string, unknown>,
+): Promise<string> {
+  const res = await call<{ id: string }>('POST', '/v1/deployments', { template: { name: template }, parameters, target });
+  if (res.status !== 201) throw new Error(`deployment not created: ${JSON.stringify(res.body)}`);
+  return res.body.id;
+}

@@ -1,0 +1,142 @@
+/**
+ * One Glider Gun per test file, on the services that test/run.ts started: its own task queues and node id
+ * (so files running in parallel never take each other's work), real workers in this process, and the API on
+ * an ephemeral port.
+ */
+import { randomBytes } from 'node:crypto';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import type Docker from 'dockerode';
+import pino from 'pino';
+import { loadConfig, type Config } from '../../core/config.js';
+import { createPool, type Db } from '../../core/db/pool.js';
+import { startApiServer, type ApiServer } from '../../workers/api.js';
+import { createClusterWorker } from '../../workers/cluster.js';
+import { createDockerClient, createNodeWorker } from '../../workers/node.js';
+
+export function env(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run the tests with 'npm test', which starts the services they need`);
+  return value;
+}
+
+export const images = {
+  get busybox() {
+    return env('GG_TEST_IMAGE_BUSYBOX');
+  },
+  get example() {
+    return env('GG_TEST_IMAGE_EXAMPLE');
+  },
+};
+
+let runtimeInstalled = false;
+
+export interface TestSystem {
+  config: Config;
+  db: Db;
+  docker: Docker;
+  client: Client;
+  api: ApiServer;
+  nodeId: string;
+  /** Starts (again) the node worker; tests that simulate a node outage stop it. */
+  startNodeWorker(): Promise<void>;
+  stopNodeWorker(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record<string, string> } = {}): Promise<TestSystem> {
+  if (!runtimeInstalled) {
+    Runtime.install({ logger: new DefaultLogger('ERROR'), shutdownSignals: [] });
+    runtimeInstalled = true;
+  }
+  const suffix = randomBytes(4).toString('hex');
+  const nodeId = `t${suffix}`;
+  const config = loadConfig({
+    DATABASE_URL: env('GG_TEST_DATABASE_URL'),
+    TEMPORAL_ADDRESS: env('GG_TEST_TEMPORAL_ADDRESS'),
+    GLIDERGUN_TASK_QUEUE: `gg-test-${suffix}`,
+    GLIDERGUN_NODE_ID: nodeId,
+    GLIDERGUN_DATA_DIR: `${env('GG_TEST_SCRATCH')}/data-${suffix}`,
+    GLIDERGUN_LOG_LEVEL: 'warn',
+    GLIDERGUN_STOP_GRACE_SECONDS: '2',
+    ...(process.env.DOCKER_HOST ? { DOCKER_HOST: process.env.DOCKER_HOST } : {}),
+    ...opts.env,
+  });
+  const db = createPool(config.databaseUrl!, 5);
+  await db.query('INSERT INTO nodes (id, description) VALUES ($1, $2) ON CONFLICT DO NOTHING', [nodeId, 'test node']);
+  const docker = createDockerClient(config.docker.host);
+  const nativeConnection = await NativeConnection.connect({ address: config.temporal.address });
+  const connection = await Connection.connect({ address: config.temporal.address });
+  const client = new Client({ connection, namespace: config.temporal.namespace });
+
+  const running: { worker: Worker; done: Promise<void> }[] = [];
+  const start = (worker: Worker) => {
+    const entry = { worker, done: worker.run() };
+    running.push(entry);
+    return entry;
+  };
+  const halt = async (entry: { worker: Worker; done: Promise<void> }) => {
+    if (entry.worker.getState() === 'RUNNING') entry.worker.shutdown();
+    await entry.done;
+    running.splice(running.indexOf(entry), 1);
+  };
+
+  start(await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }));
+  let nodeWorker: { worker: Worker; done: Promise<void> } | undefined;
+  const startNodeWorker = async () => {
+    if (!nodeWorker) nodeWorker = start(await createNodeWorker({ connection: nativeConnection, config, docker }));
+  };
+  const stopNodeWorker = async () => {
+    if (nodeWorker) await halt(nodeWorker);
+    nodeWorker = undefined;
+  };
+  if (opts.nodeWorker !== false) await startNodeWorker();
+
+  const api = await startApiServer({ config, db, connection, docker, log: pino({ level: 'silent' }), port: 0 });
+
+  return {
+    config,
+    db,
+    docker,
+    client,
+    api,
+    nodeId,
+    startNodeWorker,
+    stopNodeWorker,
+    async stop() {
+      await api.close();
+      for (const entry of [...running]) await halt(entry);
+      await connection.close();
+      await nativeConnection.close();
+      await db.end();
+    },
+  };
+}
+
+/** A small JSON client for the API under test. */
+export function apiClient(baseUrl: string) {
+  return async function call<T = Record<string, unknown>>(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ): Promise<{ status: number; body: T }> {
+    const res = await fetch(`${baseUrl}${path}`, {
+      method,
+      headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
+  };
+}
+
+export async function eventually<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

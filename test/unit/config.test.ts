@@ -1,0 +1,36 @@
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { ConfigError, loadConfig } from '../../core/config.js';
+
+describe('loadConfig', () => {
+  it('has safe local defaults with an empty environment', () => {
+    const config = loadConfig({});
+    assert.equal(config.temporal.address, '127.0.0.1:7233');
+    assert.equal(config.api.host, '127.0.0.1');
+    assert.equal(config.node.id, 'local');
+    assert.equal(config.databaseUrl, undefined);
+    assert.equal(config.kubernetes.enabled, false);
+    assert.equal(config.dataDir, path.resolve('.gg-data'));
+  });
+
+  it('parses booleans strictly instead of treating any string as true', () => {
+    assert.equal(loadConfig({ GLIDERGUN_KUBERNETES: 'false' }).kubernetes.enabled, false);
+    assert.equal(loadConfig({ GLIDERGUN_KUBERNETES: 'true' }).kubernetes.enabled, true);
+    assert.throws(() => loadConfig({ GLIDERGUN_KUBERNETES: 'maybe' }), ConfigError);
+  });
+
+  it('lists every problem at once', () => {
+    try {
+      loadConfig({ GLIDERGUN_API_PORT: 'eighty', GLIDERGUN_NODE_ID: 'Not_A_Name', DATABASE_URL: 'nope' });
+      assert.fail('expected a ConfigError');
+    } catch (err) {
+      assert.ok(err instanceof ConfigError);
+      assert.deepEqual(err.problems.map((p) => p.split(':')[0]).sort(), ['DATABASE_URL', 'GLIDERGUN_API_PORT', 'GLIDERGUN_NODE_ID']);
+    }
+  });
+
+  it('treats empty variables as unset', () => {
+    assert.equal(loadConfig({ DATABASE_URL: '' }).databaseUrl, undefined);
+  });
+});
