@@ -23,6 +23,7 @@ import { WORKFLOWS_PATH } from '../workers/cluster.js';
 import { createDockerClient } from '../workers/node.js';
 
 async function findTestFiles(dir: string): Promise<string[]> {
+  if (dir.endsWith('.test.ts')) return [dir];
   const entries = await readdir(dir, { withFileTypes: true, recursive: true });
   return entries
     .filter((e) => e.isFile() && e.name.endsWith('.test.ts'))

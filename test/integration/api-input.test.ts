@@ -1,0 +1,161 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createDeployment, registerExampleTemplate, uniqueName } from '../support/fixtures.js';
+import { apiClient, startTestSystem, type TestSystem } from '../support/system.js';
+
+interface ErrorBody {
+  code: string;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+/** Bad input gets a clear 4xx with a code and a message, and nothing is written. */
+describe('the API refuses bad input', () => {
+  let sys: TestSystem;
+  let call: ReturnType<typeof apiClient>;
+  let template: string;
+
+  /** Rows that belong to this file's template (other test files write to the same database at the same time). */
+  const counts = async () => {
+    const { rows } = await sys.db.query<{ v: string; d: string; r: string }>(
+      `SELECT (SELECT count(*) FROM template_versions WHERE template_name = $1) v,
+              (SELECT count(*) FROM deployments WHERE template_name = $1) d,
+              (SELECT count(*) FROM runs JOIN deployments ON deployments.id = runs.deployment_id WHERE template_name = $1) r`,
+      [template],
+    );
+    return rows[0];
+  };
+  const templateExists = async (name: string) => (await sys.db.query('SELECT 1 FROM templates WHERE name = $1', [name])).rowCount === 1;
+
+  /** Asserts a clear refusal: the status, a machine-readable code, a message, and no stack trace. */
+  async function refused(status: number, code: string, request: Promise<{ status: number; body: unknown }>) {
+    const res = await request;
+    const body = res.body as ErrorBody;
+    assert.equal(res.status, status, JSON.stringify(body));
+    assert.equal(body.code, code, JSON.stringify(body));
+    assert.equal(typeof body.message, 'string');
+    assert.ok(body.message.length > 0);
+    assert.ok(!('stack' in body));
+    return body;
+  }
+
+  before(async () => {
+    sys = await startTestSystem();
+    call = apiClient(sys.api.url);
+    template = await registerExampleTemplate(call);
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  const node = () => ({ kind: 'node', node: sys.nodeId });
+
+  it('refuses deployments of unknown templates and versions', async () => {
+    await refused(404, 'TEMPLATE_NOT_FOUND', call('POST', '/v1/deployments', { template: { name: 'no-such-template' }, parameters: {}, target: node() }));
+    await refused(404, 'TEMPLATE_VERSION_NOT_FOUND', call('POST', '/v1/deployments', { template: { name: template, version: 99 }, parameters: { message: 'x' }, target: node() }));
+    const bare = uniqueName('bare');
+    await call('POST', '/v1/templates', { name: bare });
+    await refused(404, 'TEMPLATE_VERSION_NOT_FOUND', call('POST', '/v1/deployments', { template: { name: bare }, target: node() }));
+  });
+
+  it('refuses missing, mistyped and undeclared parameters before anything is written', async () => {
+    const before = await counts();
+    const missing = await refused(422, 'INVALID_PARAMETERS', call('POST', '/v1/deployments', { template: { name: template }, parameters: {}, target: node() }));
+    assert.deepEqual(missing.details?.problems, [{ parameter: 'message', problem: 'is required' }]);
+    const mistyped = await refused(422, 'INVALID_PARAMETERS', call('POST', '/v1/deployments', { template: { name: template }, parameters: { message: 'x', exit_code: 'three', extra: 1 }, target: node() }));
+    assert.deepEqual(mistyped.details?.problems, [
+      { parameter: 'extra', problem: 'is not declared by the template' },
+      { parameter: 'exit_code', problem: 'must be of type integer, not string' },
+    ]);
+    assert.deepEqual(await counts(), before);
+  });
+
+  it('refuses unknown fields, wrong types, malformed JSON and other content types', async () => {
+    const before = await counts();
+    const unknown = await refused(400, 'VALIDATION_FAILED', call('POST', '/v1/deployments', { template: { name: template }, parameters: { message: 'x' }, target: node(), colour: 'red' }));
+    assert.match(unknown.message, /colour/);
+    await refused(400, 'VALIDATION_FAILED', call('POST', '/v1/deployments', { template: { name: template }, parameters: 'x', target: node() }));
+    await refused(400, 'VALIDATION_FAILED', call('POST', '/v1/deployments', { template: { name: template }, parameters: {}, target: { kind: 'moon' } }));
+    await refused(400, 'MALFORMED_JSON', call('POST', '/v1/deployments', '{"template": {'));
+    await refused(415, 'UNSUPPORTED_MEDIA_TYPE', call('POST', '/v1/templates', 'name=x', { 'content-type': 'application/x-www-form-urlencoded' }));
+    await refused(400, 'VALIDATION_FAILED', call('POST', '/v1/templates', []));
+    await refused(413, 'PAYLOAD_TOO_LARGE', call('POST', '/v1/templates', { name: 'big', description: 'x'.repeat(2 * 1024 * 1024) }));
+    assert.deepEqual(await counts(), before);
+    assert.equal(await templateExists('big'), false);
+  });
+
+  it('refuses names and ids that are not valid Kubernetes/Docker names', async () => {
+    const before = await counts();
+    await refused(400, 'VALIDATION_FAILED', call('POST', '/v1/templates', { name: 'Not_Valid' }));
+    await refused(400, 'VALIDATION_FAILED', call('POST', '/v1/templates', { name: `a${'b'.repeat(60)}` }));
+    await refused(400, 'VALIDATION_FAILED', call('GET', '/v1/deployments/not-an-id'));
+    await refused(400, 'VALIDATION_FAILED', call('GET', '/v1/runs/dep-aaaaaaaaaaaa'));
+    assert.deepEqual(await counts(), before);
+    assert.equal(await templateExists('not_valid'), false);
+  });
+
+  it('answers 404 with a code for unknown resources and routes', async () => {
+    await refused(404, 'DEPLOYMENT_NOT_FOUND', call('GET', '/v1/deployments/dep-aaaaaaaaaaaa'));
+    await refused(404, 'DEPLOYMENT_NOT_FOUND', call('POST', '/v1/deployments/dep-aaaaaaaaaaaa/runs', { action: 'deploy' }));
+    await refused(404, 'RUN_NOT_FOUND', call('GET', '/v1/runs/run-aaaaaaaaaaaa'));
+    await refused(404, 'TEMPLATE_NOT_FOUND', call('GET', '/v1/templates/nothing-here'));
+    await refused(404, 'TEMPLATE_VERSION_NOT_FOUND', call('GET', `/v1/templates/${template}/versions/42`));
+    await refused(404, 'ROUTE_NOT_FOUND', call('GET', '/v1/nothing'));
+  });
+
+  it('refuses actions the template does not declare, without starting anything', async () => {
+    const id = await createDeployment(call, template, { message: 'x' }, node());
+    const before = await counts();
+    const res = await refused(422, 'UNKNOWN_ACTION', call('POST', `/v1/deployments/${id}/runs`, { action: 'upgrade' }));
+    assert.deepEqual(res.details?.supported, ['deploy', 'destroy']);
+    await refused(400, 'VALIDATION_FAILED', call('POST', `/v1/deployments/${id}/runs`, { action: 'Deploy; rm -rf /' }));
+    assert.deepEqual(await counts(), before);
+    const containers = await sys.docker.listContainers({ all: true, filters: { label: [`io.glider-gun.deployment=${id}`] } });
+    assert.equal(containers.length, 0);
+  });
+
+  it('refuses unknown nodes and the cluster target when Kubernetes is not configured', async () => {
+    await refused(404, 'NODE_NOT_FOUND', call('POST', '/v1/deployments', { template: { name: template }, parameters: { message: 'x' }, target: { kind: 'node', node: 'nowhere' } }));
+    await refused(422, 'TARGET_UNAVAILABLE', call('POST', '/v1/deployments', { template: { name: template }, parameters: { message: 'x' }, target: { kind: 'cluster' } }));
+  });
+
+  it('refuses a duplicate template and invalid declarations', async () => {
+    await refused(409, 'TEMPLATE_EXISTS', call('POST', '/v1/templates', { name: template }));
+    const before = await counts();
+    await refused(422, 'INVALID_PARAMETERS', call('POST', `/v1/templates/${template}/versions`, { image: 'x:1', parameters: [{ name: 'a', type: 'integer', default: 'one' }] }));
+    await refused(400, 'VALIDATION_FAILED', call('POST', `/v1/templates/${template}/versions`, { image: 'x:1', parameters: [{ name: 'a', type: 'date' }] }));
+    await refused(400, 'VALIDATION_FAILED', call('POST', `/v1/templates/${template}/versions`, { image: '--privileged' }));
+    await refused(400, 'VALIDATION_FAILED', call('POST', `/v1/templates/${template}/versions`, { image: 'x:1', actions: ['deploy', 'deploy'] }));
+    assert.deepEqual(await counts(), before);
+  });
+
+  it('pages deployments with a stable cursor and filters them', async () => {
+    const own = uniqueName('paged');
+    await call('POST', '/v1/templates', { name: own });
+    await call('POST', `/v1/templates/${own}/versions`, { image: 'example:1' });
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push(await createDeployment(call, own, {}, node()));
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const query: string = `/v1/deployments?template=${own}&limit=2${cursor ? `&cursor=${cursor}` : ''}`;
+      const page = await call<{ items: { id: string }[]; nextCursor: string | null }>('GET', query);
+      assert.equal(page.status, 200);
+      seen.push(...page.body.items.map((d) => d.id));
+      cursor = page.body.nextCursor;
+    } while (cursor);
+    assert.deepEqual(seen, ids);
+    const none = await call<{ items: unknown[] }>('GET', `/v1/deployments?template=${own}&status=running`);
+    assert.deepEqual(none.body.items, []);
+    await refused(400, 'VALIDATION_FAILED', call('GET', '/v1/deployments?cursor=garbage'));
+    await refused(400, 'VALIDATION_FAILED', call('GET', '/v1/deployments?status=sleeping'));
+    await refused(400, 'VALIDATION_FAILED', call('GET', '/v1/deployments?limit=0'));
+  });
+
+  it('reports health of its dependencies without authentication', async () => {
+    const res = await call<{ status: string; checks: Record<string, { ok: boolean }> }>('GET', '/healthz');
+    assert.equal(res.status, 200);
+    assert.equal(res.body.status, 'ok');
+    assert.deepEqual(Object.keys(res.body.checks).sort(), ['docker', 'postgres', 'temporal']);
+  });
+});

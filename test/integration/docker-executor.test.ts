@@ -1,0 +1,134 @@
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ApplicationFailure } from '@temporalio/common';
+import Docker from 'dockerode';
+import { RUN_LABEL, containerName, type ExecutionContext } from '../../activities/execution/adapter.js';
+import { DockerExecutor } from '../../activities/execution/docker.js';
+import type { RunSpec } from '../../core/domain.js';
+import { newId } from '../../core/ids.js';
+import { scriptImage } from '../support/images.js';
+import { env, eventually, images } from '../support/system.js';
+
+/** The Docker adapter alone, against the real engine: adoption, timeouts, cancel and lost containers. */
+describe('DockerExecutor', () => {
+  const docker = new Docker(process.env.DOCKER_HOST ? undefined : { socketPath: '/var/run/docker.sock' });
+  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`));
+  const runIds: string[] = [];
+  let trapImage: string;
+  let stubbornImage: string;
+
+  const spec = (overrides: Partial<RunSpec> = {}): RunSpec => {
+    const runId = newId('run');
+    runIds.push(runId);
+    return {
+      runId,
+      deploymentId: newId('dep'),
+      action: 'deploy',
+      image: images.example,
+      parameters: { message: 'hi' },
+      env: { GLIDERGUN_CONTRACT_VERSION: '1', GLIDERGUN_ACTION: 'deploy', GLIDERGUN_DEPLOYMENT_ID: 'dep-x', GLIDERGUN_RUN_ID: runId },
+      timeoutSeconds: 60,
+      stopGraceSeconds: 2,
+      ...overrides,
+    };
+  };
+  const context = (signal = new AbortController().signal): ExecutionContext => ({ signal, heartbeat: () => undefined, log: () => undefined });
+  const containersOf = (runId: string) => docker.listContainers({ all: true, filters: { label: [`${RUN_LABEL}=${runId}`] } });
+  const running = (runId: string) =>
+    eventually(`container of ${runId} running`, async () => {
+      const [c] = await containersOf(runId);
+      return c?.State === 'running' ? c : undefined;
+    });
+
+  before(async () => {
+    // A template whose main process and a background child both trap SIGTERM and record it.
+    trapImage = await scriptImage(
+      docker,
+      `#!/bin/sh
+(trap 'echo child >> /state/signals; exit 0' TERM; while true; do sleep 0.1; done) &
+trap 'echo main >> /state/signals; wait; exit 143' TERM
+echo started > /state/started
+while true; do sleep 0.1; done
+`,
+    );
+    // A template that ignores SIGTERM (and so do its children, which inherit the disposition).
+    stubbornImage = await scriptImage(docker, `#!/bin/sh\ntrap '' TERM\necho started > /state/started\nwhile true; do sleep 0.1; done\n`);
+  });
+
+  after(async () => {
+    for (const runId of runIds) await executor.cleanup(runId);
+  });
+
+  it('adopts the container of an earlier attempt instead of starting a twin', async () => {
+    const s = spec({ env: { ...spec().env, TF_VAR_sleep_seconds: '2' } });
+    const first = executor.execute(s, context());
+    await running(s.runId);
+    const second = executor.execute(s, context());
+    const [a, b] = await Promise.all([first, second]);
+    assert.equal(a.status, 'succeeded');
+    assert.deepEqual(b, a);
+    assert.equal((await containersOf(s.runId)).length, 1);
+    // The template ran once: its own run counter in /state says so.
+    assert.equal(a.outputs?.runCount, 1);
+    // A third attempt after the end adopts the exited container and reports the same result without rerunning.
+    assert.deepEqual(await executor.execute(s, context()), a);
+  });
+
+  it('on cancel, sends SIGTERM to the whole process tree and reports cancelled', async () => {
+    const s = spec({ image: trapImage });
+    const abort = new AbortController();
+    const outcome = executor.execute(s, context(abort.signal));
+    await running(s.runId);
+    await eventually('the template to start', async () => (existsSync(path.join(executor.runDir(s.runId), 'state', 'started')) ? true : undefined));
+    const t0 = Date.now();
+    abort.abort();
+    const result = await outcome;
+    assert.equal(result.status, 'cancelled');
+    assert.ok(Date.now() - t0 < 2_000, 'the tree stopped on SIGTERM, before the grace period ran out');
+    const signals = (await readFile(path.join(executor.runDir(s.runId), 'state', 'signals'), 'utf8')).split('\n').filter(Boolean).sort();
+    assert.deepEqual(signals, ['child', 'main']);
+  });
+
+  it('ends a run that exceeds its timeout as failed/timeout, killing a template that ignores SIGTERM after the grace', async () => {
+    const s = spec({ image: stubbornImage, timeoutSeconds: 1, stopGraceSeconds: 1 });
+    const t0 = Date.now();
+    const result = await executor.execute(s, context());
+    const elapsed = Date.now() - t0;
+    assert.equal(result.status, 'failed');
+    assert.equal(result.reason, 'timeout');
+    assert.equal(result.exitCode, 137, 'killed by SIGKILL');
+    assert.ok(elapsed >= 2_000 && elapsed < 10_000, `took ${elapsed} ms: the timeout plus the grace`);
+    const [c] = await containersOf(s.runId);
+    assert.equal(c?.State, 'exited');
+  });
+
+  it('reports a container that vanished after it started, rather than starting the run again', async () => {
+    const s = spec({ image: stubbornImage });
+    const first = executor.execute(s, context());
+    await running(s.runId);
+    await docker.getContainer(containerName(s.runId)).remove({ force: true });
+    // The attempt that was watching sees the container die or disappear; either way it ends.
+    const seen = await first.then((o) => o.status, () => 'rejected');
+    assert.ok(['failed', 'rejected'].includes(seen), seen);
+    // A later attempt (a retry after a worker crash) must not start the run a second time.
+    await assert.rejects(executor.execute(s, context()), (err: unknown) => {
+      assert.ok(err instanceof ApplicationFailure);
+      assert.equal(err.type, 'container-vanished');
+      assert.equal(err.nonRetryable, true);
+      return true;
+    });
+    assert.equal((await containersOf(s.runId)).length, 0);
+  });
+
+  it('cleans up the container and the run folder, and cleaning twice is harmless', async () => {
+    const s = spec();
+    await executor.execute(s, context());
+    await executor.cleanup(s.runId);
+    await executor.cleanup(s.runId);
+    assert.equal((await containersOf(s.runId)).length, 0);
+    assert.equal(existsSync(executor.runDir(s.runId)), false);
+  });
+});
