@@ -9,8 +9,12 @@ export function createNodeActivities(deps: { adapter: ExecutionAdapter }) {
       const ctx = Context.current();
       return deps.adapter.execute(spec, {
         signal: ctx.cancellationSignal,
-        heartbeat: (details) => ctx.heartbeat(details),
-        log: (message, fields) => ctx.log.info(message, { runId: spec.runId, ...fields }),
+        heartbeat: (details) => {
+          ctx.heartbeat(details);
+        },
+        log: (message, fields) => {
+          ctx.log.info(message, { runId: spec.runId, ...fields });
+        },
       });
     },
 

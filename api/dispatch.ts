@@ -14,7 +14,7 @@ import {
   type DeploymentWorkflowInput,
 } from '../workflows/messages.js';
 
-const RESOURCE_EXHAUSTED = 8;
+import { status as GrpcStatus } from '@grpc/grpc-js';
 
 /**
  * Hands a run that Postgres has accepted to the deployment's workflow, starting the workflow if it is not
@@ -48,7 +48,7 @@ export async function dispatchRun(deps: { db: Db; temporal: Client; taskQueue: s
     });
     return run;
   } catch (err) {
-    const throttled = isGrpcServiceError(err) && err.code === RESOURCE_EXHAUSTED;
+    const throttled = isGrpcServiceError(err) && err.code === GrpcStatus.RESOURCE_EXHAUSTED;
     await finishRun(deps.db, run.id, {
       status: 'failed',
       reason: 'infrastructure',

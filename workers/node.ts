@@ -1,4 +1,5 @@
-import { NativeConnection, Worker } from '@temporalio/worker';
+import type { NativeConnection} from '@temporalio/worker';
+import { Worker } from '@temporalio/worker';
 import Docker from 'dockerode';
 import { DockerExecutor } from '../activities/execution/docker.js';
 import { createNodeActivities } from '../activities/node.js';

@@ -1,8 +1,10 @@
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type Docker from 'dockerode';
 import tar from 'tar-stream';
 import { say as defaultSay, step, type Say } from './progress.js';
@@ -57,15 +59,13 @@ async function buildBusybox(docker: Docker, ref: string, binary: Buffer, applets
   pack.entry({ name: 'etc/group', mode: 0o644 }, 'root:x:0:\nnogroup:x:65534:\n');
   pack.finalize();
   const [repo, tag] = ref.split(':') as [string, string];
-  const stream = await docker.importImage(Readable.from(pack) as unknown as NodeJS.ReadableStream, { repo, tag, changes: ['CMD ["/bin/sh"]', 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin'] } as object);
+  const stream = await docker.importImage(Readable.from(pack), { repo, tag, changes: ['CMD ["/bin/sh"]', 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin'] } as object);
   await drain(docker, stream);
 }
 
 async function listApplets(): Promise<string[]> {
-  const { execFile } = await import('node:child_process');
-  return new Promise((resolve, reject) =>
-    execFile(BUSYBOX_PATH, ['--list-full'], (err, stdout) => (err ? reject(err) : resolve(stdout.split('\n').filter(Boolean)))),
-  );
+  const { stdout } = await promisify(execFile)(BUSYBOX_PATH, ['--list-full']);
+  return stdout.split('\n').filter(Boolean);
 }
 
 async function buildFromDir(docker: Docker, dir: string, ref: string, buildargs: Record<string, string>): Promise<void> {

@@ -82,7 +82,7 @@ while true; do sleep 0.1; done
     const abort = new AbortController();
     const outcome = executor.execute(s, context(abort.signal));
     await running(s.runId);
-    await eventually('the template to start', async () => (existsSync(path.join(executor.runDir(s.runId), 'state', 'started')) ? true : undefined));
+    await eventually('the template to start', () => Promise.resolve(existsSync(path.join(executor.runDir(s.runId), 'state', 'started')) ? true : undefined));
     const t0 = Date.now();
     abort.abort();
     const result = await outcome;

@@ -18,7 +18,7 @@ export async function scriptImage(docker: Docker, script: string): Promise<strin
   pack.entry({ name: 'Dockerfile' }, dockerfile);
   pack.entry({ name: 'entrypoint.sh', mode: 0o755 }, script);
   pack.finalize();
-  const stream = await docker.buildImage(Readable.from(pack) as unknown as NodeJS.ReadableStream, { t: ref, rm: true, forcerm: true });
+  const stream = await docker.buildImage(Readable.from(pack), { t: ref, rm: true, forcerm: true });
   await new Promise<void>((resolve, reject) =>
     docker.modem.followProgress(stream, (err: Error | null, out: { error?: string }[]) => {
       const failed = out?.find((o) => o.error);

@@ -28,7 +28,7 @@ describe('readOutputs', () => {
   });
 
   it('treats a missing file as no outputs, without a warning', async () => {
-    const dir = await stateWith(async () => undefined);
+    const dir = await stateWith(() => Promise.resolve());
     assert.deepEqual(await readOutputs(dir), { warnings: [] });
   });
 
@@ -51,7 +51,7 @@ describe('readOutputs', () => {
   });
 
   it('does not block on a FIFO and ignores directories', async () => {
-    const fifoDir = await stateWith(async (f) => execFileSync('mkfifo', [f]));
+    const fifoDir = await stateWith((f) => Promise.resolve(execFileSync('mkfifo', [f])));
     assert.match((await readOutputs(fifoDir)).warnings[0] ?? '', /not a regular file/);
     const dirDir = await stateWith((f) => mkdir(f));
     assert.equal((await readOutputs(dirDir)).outputs, undefined);

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Makes a Debian machine (as root) ready to run Glider Gun's tests and its node worker:
+# installs Debian's docker.io (dockerd, containerd, runc, tini) and busybox-static (for the locally made
+# base images), starts dockerd if it is not answering, and starts the machine's Postgres if it is
+# installed but down. Idempotent: on a ready machine it only checks. Progress goes to stderr.
+set -euo pipefail
+
+say() { echo "[provision] $*" >&2; }
+
+wait_for() { # wait_for <what> <seconds> <command...>
+  local what=$1 timeout=$2 waited=0
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ((waited >= timeout)); then
+      say "FAILED: ${what} not ready after ${timeout}s"
+      return 1
+    fi
+    if ((waited % 5 == 0)); then say "waiting for ${what} (${waited}s)"; fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+  say "${what} is ready"
+}
+
+if [ "$(id -u)" != 0 ]; then
+  say "run as root (it installs Debian packages and starts dockerd)"
+  exit 1
+fi
+
+packages=()
+command -v dockerd >/dev/null || packages+=(docker.io)
+dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
+if ((${#packages[@]})); then
+  say "installing ${packages[*]} from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  # A previous machine session may have left a pid file behind with no process: dockerd refuses to start then.
+  for pidfile in /var/run/docker.pid /run/docker/containerd/containerd.pid; do
+    if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      say "removing stale $pidfile"
+      rm -f "$pidfile"
+    fi
+  done
+  say "starting dockerd (log: /var/log/glider-gun-dockerd.log)"
+  setsid nohup dockerd >/var/log/glider-gun-dockerd.log 2>&1 </dev/null &
+  wait_for "the Docker engine" 90 docker info || { tail -20 /var/log/glider-gun-dockerd.log >&2; exit 1; }
+else
+  say "the Docker engine is running"
+fi
+
+if [ -d /etc/postgresql ] && command -v pg_ctlcluster >/dev/null; then
+  version=$(ls /etc/postgresql | sort -V | tail -1)
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+    say "starting the machine's Postgres ${version}"
+    pg_ctlcluster --skip-systemctl-redirect "${version}" main start || true
+    wait_for "Postgres" 60 pg_isready -h 127.0.0.1 -p 5432 -q
+  else
+    say "Postgres is running"
+  fi
+fi
+
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+  say "note: Go is at /usr/local/go/bin but not on PATH; the Temporal CLI build needs it there"
+fi
+say "host ready"
