@@ -28,6 +28,9 @@ export async function createNodeWorker(opts: { connection: NativeConnection; con
     activities: createNodeActivities({ adapter: new DockerExecutor(opts.docker, config.node.workDir) }),
     // Runs are long and mostly waiting; the limit is about how many containers one node should carry.
     maxConcurrentActivityTaskExecutions: 20,
+    // A cancel reaches an activity only in the answer to a heartbeat; the SDK otherwise holds heartbeats
+    // back for up to 80% of the heartbeat timeout, which would delay every cancel by ~16 s.
+    maxHeartbeatThrottleInterval: '1 second',
     shutdownGraceTime: '10 seconds',
   });
 }

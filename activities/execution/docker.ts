@@ -94,14 +94,15 @@ export class DockerExecutor implements ExecutionAdapter {
         const onAbort = () => resolve('cancelled');
         if (ctx.signal.aborted) onAbort();
         ctx.signal.addEventListener('abort', onAbort, { once: true });
-        exited.then(
-          () => resolve(undefined),
-          (err: unknown) => reject(err instanceof Error ? err : new Error(String(err))),
-        );
-        void exited.finally(() => {
-          clearTimeout(timer);
-          ctx.signal.removeEventListener('abort', onAbort);
-        });
+        exited
+          .then(
+            () => resolve(undefined),
+            (err: unknown) => reject(err instanceof Error ? err : new Error(String(err))),
+          )
+          .finally(() => {
+            clearTimeout(timer);
+            ctx.signal.removeEventListener('abort', onAbort);
+          });
       });
       if (stopReason) {
         ctx.log(`stopping container: ${stopReason}`, { graceSeconds: spec.stopGraceSeconds });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { deploymentWorkflowId, statusQuery } from '../../workflows/messages.js';
+import { cancelSignal, deploymentWorkflowId, statusQuery } from '../../workflows/messages.js';
 import { createDeployment, registerExampleTemplate } from '../support/fixtures.js';
 import { apiClient, eventually, startTestSystem, type TestSystem } from '../support/system.js';
 
@@ -125,6 +125,31 @@ describe('a deployment runs its template container end to end', () => {
       return run.body.status === 'succeeded' ? run : undefined;
     });
     assert.equal((await runToEnd(id)).status, 'succeeded');
+  });
+
+  it('cancels the named run through the workflow\'s cancel signal, and ignores a cancel naming another run', async () => {
+    const id = await createDeployment(call, template, { message: 'long', sleep_seconds: 60 }, target());
+    const started = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    const handle = sys.client.workflow.getHandle(deploymentWorkflowId(id));
+    await eventually('the run to execute', async () => {
+      const status = await handle.query(statusQuery);
+      return status.activeRun?.phase === 'executing' ? status : undefined;
+    });
+    await handle.signal(cancelSignal, { runId: 'run-000000000000' });
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal((await handle.query(statusQuery)).activeRun?.id, started.body.id, 'a cancel for another run changes nothing');
+    const t0 = Date.now();
+    await handle.signal(cancelSignal, { runId: started.body.id });
+    const run = await eventually('the run to end', async () => {
+      const r = await call<RunBody>('GET', `/v1/runs/${started.body.id}`);
+      return r.body.status === 'cancelled' ? r.body : undefined;
+    });
+    assert.ok(Date.now() - t0 < 8_000, `cancel took ${Date.now() - t0} ms`);
+    assert.equal(run.reason, null);
+    assert.equal((await call<{ status: string }>('GET', `/v1/deployments/${id}`)).body.status, 'cancelled');
+    assert.equal((await handle.query(statusQuery)).status, 'cancelled');
+    const containers = await sys.docker.listContainers({ all: true, filters: { label: [`io.glider-gun.run=${run.id}`] } });
+    assert.equal(containers.length, 0, 'the container is removed once the outcome is recorded');
   });
 
   it('fails a run with reason image-unavailable when the image cannot be had, leaving nothing behind', async () => {
