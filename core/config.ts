@@ -12,7 +12,10 @@ const booleanFromEnv = z
 const ConfigSchema = z.object({
   GLIDERGUN_DATA_DIR: z.string().min(1).default('.gg-data'),
   DATABASE_URL: z.string().url().optional(),
-  TEMPORAL_ADDRESS: z.string().min(1).default('127.0.0.1:7233'),
+  /** Unset: the dev stack runs its own Temporal dev server on GLIDERGUN_TEMPORAL_PORT. */
+  TEMPORAL_ADDRESS: z.string().min(1).optional(),
+  GLIDERGUN_TEMPORAL_PORT: z.coerce.number().int().min(1).max(65535).default(7233),
+  GLIDERGUN_EMBEDDED_PG_PORT: z.coerce.number().int().min(1).max(65535).default(54329),
   TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
   TEMPORAL_UI_PORT: z.coerce.number().int().min(1).max(65535).default(8233),
   GLIDERGUN_TASK_QUEUE: z.string().min(1).default('glider-gun'),
@@ -32,6 +35,8 @@ export interface Config {
   /** Unset means "the dev stack runs an embedded Postgres". */
   databaseUrl: string | undefined;
   temporal: { address: string; namespace: string; uiPort: number; taskQueue: string };
+  /** Where the dev stack (npm start) runs the services it starts itself. */
+  devStack: { startTemporal: boolean; temporalPort: number; postgresPort: number };
   api: { host: string; port: number };
   node: { id: string; workDir: string };
   docker: { host: string | undefined };
@@ -60,10 +65,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dataDir,
     databaseUrl: e.DATABASE_URL,
     temporal: {
-      address: e.TEMPORAL_ADDRESS,
+      address: e.TEMPORAL_ADDRESS ?? `127.0.0.1:${e.GLIDERGUN_TEMPORAL_PORT}`,
       namespace: e.TEMPORAL_NAMESPACE,
       uiPort: e.TEMPORAL_UI_PORT,
       taskQueue: e.GLIDERGUN_TASK_QUEUE,
+    },
+    devStack: {
+      startTemporal: e.TEMPORAL_ADDRESS === undefined,
+      temporalPort: e.GLIDERGUN_TEMPORAL_PORT,
+      postgresPort: e.GLIDERGUN_EMBEDDED_PG_PORT,
     },
     api: { host: e.GLIDERGUN_API_HOST, port: e.GLIDERGUN_API_PORT },
     node: { id: e.GLIDERGUN_NODE_ID, workDir: path.join(dataDir, 'node', e.GLIDERGUN_NODE_ID) },

@@ -19,8 +19,6 @@ import { startEmbeddedPostgres, type Postgres } from './postgres.js';
 import { say, step } from './progress.js';
 import { ensureTemporalCli, startTemporalServer, type TemporalServer } from './temporal.js';
 
-const EMBEDDED_PG_PORT = Number(process.env.GLIDERGUN_EMBEDDED_PG_PORT ?? 54329);
-
 async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger(config.logLevel, 'glider-gun');
@@ -49,11 +47,14 @@ async function main(): Promise<void> {
     }
 
     let temporal: TemporalServer | undefined;
-    if (process.env.TEMPORAL_ADDRESS) {
+    if (!config.devStack.startTemporal) {
       say(`using the Temporal server at ${config.temporal.address}`);
     } else {
-      const port = Number(config.temporal.address.split(':').pop());
-      if (await isPortInUse(port)) throw new Error(`port ${port} is in use: stop what uses it, or set TEMPORAL_ADDRESS to use that server`);
+      const port = config.devStack.temporalPort;
+      if (await isPortInUse(port)) {
+        throw new Error(`port ${port} is in use: stop what uses it, set GLIDERGUN_TEMPORAL_PORT, or set TEMPORAL_ADDRESS to use that server`);
+      }
+      if (await isPortInUse(config.temporal.uiPort)) throw new Error(`port ${config.temporal.uiPort} is in use: set TEMPORAL_UI_PORT`);
       const binary = await ensureTemporalCli();
       temporal = await step('starting the Temporal dev server', () =>
         startTemporalServer({ binary, port, uiPort: config.temporal.uiPort, dbFile: path.join(config.dataDir, 'temporal.db') }),
@@ -64,7 +65,7 @@ async function main(): Promise<void> {
     let databaseUrl = config.databaseUrl;
     if (!databaseUrl) {
       const pg: Postgres = await step('starting the embedded Postgres', () =>
-        startEmbeddedPostgres({ dataDir: path.join(config.dataDir, 'postgres'), port: EMBEDDED_PG_PORT, database: 'glidergun' }),
+        startEmbeddedPostgres({ dataDir: path.join(config.dataDir, 'postgres'), port: config.devStack.postgresPort, database: 'glidergun' }),
       );
       stops.push(() => pg.stop());
       databaseUrl = pg.url;
