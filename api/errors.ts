@@ -3,7 +3,7 @@ import type { z } from 'zod';
 import { AppError, ErrorCode } from '../core/errors.js';
 
 /** The one place error codes become HTTP statuses. */
-const HTTP_STATUS: Record<ErrorCode, number> = {
+export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.ValidationFailed]: 400,
   [ErrorCode.MalformedJson]: 400,
   [ErrorCode.UnsupportedMediaType]: 415,
@@ -15,6 +15,12 @@ const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.RunNotFound]: 404,
   [ErrorCode.NodeNotFound]: 404,
   [ErrorCode.TemplateExists]: 409,
+  [ErrorCode.TokenExists]: 409,
+  [ErrorCode.TokenNotFound]: 404,
+  [ErrorCode.Unauthenticated]: 401,
+  [ErrorCode.Forbidden]: 403,
+  [ErrorCode.IdempotencyKeyReused]: 422,
+  [ErrorCode.IdempotencyKeyInUse]: 409,
   [ErrorCode.RunInProgress]: 409,
   [ErrorCode.InvalidParameters]: 422,
   [ErrorCode.UnknownAction]: 422,

