@@ -1,6 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Config } from '../core/config.js';
-import { getDeployment } from '../core/db/deployments.js';
+import { sealForNode, type SecretBox } from '../core/crypto.js';
+import { getDeployment, getSealedSecrets } from '../core/db/deployments.js';
 import type { Db } from '../core/db/pool.js';
 import * as runs from '../core/db/runs.js';
 import { getTemplateVersion } from '../core/db/templates.js';
@@ -22,6 +23,8 @@ export interface RunTransition {
 export interface StartedRun extends RunTransition {
   /** Present only when the run really moved to `running` (not when it had already ended). */
   spec?: RunSpec | undefined;
+  /** Whether the deployment has sensitive values to deliver (then the node's key is fetched to seal them). */
+  hasSecrets: boolean;
   nodeWaitSeconds: number;
 }
 
@@ -35,7 +38,7 @@ function tfVarValue(value: unknown): string {
 }
 
 /** Database transitions of a run, run by the cluster worker. Each is idempotent (see core/db/runs.ts). */
-export function createRunActivities(deps: { db: Db; runs: Config['runs'] }) {
+export function createRunActivities(deps: { db: Db; runs: Config['runs']; secrets: SecretBox }) {
   const { db } = deps;
 
   async function transition(run: runs.Run | undefined, runId: string): Promise<RunTransition> {
@@ -48,9 +51,13 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs'] }) {
   return {
     async startRun(runId: string): Promise<StartedRun> {
       const run = await runs.markRunStarted(db, runId);
-      const base = { ...(await transition(run, runId)), nodeWaitSeconds: deps.runs.nodeWaitSeconds };
-      if (!run || run.status !== 'running') return base;
-      const deployment = (await getDeployment(db, run.deploymentId))!;
+      const deployment = run && (await getDeployment(db, run.deploymentId));
+      const base = {
+        ...(await transition(run, runId)),
+        hasSecrets: (deployment?.sensitiveParameters.length ?? 0) > 0,
+        nodeWaitSeconds: deps.runs.nodeWaitSeconds,
+      };
+      if (!run || !deployment || run.status !== 'running') return base;
       const version = await getTemplateVersion(db, deployment.template.name, deployment.template.version);
       if (!version) throw missing('template version', `${deployment.template.name}@${deployment.template.version}`);
       const sensitive = new Set(version.parameters.filter((p) => p.sensitive).map((p) => p.name));
@@ -75,6 +82,18 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs'] }) {
         stopGraceSeconds: deps.runs.stopGraceSeconds,
       };
       return { ...base, spec };
+    },
+
+    /**
+     * Decrypts the deployment's sensitive values and seals them to the executing node's public key, so they
+     * cross Temporal only as ciphertext that node alone can open.
+     */
+    async sealRunSecrets(runId: string, nodePublicKey: string): Promise<NonNullable<RunSpec['secrets']>> {
+      const run = await runs.getRun(db, runId);
+      if (!run) throw missing('run', runId);
+      const sealed = await getSealedSecrets(db, run.deploymentId);
+      const plaintext = sealed ? deps.secrets.open(sealed, run.deploymentId) : Buffer.from('{}');
+      return sealForNode(nodePublicKey, plaintext);
     },
 
     async setRunPhase(runId: string, phase: RunPhase): Promise<RunTransition> {

@@ -1,5 +1,6 @@
 import type { Client } from '@temporalio/client';
 import type { Logger } from 'pino';
+import type { SecretBox } from '../core/crypto.js';
 import type { Db } from '../core/db/pool.js';
 
 export interface ApiDeps {
@@ -8,7 +9,10 @@ export interface ApiDeps {
   /** Task queue of the cluster worker, which hosts the deployment workflows. */
   taskQueue: string;
   kubernetesEnabled: boolean;
+  /** Encrypts sensitive parameter values at rest. */
+  secrets: SecretBox;
   /** Reachability checks reported by /healthz; each throws when its dependency is down. */
   probes: Record<string, () => Promise<void>>;
   log: Logger;
+  version: string;
 }

@@ -44,6 +44,10 @@ export function openApiDocument(routes: readonly AnyRoute[], version: string): o
         content: { 'application/json': { schema: ErrorBodySchema } },
       };
     }
+    // The route table erases the schemas' types (AnyRoute); they are zod objects by construction.
+    const params = route.params as z.ZodObject | undefined;
+    const query = route.query as z.ZodObject | undefined;
+    const body = route.body as z.ZodType | undefined;
     registry.registerPath({
       method: route.method,
       path: route.path,
@@ -53,13 +57,13 @@ export function openApiDocument(routes: readonly AnyRoute[], version: string): o
       tags: [route.tag],
       ...(route.roles === 'public' ? {} : { security: [{ bearer: [] }], 'x-roles': route.roles }),
       request: {
-        ...(route.params ? { params: route.params } : {}),
-        ...(route.query ? { query: route.query } : {}),
+        ...(params ? { params } : {}),
+        ...(query ? { query } : {}),
         ...(route.idempotent ? { headers: z.object({ 'Idempotency-Key': z.string().max(200).optional() }) } : {}),
-        ...(route.body ? { body: { required: true, content: { 'application/json': { schema: route.body } } } } : {}),
+        ...(body ? { body: { required: true, content: { 'application/json': { schema: body } } } } : {}),
       },
       responses,
-    } as Parameters<OpenAPIRegistry['registerPath']>[0]);
+    });
   }
   return new OpenApiGeneratorV31(registry.definitions).generateDocument({
     openapi: '3.1.0',

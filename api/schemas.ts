@@ -1,23 +1,34 @@
-import { z } from 'zod';
-import { DEPLOYMENT_STATUSES, PARAMETER_TYPES } from '../core/domain.js';
+import { ROLES } from '../core/db/tokens.js';
+import { z } from './zod.js';
+import { DEPLOYMENT_STATUSES, FAILURE_REASONS, PARAMETER_TYPES, RUN_PHASES, RUN_STATUSES } from '../core/domain.js';
 import { ID_PATTERN, NAME_PATTERN } from '../core/ids.js';
 
 const nameMessage = 'must be 1-40 lowercase letters, digits or "-", starting and ending with a letter or digit';
 
-export const Name = z.string().regex(NAME_PATTERN, nameMessage);
-export const DeploymentId = z.string().regex(ID_PATTERN, 'is not a deployment id').startsWith('dep-', 'is not a deployment id');
-export const RunId = z.string().regex(ID_PATTERN, 'is not a run id').startsWith('run-', 'is not a run id');
+export const Name = z.string().regex(NAME_PATTERN, nameMessage).openapi({ example: 'web-stack' });
+export const DeploymentId = z
+  .string()
+  .regex(ID_PATTERN, 'is not a deployment id')
+  .startsWith('dep-', 'is not a deployment id')
+  .openapi({ example: 'dep-4kq0m2x9ab7c' });
+export const RunId = z
+  .string()
+  .regex(ID_PATTERN, 'is not a run id')
+  .startsWith('run-', 'is not a run id')
+  .openapi({ example: 'run-zp3v8c1n0qwe' });
 export const ActionName = z.string().regex(/^[a-z][a-z0-9-]{0,30}$/, 'must be a lowercase word such as "deploy"');
 export const VersionNumber = z.coerce.number().int().min(1);
 
-export const ParameterDeclarationSchema = z.strictObject({
+export const ParameterDeclarationSchema = z
+  .strictObject({
   name: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'must be a letter or "_" followed by letters, digits or "_"'),
   type: z.enum(PARAMETER_TYPES),
   required: z.boolean().default(false),
-  default: z.json().optional(),
+  default: z.unknown().optional().openapi({ description: 'a JSON value of the declared type' }),
   sensitive: z.boolean().default(false),
   description: z.string().max(2000).optional(),
-});
+  })
+  .openapi('ParameterDeclaration');
 
 export const CreateTemplateBody = z.strictObject({
   name: Name,
@@ -35,15 +46,14 @@ export const CreateTemplateVersionBody = z.strictObject({
   tfVars: z.boolean().default(false),
 });
 
-export const TargetSchema = z.discriminatedUnion('kind', [
-  z.strictObject({ kind: z.literal('cluster') }),
-  z.strictObject({ kind: z.literal('node'), node: Name }),
-]);
+export const TargetSchema = z
+  .discriminatedUnion('kind', [z.strictObject({ kind: z.literal('cluster') }), z.strictObject({ kind: z.literal('node'), node: Name })])
+  .openapi('Target');
 
 export const CreateDeploymentBody = z.strictObject({
   name: z.string().max(200).default(''),
   template: z.strictObject({ name: Name, version: z.number().int().min(1).optional() }),
-  parameters: z.record(z.string(), z.json()).default({}),
+  parameters: z.record(z.string(), z.unknown()).default({}),
   target: TargetSchema.default({ kind: 'node', node: 'local' }),
 });
 
@@ -77,3 +87,121 @@ export function decodeCursor(cursor: string | undefined): number | undefined | n
   const m = /^s(\d{1,18})$/.exec(Buffer.from(cursor, 'base64url').toString('utf8'));
   return m ? Number(m[1]) : null;
 }
+
+export const CursorPage = <T extends z.ZodType>(item: T, name: string) =>
+  z.object({ items: z.array(item), nextCursor: z.string().nullable() }).openapi(name);
+
+export const NameParams = z.object({ name: Name });
+export const VersionParams = z.object({ name: Name, version: VersionNumber });
+export const DeploymentParams = z.object({ id: DeploymentId });
+export const RunParams = z.object({ id: RunId });
+
+const Timestamp = z.string().openapi({ format: 'date-time' });
+
+export const TemplateSchema = z
+  .object({
+    name: Name,
+    description: z.string(),
+    createdBy: z.string(),
+    createdAt: Timestamp,
+    latestVersion: z.number().int().nullable(),
+  })
+  .openapi('Template');
+
+export const TemplateVersionSchema = z
+  .object({
+    templateName: Name,
+    version: z.number().int(),
+    image: z.string(),
+    parameters: z.array(ParameterDeclarationSchema),
+    actions: z.array(z.string()),
+    tfVars: z.boolean(),
+    createdBy: z.string(),
+    createdAt: Timestamp,
+  })
+  .openapi('TemplateVersion');
+
+export const TemplateWithVersionsSchema = TemplateSchema.extend({ versions: z.array(TemplateVersionSchema) }).openapi('TemplateWithVersions');
+
+export const RunSummarySchema = z
+  .object({
+    id: RunId,
+    action: z.string(),
+    status: z.enum(RUN_STATUSES),
+    phase: z.enum(RUN_PHASES).optional(),
+    reason: z.enum(FAILURE_REASONS).optional(),
+    exitCode: z.number().int().optional(),
+  })
+  .openapi('RunSummary');
+
+export const RunSchema = z
+  .object({
+    id: RunId,
+    deploymentId: DeploymentId,
+    action: z.string(),
+    status: z.enum(RUN_STATUSES),
+    phase: z.enum(RUN_PHASES).nullable(),
+    reason: z.enum(FAILURE_REASONS).nullable(),
+    message: z.string().nullable(),
+    exitCode: z.number().int().nullable(),
+    outputs: z.record(z.string(), z.unknown()).nullable(),
+    warnings: z.array(z.string()),
+    requestedBy: z.string(),
+    createdAt: Timestamp,
+    startedAt: Timestamp.nullable(),
+    finishedAt: Timestamp.nullable(),
+  })
+  .openapi('Run');
+
+export const DeploymentSchema = z
+  .object({
+    id: DeploymentId,
+    name: z.string(),
+    template: z.object({ name: Name, version: z.number().int() }),
+    parameters: z.record(z.string(), z.unknown()).openapi({ description: 'non-sensitive parameter values' }),
+    sensitiveParameters: z.array(z.string()).openapi({ description: 'names of the sensitive parameters that have a value; values are never returned' }),
+    target: TargetSchema,
+    status: z.enum(DEPLOYMENT_STATUSES),
+    outputs: z.record(z.string(), z.unknown()),
+    activeRun: RunSummarySchema.nullable(),
+    lastRun: RunSummarySchema.nullable(),
+    createdBy: z.string(),
+    createdAt: Timestamp,
+    updatedAt: Timestamp,
+  })
+  .openapi('Deployment');
+
+export const Role = z.enum(ROLES);
+
+export const TokenSchema = z
+  .object({
+    id: z.string(),
+    name: Name,
+    role: Role,
+    createdBy: z.string(),
+    createdAt: Timestamp,
+    expiresAt: Timestamp.nullable(),
+    revokedAt: Timestamp.nullable(),
+    revokedBy: z.string().nullable(),
+  })
+  .openapi('Token');
+
+export const CreateTokenBody = z.strictObject({
+  name: Name,
+  role: Role,
+  /** Seconds from now; unset means the token does not expire. */
+  expiresInSeconds: z.number().int().min(60).max(10 * 365 * 24 * 3600).optional(),
+});
+
+export const CreatedTokenSchema = TokenSchema.extend({
+  token: z.string().openapi({ description: 'the bearer token; shown only in this response' }),
+}).openapi('CreatedToken');
+
+export const TokenParams = z.object({ id: z.string().regex(/^[a-z0-9]{12}$/, 'is not a token id') });
+
+export const HealthSchema = z
+  .object({
+    status: z.enum(['ok', 'degraded']),
+    checks: z.record(z.string(), z.object({ ok: z.boolean(), error: z.string().optional() })),
+  })
+  .openapi('Health');

@@ -27,6 +27,10 @@ const ConfigSchema = z.object({
   GLIDERGUN_RUN_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(3600),
   GLIDERGUN_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
   GLIDERGUN_NODE_WAIT_SECONDS: z.coerce.number().int().min(1).default(600),
+  /** 32 bytes, base64. Unset: generated at first start into <data dir>/encryption-key. */
+  GLIDERGUN_ENCRYPTION_KEY: z.string().min(1).optional(),
+  /** Where a node writes each run's secrets file; must be a memory file system (tmpfs). */
+  GLIDERGUN_SECRETS_DIR: z.string().min(1).default('/dev/shm/glider-gun'),
   GLIDERGUN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
 });
 
@@ -38,7 +42,8 @@ export interface Config {
   /** Where the dev stack (npm start) runs the services it starts itself. */
   devStack: { startTemporal: boolean; temporalPort: number; postgresPort: number };
   api: { host: string; port: number };
-  node: { id: string; workDir: string };
+  node: { id: string; workDir: string; secretsDir: string };
+  security: { encryptionKey: string | undefined; encryptionKeyFile: string; adminTokenFile: string };
   docker: { host: string | undefined };
   kubernetes: { enabled: boolean };
   runs: { timeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number };
@@ -76,7 +81,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       postgresPort: e.GLIDERGUN_EMBEDDED_PG_PORT,
     },
     api: { host: e.GLIDERGUN_API_HOST, port: e.GLIDERGUN_API_PORT },
-    node: { id: e.GLIDERGUN_NODE_ID, workDir: path.join(dataDir, 'node', e.GLIDERGUN_NODE_ID) },
+    node: {
+      id: e.GLIDERGUN_NODE_ID,
+      workDir: path.join(dataDir, 'node', e.GLIDERGUN_NODE_ID),
+      secretsDir: path.join(e.GLIDERGUN_SECRETS_DIR, e.GLIDERGUN_NODE_ID),
+    },
+    security: {
+      encryptionKey: e.GLIDERGUN_ENCRYPTION_KEY,
+      encryptionKeyFile: path.join(dataDir, 'encryption-key'),
+      adminTokenFile: path.join(dataDir, 'admin-token'),
+    },
     docker: { host: e.DOCKER_HOST },
     kubernetes: { enabled: e.GLIDERGUN_KUBERNETES },
     runs: {

@@ -65,6 +65,8 @@ export interface RunSpec {
   env: Record<string, string>;
   timeoutSeconds: number;
   stopGraceSeconds: number;
+  /** Sensitive values sealed to the executing node's key (core/crypto.ts): opaque in Temporal's history. */
+  secrets?: { v: 1; epk: string; nonce: string; tag: string; ct: string } | undefined;
 }
 
 export interface RunOutcome {

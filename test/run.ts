@@ -21,6 +21,7 @@ import { say, step } from '../infra/dev/progress.js';
 import { ensureTemporalCli, startTemporalServer } from '../infra/dev/temporal.js';
 import { WORKFLOWS_PATH } from '../workers/cluster.js';
 import { createDockerClient } from '../workers/node.js';
+import { SECRETS_ROOT } from './support/system.js';
 
 async function findTestFiles(dir: string): Promise<string[]> {
   if (dir.endsWith('.test.ts')) return [dir];
@@ -93,6 +94,7 @@ async function main(): Promise<number> {
           '--test-reporter=tap', `--test-reporter-destination=${tapFile}`,
           `--test-concurrency=${Math.max(2, os.availableParallelism())}`,
           '--test-timeout=300000',
+          '--test-force-exit',
           ...files,
         ],
         {
@@ -125,6 +127,7 @@ async function main(): Promise<number> {
       passed += 1;
       say('ok: no container left behind');
     }
+    await rm(SECRETS_ROOT, { recursive: true, force: true });
     await cleanup();
     console.log(`${passed} passed, ${failed} failed`);
     return exitCode !== 0 || failed > 0 ? 1 : 0;

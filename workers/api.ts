@@ -1,15 +1,22 @@
 import http from 'node:http';
+import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
 import type { Connection } from '@temporalio/client';
 import { Client } from '@temporalio/client';
 import type Docker from 'dockerode';
 import type { Logger } from 'pino';
 import { createApp } from '../api/app.js';
+import { ensureAdminToken, type AdminTokenState } from '../core/bootstrap.js';
 import type { Config } from '../core/config.js';
+import { SecretBox } from '../core/crypto.js';
+import { loadEncryptionKey } from '../core/keys.js';
 import type { Db } from '../core/db/pool.js';
+
+const VERSION = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
 
 export interface ApiServer {
   url: string;
+  adminToken: AdminTokenState;
   server: http.Server;
   close(): Promise<void>;
 }
@@ -39,7 +46,18 @@ export async function startApiServer(opts: {
       await docker.ping();
     };
   }
-  const app = createApp({ db, temporal, taskQueue: config.temporal.taskQueue, kubernetesEnabled: config.kubernetes.enabled, probes, log: opts.log });
+  const secrets = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
+  const adminToken = await ensureAdminToken(db, config.security.adminTokenFile);
+  const app = createApp({
+    db,
+    temporal,
+    taskQueue: config.temporal.taskQueue,
+    kubernetesEnabled: config.kubernetes.enabled,
+    secrets,
+    probes,
+    log: opts.log,
+    version: VERSION,
+  });
   const server = http.createServer(app);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -48,6 +66,7 @@ export async function startApiServer(opts: {
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://${config.api.host}:${port}`,
+    adminToken,
     server,
     close: () =>
       new Promise<void>((resolve) => {

@@ -4,6 +4,7 @@ import Docker from 'dockerode';
 import { DockerExecutor } from '../activities/execution/docker.js';
 import { createNodeActivities } from '../activities/node.js';
 import type { Config } from '../core/config.js';
+import { loadNodeKey } from '../core/keys.js';
 
 export const nodeTaskQueue = (nodeId: string): string => `node-${nodeId}`;
 
@@ -21,11 +22,15 @@ export function createDockerClient(host: string | undefined): Docker {
  */
 export async function createNodeWorker(opts: { connection: NativeConnection; config: Config; docker: Docker }): Promise<Worker> {
   const { config } = opts;
+  const nodePrivateKeyPem = await loadNodeKey(config.node.workDir);
   return Worker.create({
     connection: opts.connection,
     namespace: config.temporal.namespace,
     taskQueue: nodeTaskQueue(config.node.id),
-    activities: createNodeActivities({ adapter: new DockerExecutor(opts.docker, config.node.workDir) }),
+    activities: createNodeActivities({
+      adapter: new DockerExecutor(opts.docker, config.node.workDir, config.node.secretsDir),
+      nodePrivateKeyPem,
+    }),
     // Runs are long and mostly waiting; the limit is about how many containers one node should carry.
     maxConcurrentActivityTaskExecutions: 20,
     // A cancel reaches an activity only in the answer to a heartbeat; the SDK otherwise holds heartbeats

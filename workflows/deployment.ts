@@ -126,8 +126,7 @@ export class DeploymentEntity {
     if (this.cancelRequested.has(spec.runId)) {
       outcome = { status: 'cancelled', message: 'cancelled before the container started' };
     } else {
-      this.apply(await db.setRunPhase(spec.runId, 'executing'));
-      outcome = await this.executeOnTarget(node, spec);
+      outcome = await this.executeOnTarget(node, spec, started.hasSecrets);
     }
     // Whatever happened above, the outcome is recorded and the container removed, even if this workflow is being cancelled.
     await CancellationScope.nonCancellable(async () => {
@@ -143,11 +142,16 @@ export class DeploymentEntity {
     });
   }
 
-  private async executeOnTarget(node: NodeActivities, spec: RunSpec): Promise<RunOutcome> {
+  private async executeOnTarget(node: NodeActivities, spec: RunSpec, hasSecrets: boolean): Promise<RunOutcome> {
     const scope = new CancellationScope();
     this.activeScope = scope;
     try {
-      return await scope.run(() => node.executeRun(spec));
+      return await scope.run(async () => {
+        // Sensitive values travel sealed to the node's own key: only ciphertext enters the history.
+        const secrets = hasSecrets ? await db.sealRunSecrets(spec.runId, await node.nodePublicKey()) : undefined;
+        this.apply(await db.setRunPhase(spec.runId, 'executing'));
+        return node.executeRun({ ...spec, secrets });
+      });
     } catch (err) {
       return outcomeOfFailure(err);
     } finally {

@@ -14,7 +14,8 @@ export interface ExecutionContext {
  * idempotent per run id: a second `execute` of the same run adopts the container started by the first.
  */
 export interface ExecutionAdapter {
-  execute(spec: RunSpec, ctx: ExecutionContext): Promise<RunOutcome>;
+  /** `secrets` are the sensitive values, delivered as /secrets/template-secrets.json on a memory-backed mount. */
+  execute(spec: RunSpec, secrets: Record<string, unknown>, ctx: ExecutionContext): Promise<RunOutcome>;
   /** Removes what the run left behind. Called only after the run's outcome is recorded. */
   cleanup(runId: string): Promise<void>;
 }

@@ -1,4 +1,4 @@
-import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type Docker from 'dockerode';
@@ -15,6 +15,9 @@ import {
 } from './adapter.js';
 
 const HEARTBEAT_MS = 2_000;
+/** statfs types of memory file systems: secrets may only ever be written to one of these. */
+const MEMORY_FS_TYPES = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
+export const SECRETS_FILE = 'template-secrets.json';
 
 function statusCode(err: unknown): number | undefined {
   return typeof err === 'object' && err !== null && 'statusCode' in err && typeof err.statusCode === 'number'
@@ -38,13 +41,19 @@ export class DockerExecutor implements ExecutionAdapter {
   constructor(
     private readonly docker: Docker,
     private readonly workDir: string,
+    /** On a memory file system: each run's secrets live here and reach the container as a bind mount. */
+    private readonly secretsDir: string,
   ) {}
 
   runDir(runId: string): string {
     return path.join(this.workDir, 'runs', runId);
   }
 
-  async execute(spec: RunSpec, ctx: ExecutionContext): Promise<RunOutcome> {
+  secretsPath(runId: string): string {
+    return path.join(this.secretsDir, runId);
+  }
+
+  async execute(spec: RunSpec, secrets: Record<string, unknown>, ctx: ExecutionContext): Promise<RunOutcome> {
     const name = containerName(spec.runId);
     const dir = this.runDir(spec.runId);
     const marker = path.join(dir, 'started');
@@ -58,6 +67,7 @@ export class DockerExecutor implements ExecutionAdapter {
         });
       }
       await this.prepare(dir, spec);
+      await this.writeSecrets(spec.runId, secrets);
       await this.ensureImage(spec.image, ctx);
       container = await this.create(name, dir, spec);
       ctx.log('container created', { container: name, image: spec.image });
@@ -136,6 +146,26 @@ export class DockerExecutor implements ExecutionAdapter {
       });
     }
     await rm(this.runDir(runId), { recursive: true, force: true });
+    await rm(this.secretsPath(runId), { recursive: true, force: true });
+  }
+
+  /** Only ever on a memory file system, readable through the mount by whatever user the template runs as. */
+  private async writeSecrets(runId: string, secrets: Record<string, unknown>): Promise<void> {
+    // The parent is private to root on the host; the run's own folder is what the container sees.
+    await mkdir(this.secretsDir, { recursive: true, mode: 0o700 });
+    const fsType = (await statfs(this.secretsDir)).type;
+    if (!MEMORY_FS_TYPES.has(fsType)) {
+      throw ApplicationFailure.create({
+        type: 'infrastructure',
+        message: `${this.secretsDir} is not a memory file system (tmpfs); refusing to write secrets there (set GLIDERGUN_SECRETS_DIR)`,
+        nonRetryable: true,
+      });
+    }
+    const dir = this.secretsPath(runId);
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { mode: 0o755 });
+    await chmod(dir, 0o755);
+    await writeFile(path.join(dir, SECRETS_FILE), `${JSON.stringify(secrets, null, 2)}\n`, { mode: 0o444 });
   }
 
   private async find(name: string): Promise<Docker.Container | undefined> {
@@ -194,7 +224,7 @@ export class DockerExecutor implements ExecutionAdapter {
         Labels: { [MANAGED_LABEL]: 'true', [RUN_LABEL]: spec.runId, [DEPLOYMENT_LABEL]: spec.deploymentId },
         HostConfig: {
           Init: true,
-          Binds: [`${path.join(dir, 'state')}:/state`, `${path.join(dir, 'logs')}:/logs`],
+          Binds: [`${path.join(dir, 'state')}:/state`, `${path.join(dir, 'logs')}:/logs`, `${this.secretsPath(spec.runId)}:/secrets:ro`],
         },
       });
     } catch (err) {

@@ -1,5 +1,6 @@
-import { Router } from 'express';
+import { defineRoute, type AnyRoute } from '../http/route.js';
 import type { ApiDeps } from '../deps.js';
+import { HealthSchema } from '../schemas.js';
 
 const PROBE_TIMEOUT_MS = 3_000;
 
@@ -20,14 +21,26 @@ async function probe(check: () => Promise<void>): Promise<{ ok: boolean; error?:
   }
 }
 
-export function healthRouter(deps: Pick<ApiDeps, 'probes'>): Router {
-  const router = Router();
-  router.get('/healthz', async (_req, res) => {
-    const names = Object.keys(deps.probes);
-    const results = await Promise.all(names.map((n) => probe(deps.probes[n]!)));
-    const checks = Object.fromEntries(names.map((n, i) => [n, results[i]]));
-    const ok = results.every((r) => r.ok);
-    res.status(ok ? 200 : 503).json({ status: ok ? 'ok' : 'degraded', checks });
-  });
-  return router;
+export function healthRoutes(deps: Pick<ApiDeps, 'probes'>): AnyRoute[] {
+  return [
+    defineRoute({
+      method: 'get',
+      path: '/healthz',
+      operationId: 'getHealth',
+      summary: 'Report whether Postgres, Temporal and the Docker engine answer',
+      tag: 'system',
+      roles: 'public',
+      responses: { 200: { description: 'all dependencies answer', schema: HealthSchema }, 503: { description: 'a dependency is down', schema: HealthSchema } },
+      errors: [],
+      async handler() {
+        const names = Object.keys(deps.probes);
+        const results = await Promise.all(names.map((n) => probe(deps.probes[n]!)));
+        const ok = results.every((r) => r.ok);
+        return {
+          status: ok ? 200 : 503,
+          body: { status: ok ? 'ok' : 'degraded', checks: Object.fromEntries(names.map((n, i) => [n, results[i]])) },
+        };
+      },
+    }),
+  ];
 }

@@ -1,52 +1,111 @@
-import { Router } from 'express';
 import { addTemplateVersion, createTemplate, getTemplate, getTemplateVersion, listTemplateVersions, listTemplates } from '../../core/db/templates.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import { checkDeclarations } from '../../core/parameters.js';
 import type { ApiDeps } from '../deps.js';
-import { parseOrThrow } from '../errors.js';
-import { CreateTemplateBody, CreateTemplateVersionBody, Name, VersionNumber } from '../schemas.js';
-import { requesterOf } from '../requester.js';
+import { defineRoute, type AnyRoute } from '../http/route.js';
+import {
+  CreateTemplateBody,
+  CreateTemplateVersionBody,
+  NameParams,
+  TemplateSchema,
+  TemplateVersionSchema,
+  TemplateWithVersionsSchema,
+  VersionParams,
+} from '../schemas.js';
+import { z } from '../zod.js';
 
-export function templatesRouter(deps: Pick<ApiDeps, 'db'>): Router {
+const READERS = ['admin', 'author', 'operator', 'viewer'] as const;
+const AUTHORS = ['admin', 'author'] as const;
+
+export function templateRoutes(deps: Pick<ApiDeps, 'db'>): AnyRoute[] {
   const { db } = deps;
-  const router = Router();
-
-  router.post('/v1/templates', async (req, res) => {
-    const body = parseOrThrow(CreateTemplateBody, req.body, 'template');
-    res.status(201).json(await createTemplate(db, { ...body, createdBy: requesterOf(req) }));
-  });
-
-  router.get('/v1/templates', async (_req, res) => {
-    res.json({ items: await listTemplates(db) });
-  });
-
-  router.get('/v1/templates/:name', async (req, res) => {
-    const name = parseOrThrow(Name, req.params.name, 'template name');
-    const template = await getTemplate(db, name);
-    if (!template) throw notFound(ErrorCode.TemplateNotFound, 'template', name);
-    res.json({ ...template, versions: await listTemplateVersions(db, name) });
-  });
-
-  router.post('/v1/templates/:name/versions', async (req, res) => {
-    const name = parseOrThrow(Name, req.params.name, 'template name');
-    const body = parseOrThrow(CreateTemplateVersionBody, req.body, 'template version');
-    const problems = checkDeclarations(body.parameters);
-    if (problems.length > 0) {
-      throw new AppError(ErrorCode.InvalidParameters, `invalid parameter declarations: ${problems.map((p) => `${p.parameter} ${p.problem}`).join('; ')}`, { problems });
-    }
-    if (new Set(body.actions).size !== body.actions.length) {
-      throw new AppError(ErrorCode.ValidationFailed, 'invalid template version: actions must be distinct');
-    }
-    res.status(201).json(await addTemplateVersion(db, { templateName: name, ...body, createdBy: requesterOf(req) }));
-  });
-
-  router.get('/v1/templates/:name/versions/:version', async (req, res) => {
-    const name = parseOrThrow(Name, req.params.name, 'template name');
-    const version = parseOrThrow(VersionNumber, req.params.version, 'version');
-    const found = await getTemplateVersion(db, name, version);
-    if (!found) throw notFound(ErrorCode.TemplateVersionNotFound, 'template version', `${name}@${version}`);
-    res.json(found);
-  });
-
-  return router;
+  return [
+    defineRoute({
+      method: 'post',
+      path: '/v1/templates',
+      operationId: 'createTemplate',
+      summary: 'Create a template',
+      tag: 'templates',
+      roles: AUTHORS,
+      body: CreateTemplateBody,
+      idempotent: true,
+      responses: { 201: { description: 'created', schema: TemplateSchema } },
+      errors: [ErrorCode.TemplateExists, ErrorCode.IdempotencyKeyReused, ErrorCode.IdempotencyKeyInUse],
+      async handler({ body, principal }) {
+        return { status: 201, body: await createTemplate(db, { ...body, createdBy: principal!.name }) };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/v1/templates',
+      operationId: 'listTemplates',
+      summary: 'List templates',
+      tag: 'templates',
+      roles: READERS,
+      responses: { 200: { description: 'every template, by name', schema: z.object({ items: z.array(TemplateSchema) }) } },
+      errors: [],
+      async handler() {
+        return { status: 200, body: { items: await listTemplates(db) } };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/v1/templates/{name}',
+      operationId: 'getTemplate',
+      summary: 'Read a template with its versions',
+      tag: 'templates',
+      roles: READERS,
+      params: NameParams,
+      responses: { 200: { description: 'the template', schema: TemplateWithVersionsSchema } },
+      errors: [ErrorCode.TemplateNotFound],
+      async handler({ params }) {
+        const template = await getTemplate(db, params.name);
+        if (!template) throw notFound(ErrorCode.TemplateNotFound, 'template', params.name);
+        return { status: 200, body: { ...template, versions: await listTemplateVersions(db, params.name) } };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: '/v1/templates/{name}/versions',
+      operationId: 'createTemplateVersion',
+      summary: 'Add an immutable version to a template, pointing at an existing image',
+      tag: 'templates',
+      roles: AUTHORS,
+      params: NameParams,
+      body: CreateTemplateVersionBody,
+      idempotent: true,
+      responses: { 201: { description: 'created; versions are numbered 1, 2, …', schema: TemplateVersionSchema } },
+      errors: [ErrorCode.TemplateNotFound, ErrorCode.InvalidParameters, ErrorCode.IdempotencyKeyReused, ErrorCode.IdempotencyKeyInUse],
+      async handler({ params, body, principal }) {
+        const problems = checkDeclarations(body.parameters);
+        if (problems.length > 0) {
+          throw new AppError(
+            ErrorCode.InvalidParameters,
+            `invalid parameter declarations: ${problems.map((p) => `${p.parameter} ${p.problem}`).join('; ')}`,
+            { problems },
+          );
+        }
+        if (new Set(body.actions).size !== body.actions.length) {
+          throw new AppError(ErrorCode.ValidationFailed, 'invalid body: actions must be distinct');
+        }
+        return { status: 201, body: await addTemplateVersion(db, { templateName: params.name, ...body, createdBy: principal!.name }) };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/v1/templates/{name}/versions/{version}',
+      operationId: 'getTemplateVersion',
+      summary: 'Read one version of a template',
+      tag: 'templates',
+      roles: READERS,
+      params: VersionParams,
+      responses: { 200: { description: 'the version', schema: TemplateVersionSchema } },
+      errors: [ErrorCode.TemplateVersionNotFound],
+      async handler({ params }) {
+        const found = await getTemplateVersion(db, params.name, params.version);
+        if (!found) throw notFound(ErrorCode.TemplateVersionNotFound, 'template version', `${params.name}@${params.version}`);
+        return { status: 200, body: found };
+      },
+    }),
+  ];
 }

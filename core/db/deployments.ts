@@ -5,7 +5,10 @@ export interface Deployment {
   id: string;
   name: string;
   template: { name: string; version: number };
+  /** Non-sensitive values only. */
   parameters: Record<string, unknown>;
+  /** Names of sensitive parameters that have a value (the values are encrypted apart). */
+  sensitiveParameters: string[];
   target: Target;
   status: DeploymentStatus;
   lastRunId: string | null;
@@ -22,6 +25,7 @@ interface DeploymentRow {
   template_name: string;
   template_version: number;
   parameters: Record<string, unknown>;
+  secret_parameter_names: string[];
   target_kind: 'cluster' | 'node';
   target_node: string | null;
   status: DeploymentStatus;
@@ -37,6 +41,7 @@ const toDeployment = (r: DeploymentRow): Deployment => ({
   name: r.name,
   template: { name: r.template_name, version: r.template_version },
   parameters: r.parameters,
+  sensitiveParameters: r.secret_parameter_names,
   target: r.target_kind === 'cluster' ? { kind: 'cluster' } : { kind: 'node', node: r.target_node! },
   status: r.status,
   lastRunId: r.last_run_id,
@@ -48,11 +53,15 @@ const toDeployment = (r: DeploymentRow): Deployment => ({
 
 export async function insertDeployment(
   db: Queryable,
-  d: Pick<Deployment, 'id' | 'name' | 'template' | 'parameters' | 'target' | 'createdBy'>,
+  d: Pick<Deployment, 'id' | 'name' | 'template' | 'parameters' | 'sensitiveParameters' | 'target' | 'createdBy'> & {
+    /** The sensitive values, already encrypted (core/crypto.ts SecretBox). */
+    sealedSecrets: Buffer | null;
+  },
 ): Promise<Deployment> {
   const { rows } = await db.query<DeploymentRow>(
-    `INSERT INTO deployments (id, name, template_name, template_version, parameters, target_kind, target_node, created_by)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *`,
+    `INSERT INTO deployments (id, name, template_name, template_version, parameters, target_kind, target_node, created_by,
+                              secret_parameters, secret_parameter_names)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *`,
     [
       d.id,
       d.name,
@@ -62,9 +71,17 @@ export async function insertDeployment(
       d.target.kind,
       d.target.kind === 'node' ? d.target.node : null,
       d.createdBy,
+      d.sealedSecrets,
+      d.sensitiveParameters,
     ],
   );
   return toDeployment(rows[0]!);
+}
+
+/** The encrypted sensitive values of a deployment, for the run that needs them. */
+export async function getSealedSecrets(db: Queryable, id: string): Promise<Buffer | null> {
+  const { rows } = await db.query<{ secret_parameters: Buffer | null }>('SELECT secret_parameters FROM deployments WHERE id = $1', [id]);
+  return rows[0]?.secret_parameters ?? null;
 }
 
 export async function getDeployment(db: Queryable, id: string): Promise<Deployment | undefined> {

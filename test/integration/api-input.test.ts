@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createDeployment, registerExampleTemplate, uniqueName } from '../support/fixtures.js';
-import { apiClient, startTestSystem, type TestSystem } from '../support/system.js';
+import type { apiClient} from '../support/system.js';
+import { startTestSystem, type TestSystem } from '../support/system.js';
 
 interface ErrorBody {
   code: string;
@@ -41,7 +42,7 @@ describe('the API refuses bad input', () => {
 
   before(async () => {
     sys = await startTestSystem();
-    call = apiClient(sys.api.url);
+    call = sys.call;
     template = await registerExampleTemplate(call);
   });
   after(async () => {

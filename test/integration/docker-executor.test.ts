@@ -15,7 +15,7 @@ import { env, eventually, images } from '../support/system.js';
 /** The Docker adapter alone, against the real engine: adoption, timeouts, cancel and lost containers. */
 describe('DockerExecutor', () => {
   const docker = new Docker(process.env.DOCKER_HOST ? undefined : { socketPath: '/var/run/docker.sock' });
-  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`));
+  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`), `/dev/shm/glider-gun-test/executor-${process.pid}`);
   const runIds: string[] = [];
   let trapImage: string;
   let stubbornImage: string;
@@ -64,9 +64,9 @@ while true; do sleep 0.1; done
 
   it('adopts the container of an earlier attempt instead of starting a twin', async () => {
     const s = spec({ env: { ...spec().env, TF_VAR_sleep_seconds: '2' } });
-    const first = executor.execute(s, context());
+    const first = executor.execute(s, {}, context());
     await running(s.runId);
-    const second = executor.execute(s, context());
+    const second = executor.execute(s, {}, context());
     const [a, b] = await Promise.all([first, second]);
     assert.equal(a.status, 'succeeded');
     assert.deepEqual(b, a);
@@ -74,13 +74,13 @@ while true; do sleep 0.1; done
     // The template ran once: its own run counter in /state says so.
     assert.equal(a.outputs?.runCount, 1);
     // A third attempt after the end adopts the exited container and reports the same result without rerunning.
-    assert.deepEqual(await executor.execute(s, context()), a);
+    assert.deepEqual(await executor.execute(s, {}, context()), a);
   });
 
   it('on cancel, sends SIGTERM to the whole process tree and reports cancelled', async () => {
     const s = spec({ image: trapImage });
     const abort = new AbortController();
-    const outcome = executor.execute(s, context(abort.signal));
+    const outcome = executor.execute(s, {}, context(abort.signal));
     await running(s.runId);
     await eventually('the template to start', () => Promise.resolve(existsSync(path.join(executor.runDir(s.runId), 'state', 'started')) ? true : undefined));
     const t0 = Date.now();
@@ -95,7 +95,7 @@ while true; do sleep 0.1; done
   it('ends a run that exceeds its timeout as failed/timeout, killing a template that ignores SIGTERM after the grace', async () => {
     const s = spec({ image: stubbornImage, timeoutSeconds: 1, stopGraceSeconds: 1 });
     const t0 = Date.now();
-    const result = await executor.execute(s, context());
+    const result = await executor.execute(s, {}, context());
     const elapsed = Date.now() - t0;
     assert.equal(result.status, 'failed');
     assert.equal(result.reason, 'timeout');
@@ -107,14 +107,14 @@ while true; do sleep 0.1; done
 
   it('reports a container that vanished after it started, rather than starting the run again', async () => {
     const s = spec({ image: stubbornImage });
-    const first = executor.execute(s, context());
+    const first = executor.execute(s, {}, context());
     await running(s.runId);
     await docker.getContainer(containerName(s.runId)).remove({ force: true });
     // The attempt that was watching sees the container die or disappear; either way it ends.
     const seen = await first.then((o) => o.status, () => 'rejected');
     assert.ok(['failed', 'rejected'].includes(seen), seen);
     // A later attempt (a retry after a worker crash) must not start the run a second time.
-    await assert.rejects(executor.execute(s, context()), (err: unknown) => {
+    await assert.rejects(executor.execute(s, {}, context()), (err: unknown) => {
       assert.ok(err instanceof ApplicationFailure);
       assert.equal(err.type, 'container-vanished');
       assert.equal(err.nonRetryable, true);
@@ -125,7 +125,7 @@ while true; do sleep 0.1; done
 
   it('cleans up the container and the run folder, and cleaning twice is harmless', async () => {
     const s = spec();
-    await executor.execute(s, context());
+    await executor.execute(s, {}, context());
     await executor.cleanup(s.runId);
     await executor.cleanup(s.runId);
     assert.equal((await containersOf(s.runId)).length, 0);

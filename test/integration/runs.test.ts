@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { cancelSignal, deploymentWorkflowId, statusQuery } from '../../workflows/messages.js';
 import { createDeployment, registerExampleTemplate } from '../support/fixtures.js';
-import { apiClient, eventually, startTestSystem, type TestSystem } from '../support/system.js';
+import type { apiClient} from '../support/system.js';
+import { eventually, startTestSystem, type TestSystem } from '../support/system.js';
 
 interface RunBody {
   id: string;
@@ -20,7 +21,7 @@ describe('a deployment runs its template container end to end', () => {
 
   before(async () => {
     sys = await startTestSystem();
-    call = apiClient(sys.api.url);
+    call = sys.call;
     template = await registerExampleTemplate(call);
   });
   after(async () => {
@@ -172,7 +173,7 @@ describe('a run whose node has no worker', () => {
   });
 
   it('fails as node-unavailable after the configured wait instead of waiting forever', async () => {
-    const call = apiClient(sys.api.url);
+    const call = sys.call;
     const template = await registerExampleTemplate(call);
     const id = await createDeployment(call, template, { message: 'x' }, { kind: 'node', node: sys.nodeId });
     const started = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });

@@ -10,6 +10,7 @@ import type Docker from 'dockerode';
 import pino from 'pino';
 import { loadConfig, type Config } from '../../core/config.js';
 import { createPool, type Db } from '../../core/db/pool.js';
+import { ROLES, createToken, type Role } from '../../core/db/tokens.js';
 import { startApiServer, type ApiServer } from '../../workers/api.js';
 import { createClusterWorker } from '../../workers/cluster.js';
 import { createDockerClient, createNodeWorker } from '../../workers/node.js';
@@ -31,6 +32,9 @@ export const images = {
 
 let runtimeInstalled = false;
 
+/** test/run.ts removes this after the suite. */
+export const SECRETS_ROOT = '/dev/shm/glider-gun-test';
+
 export interface TestSystem {
   config: Config;
   db: Db;
@@ -38,6 +42,10 @@ export interface TestSystem {
   client: Client;
   api: ApiServer;
   nodeId: string;
+  /** A bearer token per role, made for this file. */
+  tokens: Record<Role, string>;
+  /** An API client with the admin token. */
+  call: ReturnType<typeof apiClient>;
   /** Starts (again) the node worker; tests that simulate a node outage stop it. */
   startNodeWorker(): Promise<void>;
   stopNodeWorker(): Promise<void>;
@@ -57,6 +65,7 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record
     GLIDERGUN_TASK_QUEUE: `gg-test-${suffix}`,
     GLIDERGUN_NODE_ID: nodeId,
     GLIDERGUN_DATA_DIR: `${env('GG_TEST_SCRATCH')}/data-${suffix}`,
+    GLIDERGUN_SECRETS_DIR: `${SECRETS_ROOT}/${suffix}`,
     GLIDERGUN_LOG_LEVEL: 'warn',
     GLIDERGUN_STOP_GRACE_SECONDS: '2',
     ...(process.env.DOCKER_HOST ? { DOCKER_HOST: process.env.DOCKER_HOST } : {}),
@@ -93,6 +102,8 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record
   if (opts.nodeWorker !== false) await startNodeWorker();
 
   const api = await startApiServer({ config, db, connection, docker, log: pino({ level: 'silent' }), port: 0 });
+  const tokens = {} as Record<Role, string>;
+  for (const role of ROLES) tokens[role] = (await createToken(db, { name: `${role}-${suffix}`, role, createdBy: 'test' })).secret;
 
   return {
     config,
@@ -101,6 +112,8 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record
     client,
     api,
     nodeId,
+    tokens,
+    call: apiClient(api.url, tokens.admin),
     startNodeWorker,
     stopNodeWorker,
     async stop() {
@@ -114,20 +127,21 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record
 }
 
 /** A small JSON client for the API under test. */
-export function apiClient(baseUrl: string) {
+export function apiClient(baseUrl: string, token?: string) {
   return async function call<T = Record<string, unknown>>(
     method: string,
     path: string,
     body?: unknown,
-    headers: Record<string, string> = {},
-  ): Promise<{ status: number; body: T }> {
+    extraHeaders: Record<string, string> = {},
+  ): Promise<{ status: number; body: T; headers: Headers }> {
+    const headers: Record<string, string> = { ...(token ? { authorization: `Bearer ${token}` } : {}), ...extraHeaders };
     const res = await fetch(`${baseUrl}${path}`, {
       method,
       headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
       body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     });
     const text = await res.text();
-    return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
+    return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T, headers: res.headers };
   };
 }
 

@@ -30,9 +30,11 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_age_idx ON idempotency_keys (created_at);
 
 -- Values of parameters declared sensitive: AES-256-GCM under the configured key, never in `parameters`.
-ALTER TABLE deployments ADD COLUMN secret_parameters bytea;
+-- The names are listed apart so reading a deployment needs no decryption.
+ALTER TABLE deployments ADD COLUMN secret_parameters bytea,
+  ADD COLUMN secret_parameter_names text[] NOT NULL DEFAULT '{}';
 
 -- Down Migration
-ALTER TABLE deployments DROP COLUMN secret_parameters;
+ALTER TABLE deployments DROP COLUMN secret_parameters, DROP COLUMN secret_parameter_names;
 DROP TABLE idempotency_keys;
 DROP TABLE tokens;

@@ -1,0 +1,84 @@
+import { getRun, insertRun, listRuns } from '../../core/db/runs.js';
+import { getTemplateVersion } from '../../core/db/templates.js';
+import { AppError, ErrorCode, notFound } from '../../core/errors.js';
+import { newId } from '../../core/ids.js';
+import type { ApiDeps } from '../deps.js';
+import { dispatchRun } from '../dispatch.js';
+import { defineRoute, type AnyRoute } from '../http/route.js';
+import { CreateRunBody, CursorPage, DeploymentParams, ListRunsQuery, RunParams, RunSchema, encodeCursor } from '../schemas.js';
+import { OPERATORS, READERS, cursorOrThrow, loadDeployment } from './deployments.js';
+
+export function runRoutes(deps: ApiDeps): AnyRoute[] {
+  const { db } = deps;
+  return [
+    defineRoute({
+      method: 'post',
+      path: '/v1/deployments/{id}/runs',
+      operationId: 'startRun',
+      summary: 'Start a run of a deployment',
+      description:
+        'Accepted only when the deployment has no active run (Postgres enforces it); the run is then handed to the deployment\'s workflow. Answers 202 with the pending run.',
+      tag: 'runs',
+      roles: OPERATORS,
+      params: DeploymentParams,
+      body: CreateRunBody,
+      idempotent: true,
+      responses: { 202: { description: 'accepted, pending', schema: RunSchema } },
+      errors: [
+        ErrorCode.DeploymentNotFound,
+        ErrorCode.UnknownAction,
+        ErrorCode.RunInProgress,
+        ErrorCode.Throttled,
+        ErrorCode.DependencyUnavailable,
+        ErrorCode.IdempotencyKeyReused,
+        ErrorCode.IdempotencyKeyInUse,
+      ],
+      async handler({ params, body, principal }) {
+        const deployment = await loadDeployment(db, params.id);
+        const version = await getTemplateVersion(db, deployment.template.name, deployment.template.version);
+        if (!version?.actions.includes(body.action)) {
+          throw new AppError(
+            ErrorCode.UnknownAction,
+            `${deployment.template.name}@${deployment.template.version} has no action '${body.action}'; it supports: ${version?.actions.join(', ')}`,
+            { action: body.action, supported: version?.actions ?? [] },
+          );
+        }
+        const run = await insertRun(db, { id: newId('run'), deploymentId: deployment.id, action: body.action, requestedBy: principal!.name });
+        return { status: 202, headers: { location: `/v1/runs/${run.id}` }, body: await dispatchRun(deps, deployment, run) };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/v1/deployments/{id}/runs',
+      operationId: 'listRuns',
+      summary: 'List the runs of a deployment, newest first',
+      tag: 'runs',
+      roles: READERS,
+      params: DeploymentParams,
+      query: ListRunsQuery,
+      responses: { 200: { description: 'a page', schema: CursorPage(RunSchema, 'RunPage') } },
+      errors: [ErrorCode.DeploymentNotFound],
+      async handler({ params, query }) {
+        const deployment = await loadDeployment(db, params.id);
+        const page = await listRuns(db, deployment.id, { limit: query.limit, beforeSeq: cursorOrThrow(query.cursor) });
+        return { status: 200, body: { items: page.items, nextCursor: encodeCursor(page.nextSeq) } };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/v1/runs/{id}',
+      operationId: 'getRun',
+      summary: 'Read a run',
+      tag: 'runs',
+      roles: READERS,
+      params: RunParams,
+      responses: { 200: { description: 'the run', schema: RunSchema } },
+      errors: [ErrorCode.RunNotFound],
+      async handler({ params }) {
+        const run = await getRun(db, params.id);
+        if (!run) throw notFound(ErrorCode.RunNotFound, 'run', params.id);
+        return { status: 200, body: run };
+      },
+    }),
+  ];
+}
