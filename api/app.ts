@@ -4,18 +4,26 @@ import express, { type Express } from 'express';
 import type { ApiDeps } from './deps.js';
 import { errorHandler, notFoundRoute, requireJson } from './errors.js';
 import { mountRoutes } from './http/mount.js';
-import type { AnyRoute } from './http/route.js';
+import { defineRoute, type AnyRoute } from './http/route.js';
 import { openApiDocument } from './openapi.js';
 import { deploymentRoutes } from './routes/deployments.js';
 import { healthRoutes } from './routes/health.js';
 import { runRoutes } from './routes/runs.js';
 import { templateRoutes } from './routes/templates.js';
 import { tokenRoutes } from './routes/tokens.js';
+import { z } from './zod.js';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 
-export function apiRoutes(deps: ApiDeps): AnyRoute[] {
-  return [...healthRoutes(deps), ...tokenRoutes(deps), ...templateRoutes(deps), ...deploymentRoutes(deps), ...runRoutes(deps)];
+export function apiRoutes(deps: ApiDeps, document: () => object): AnyRoute[] {
+  return [
+    ...specRoutes(document),
+    ...healthRoutes(deps),
+    ...tokenRoutes(deps),
+    ...templateRoutes(deps),
+    ...deploymentRoutes(deps),
+    ...runRoutes(deps),
+  ];
 }
 
 const swaggerUiDir = path.dirname(createRequire(import.meta.url).resolve('swagger-ui-dist/package.json'));
@@ -24,23 +32,46 @@ const DOCS_PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>Glider Gun API</title>
 <link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
 <body><div id="ui"></div><script src="/docs/assets/swagger-ui-bundle.js"></script>
-<script src="/docs/init.js"></script></body></html>`;
+<script>SwaggerUIBundle({ url: '/openapi.json', dom_id: '#ui' });</script></body></html>`;
+
+/** The API's self-description: the document and a page to browse it. */
+function specRoutes(document: () => object): AnyRoute[] {
+  return [
+    defineRoute({
+      method: 'get',
+      path: '/openapi.json',
+      operationId: 'getOpenApiDocument',
+      summary: 'This API described as OpenAPI 3.1',
+      tag: 'system',
+      roles: 'public',
+      responses: { 200: { description: 'the OpenAPI document', schema: z.record(z.string(), z.unknown()) } },
+      errors: [],
+      handler: () => Promise.resolve({ status: 200, body: document() }),
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/docs',
+      operationId: 'getApiDocsPage',
+      summary: 'A page to browse and try this API (Swagger UI)',
+      tag: 'system',
+      roles: 'public',
+      responses: { 200: { description: 'HTML', schema: z.string(), contentType: 'text/html' } },
+      errors: [],
+      handler: ({ res }) => {
+        res.type('html').send(DOCS_PAGE);
+        return Promise.resolve(undefined);
+      },
+    }),
+  ];
+}
 
 export function createApp(deps: ApiDeps): Express {
-  const routes = apiRoutes(deps);
-  const document = openApiDocument(routes, deps.version);
+  let document: object | undefined;
+  const routes = apiRoutes(deps, () => document!);
+  document = openApiDocument(routes, deps.version);
   const app = express();
   app.disable('x-powered-by');
   app.set('query parser', 'simple');
-  app.get('/openapi.json', (_req, res) => {
-    res.json(document);
-  });
-  app.get('/docs', (_req, res) => {
-    res.type('html').send(DOCS_PAGE);
-  });
-  app.get('/docs/init.js', (_req, res) => {
-    res.type('js').send(`SwaggerUIBundle({ url: '/openapi.json', dom_id: '#ui' });`);
-  });
   app.use('/docs/assets', express.static(swaggerUiDir, { index: false }));
   app.use(requireJson);
   app.use(express.json({ limit: MAX_BODY_BYTES, strict: true, type: 'application/json' }));

@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import type { Connection } from '@temporalio/client';
 import { Client } from '@temporalio/client';
 import type Docker from 'dockerode';
+import type { Express } from 'express';
 import type { Logger } from 'pino';
 import { createApp } from '../api/app.js';
 import { ensureAdminToken, type AdminTokenState } from '../core/bootstrap.js';
@@ -16,6 +17,7 @@ const VERSION = (createRequire(import.meta.url)('../package.json') as { version:
 
 export interface ApiServer {
   url: string;
+  app: Express;
   adminToken: AdminTokenState;
   server: http.Server;
   close(): Promise<void>;
@@ -66,6 +68,7 @@ export async function startApiServer(opts: {
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://${config.api.host}:${port}`,
+    app,
     adminToken,
     server,
     close: () =>

@@ -5,6 +5,7 @@
 #   message       printed and returned as an output
 #   exit_code     the exit code of the run (default 0)
 #   sleep_seconds how long to work before finishing (default 0)
+# It never prints sensitive values; it reports the sha256 of /secrets/template-secrets.json instead.
 set -eu
 
 action="${1:?the action is the first argument}"
@@ -27,6 +28,9 @@ done | paste -sd, -)
 printf '{"action":"%s","runCount":%s,"message":"%s","parameters":%s,"tfVars":{%s},"argv":"%s",' \
   "${action}" "${runs}" "$(json_string "${TF_VAR_message:-}")" "$(cat /state/template-parameters.json)" \
   "${tf_vars}" "$(json_string "$*")" > /state/outputs.json
+# Sensitive values arrive only as a file on an in-memory mount; prove it was readable without echoing it.
+secrets_sha=$(sha256sum /secrets/template-secrets.json 2>/dev/null | cut -d' ' -f1)
+printf '"secretsSha256":"%s",' "${secrets_sha}" >> /state/outputs.json
 printf '"env":{"GLIDERGUN_CONTRACT_VERSION":"%s","GLIDERGUN_ACTION":"%s","GLIDERGUN_DEPLOYMENT_ID":"%s","GLIDERGUN_RUN_ID":"%s"}}\n' \
   "${GLIDERGUN_CONTRACT_VERSION}" "${GLIDERGUN_ACTION}" "${GLIDERGUN_DEPLOYMENT_ID}" "${GLIDERGUN_RUN_ID}" >> /state/outputs.json
 
