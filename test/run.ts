@@ -103,6 +103,7 @@ async function main(): Promise<number> {
             ...process.env,
             GG_TEST_DATABASE_URL: databaseUrl,
             GG_TEST_TEMPORAL_ADDRESS: temporal.address,
+            GG_TEST_TEMPORAL_CLI: binary,
             GG_TEST_WORKFLOW_BUNDLE: bundlePath,
             GG_TEST_IMAGE_BUSYBOX: images.busybox,
             GG_TEST_IMAGE_EXAMPLE: images.example,
