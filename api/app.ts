@@ -66,9 +66,9 @@ function specRoutes(document: () => object): AnyRoute[] {
 }
 
 export function createApp(deps: ApiDeps): Express {
-  let document: object | undefined;
-  const routes = apiRoutes(deps, () => document!);
-  document = openApiDocument(routes, deps.version);
+  // The document describes the routes, one of which serves it: the closure runs only on a request.
+  const routes = apiRoutes(deps, () => document);
+  const document = openApiDocument(routes, deps.version);
   const app = express();
   app.disable('x-powered-by');
   app.set('query parser', 'simple');
