@@ -129,7 +129,9 @@ async function main(): Promise<void> {
     onStop('the API', () => api.close());
 
     say('');
-    say(`API          ${api.url}   (try: curl ${api.url}/healthz)`);
+    say(`API          ${api.url}   (try: curl ${api.url}/healthz; browse ${api.url}/docs)`);
+    if (api.adminToken.state === 'elsewhere') say(`admin token  none in ${config.security.adminTokenFile}: use an admin token you already have`);
+    else say(`admin token  ${api.adminToken.file}${api.adminToken.state === 'created' ? ' (new)' : ''}   (curl -H "Authorization: Bearer $(cat ${api.adminToken.file})" ...)`);
     if (temporal?.uiUrl) say(`Temporal UI  ${temporal.uiUrl}`);
     say(`Temporal     ${config.temporal.address}   (temporal workflow list --address ${config.temporal.address})`);
     say(`data         ${config.dataDir}`);
