@@ -73,6 +73,10 @@ export const ListRunsQuery = z.strictObject({
   cursor: z.string().max(100).optional(),
 });
 
+export const LogQuery = z.strictObject({
+  stream: z.enum(['stdout', 'stderr']).optional(),
+});
+
 export const CreateRunBody = z.strictObject({
   action: ActionName,
 });

@@ -3,6 +3,8 @@ import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type Docker from 'dockerode';
 import type { RunOutcome, RunSpec } from '../../core/domain.js';
+import { DockerLogDemuxer, LogCollector, type LogSink } from './logs.js';
+import { secretStrings } from './masking.js';
 import { readOutputs } from './outputs.js';
 import {
   DEPLOYMENT_LABEL,
@@ -15,6 +17,8 @@ import {
 } from './adapter.js';
 
 const HEARTBEAT_MS = 2_000;
+/** How long the log may take to drain after the container has exited. */
+const LOG_DRAIN_MS = 30_000;
 /** statfs types of memory file systems: secrets may only ever be written to one of these. */
 const MEMORY_FS_TYPES = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
 export const SECRETS_FILE = 'template-secrets.json';
@@ -43,6 +47,7 @@ export class DockerExecutor implements ExecutionAdapter {
     private readonly workDir: string,
     /** On a memory file system: each run's secrets live here and reach the container as a bind mount. */
     private readonly secretsDir: string,
+    private readonly logSink: LogSink,
   ) {}
 
   runDir(runId: string): string {
@@ -78,11 +83,63 @@ export class DockerExecutor implements ExecutionAdapter {
     await writeFile(marker, `${container.id}\n`);
 
     let info = await container.inspect();
+    let logs: Awaited<ReturnType<DockerExecutor['followLogs']>>;
     if (info.State.Status === 'created') {
+      // Attached before it starts, we get every byte exactly as written. (The engine's log drivers alter
+      // some: json-file turns bytes that are not UTF-8 into U+FFFD, `local` drops the newline after a line
+      // longer than 16 KiB.)
+      logs = await this.followLogs(container, spec.runId, secretStrings(secrets), 'attach');
       await container.start();
       info = await container.inspect();
+    } else {
+      // Adopted after a retry: the engine's log (json-file) still holds everything; what is stored is skipped.
+      logs = await this.followLogs(container, spec.runId, secretStrings(secrets), 'log-driver');
     }
-    return this.supervise(container, info, spec, ctx);
+    let outcome: RunOutcome;
+    try {
+      outcome = await this.supervise(container, info, spec, ctx);
+    } catch (err) {
+      logs.stop();
+      throw err;
+    }
+    await logs.finished(LOG_DRAIN_MS);
+    return outcome;
+  }
+
+  private async followLogs(container: Docker.Container, runId: string, secrets: string[], source: 'attach' | 'log-driver') {
+    const collector = new LogCollector(runId, this.logSink, secrets, await this.logSink.storedLengths(runId));
+    const demux = new DockerLogDemuxer((stream, at, data) => collector.entry(stream, at, data), source === 'log-driver');
+    const stream = (
+      source === 'attach'
+        ? await container.attach({ stream: true, stdout: true, stderr: true, logs: false })
+        : await container.logs({ follow: true, stdout: true, stderr: true, timestamps: true })
+    ) as unknown as NodeJS.ReadableStream & { destroy(): void };
+    const done = (async () => {
+      for await (const piece of stream) demux.push(piece as Buffer);
+      await collector.end();
+    })();
+    done.catch(() => undefined); // observed by finished(); never an unhandled rejection
+    return {
+      stop: () => {
+        stream.destroy();
+        collector.abandon();
+      },
+      /** Resolves once the engine has delivered the last line and it is stored; fails the run's activity otherwise. */
+      finished: async (timeoutMs: number) => {
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          await Promise.race([
+            done,
+            new Promise((_, reject) => {
+              timer = setTimeout(() => reject(new Error(`the container's log did not end within ${timeoutMs} ms`)), timeoutMs);
+            }),
+          ]);
+        } finally {
+          clearTimeout(timer);
+          stream.destroy();
+        }
+      },
+    };
   }
 
   private async supervise(

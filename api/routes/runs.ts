@@ -1,3 +1,4 @@
+import { readLogChunks } from '../../core/db/logs.js';
 import { getRun, insertRun, listRuns } from '../../core/db/runs.js';
 import { getTemplateVersion } from '../../core/db/templates.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
@@ -5,7 +6,8 @@ import { newId } from '../../core/ids.js';
 import type { ApiDeps } from '../deps.js';
 import { dispatchRun } from '../dispatch.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
-import { CreateRunBody, CursorPage, DeploymentParams, ListRunsQuery, RunParams, RunSchema, encodeCursor } from '../schemas.js';
+import { CreateRunBody, CursorPage, DeploymentParams, ListRunsQuery, LogQuery, RunParams, RunSchema, encodeCursor } from '../schemas.js';
+import { z } from '../zod.js';
 import { OPERATORS, READERS, cursorOrThrow, loadDeployment } from './deployments.js';
 
 export function runRoutes(deps: ApiDeps): AnyRoute[] {
@@ -62,6 +64,34 @@ export function runRoutes(deps: ApiDeps): AnyRoute[] {
         const deployment = await loadDeployment(db, params.id);
         const page = await listRuns(db, deployment.id, { limit: query.limit, beforeSeq: cursorOrThrow(query.cursor) });
         return { status: 200, body: { items: page.items, nextCursor: encodeCursor(page.nextSeq) } };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/v1/runs/{id}/logs',
+      operationId: 'getRunLogs',
+      summary: "Download a run's log (stdout and stderr as produced, sensitive values masked)",
+      description: 'Plain text in the order the chunks were stored; `stream` selects one stream. While the run is active this is the log so far.',
+      tag: 'runs',
+      roles: READERS,
+      params: RunParams,
+      query: LogQuery,
+      responses: { 200: { description: 'the log', schema: z.string(), contentType: 'text/plain' } },
+      errors: [ErrorCode.RunNotFound],
+      async handler({ params, query, res }) {
+        if (!(await getRun(db, params.id))) throw notFound(ErrorCode.RunNotFound, 'run', params.id);
+        res.status(200).type('text/plain; charset=utf-8');
+        let after = 0;
+        for (;;) {
+          const chunks = await readLogChunks(db, params.id, { afterSeq: after, limit: 200, stream: query.stream });
+          for (const c of chunks) {
+            if (!res.write(c.data)) await new Promise((r) => res.once('drain', r));
+          }
+          if (chunks.length < 200) break;
+          after = chunks[chunks.length - 1]!.seq;
+        }
+        res.end();
+        return undefined;
       },
     }),
     defineRoute({

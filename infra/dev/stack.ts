@@ -9,6 +9,7 @@ import { DefaultLogger, NativeConnection, Runtime, makeTelemetryFilterString } f
 import { loadConfig } from '../../core/config.js';
 import { migrate } from '../../core/db/migrate.js';
 import { createPool } from '../../core/db/pool.js';
+import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
 import { startApiServer } from '../../workers/api.js';
 import { createClusterWorker } from '../../workers/cluster.js';
 import { createLogger } from '../../workers/logger.js';
@@ -116,7 +117,8 @@ async function main(): Promise<void> {
       } catch (err) {
         say(`base images not made: ${err instanceof Error ? err.message : String(err)}`);
       }
-      const nodeWorker = await createNodeWorker({ connection: nativeConnection, config, docker });
+      // The built-in node runs beside the cluster, so its logs go straight to Postgres.
+      const nodeWorker = await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db) });
       const nodeDone = nodeWorker.run();
       onStop(`the node worker '${config.node.id}'`, async () => {
         nodeWorker.shutdown();

@@ -7,15 +7,34 @@ import { ApplicationFailure } from '@temporalio/common';
 import Docker from 'dockerode';
 import { RUN_LABEL, containerName, type ExecutionContext } from '../../activities/execution/adapter.js';
 import { DockerExecutor } from '../../activities/execution/docker.js';
+import type { LogSink } from '../../activities/execution/logs.js';
 import type { RunSpec } from '../../core/domain.js';
 import { newId } from '../../core/ids.js';
 import { scriptImage } from '../support/images.js';
 import { env, eventually, images } from '../support/system.js';
 
+/** Keeps a run's log in memory, as the adapter hands it over. */
+class MemorySink implements LogSink {
+  readonly chunks: Parameters<LogSink['append']>[0][] = [];
+  storedLengths(runId: string) {
+    const lengths = { stdout: 0, stderr: 0 };
+    for (const c of this.chunks) if (c.runId === runId) lengths[c.stream] = Math.max(lengths[c.stream], c.offset + c.data.length);
+    return Promise.resolve(lengths);
+  }
+  append(chunk: Parameters<LogSink['append']>[0]) {
+    if (!this.chunks.some((c) => c.runId === chunk.runId && c.stream === chunk.stream && c.offset === chunk.offset)) this.chunks.push(chunk);
+    return Promise.resolve();
+  }
+  text(runId: string, stream: 'stdout' | 'stderr') {
+    return Buffer.concat(this.chunks.filter((c) => c.runId === runId && c.stream === stream).map((c) => c.data)).toString();
+  }
+}
+const memorySink = new MemorySink();
+
 /** The Docker adapter alone, against the real engine: adoption, timeouts, cancel and lost containers. */
 describe('DockerExecutor', () => {
   const docker = new Docker(process.env.DOCKER_HOST ? undefined : { socketPath: '/var/run/docker.sock' });
-  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`), `/dev/shm/glider-gun-test/executor-${process.pid}`);
+  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`), `/dev/shm/glider-gun-test/executor-${process.pid}`, memorySink);
   const runIds: string[] = [];
   let trapImage: string;
   let stubbornImage: string;
@@ -75,6 +94,9 @@ while true; do sleep 0.1; done
     assert.equal(a.outputs?.runCount, 1);
     // A third attempt after the end adopts the exited container and reports the same result without rerunning.
     assert.deepEqual(await executor.execute(s, {}, context()), a);
+    // Three attempts read the container's log; each byte was stored once.
+    const stdout = memorySink.text(s.runId, 'stdout');
+    assert.equal(stdout.split('example template: action=deploy').length, 2, stdout);
   });
 
   it('on cancel, sends SIGTERM to the whole process tree and reports cancelled', async () => {

@@ -8,6 +8,7 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import type Docker from 'dockerode';
 import pino from 'pino';
+import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
 import { loadConfig, type Config } from '../../core/config.js';
 import { createPool, type Db } from '../../core/db/pool.js';
 import { ROLES, createToken, type Role } from '../../core/db/tokens.js';
@@ -54,7 +55,7 @@ export interface TestSystem {
 
 export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record<string, string> } = {}): Promise<TestSystem> {
   if (!runtimeInstalled) {
-    Runtime.install({ logger: new DefaultLogger('ERROR'), shutdownSignals: [] });
+    Runtime.install({ logger: new DefaultLogger((process.env.GG_TEST_WORKER_LOG_LEVEL as 'WARN' | undefined) ?? 'ERROR'), shutdownSignals: [] });
     runtimeInstalled = true;
   }
   const suffix = randomBytes(4).toString('hex');
@@ -93,7 +94,7 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record
   start(await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }));
   let nodeWorker: { worker: Worker; done: Promise<void> } | undefined;
   const startNodeWorker = async () => {
-    if (!nodeWorker) nodeWorker = start(await createNodeWorker({ connection: nativeConnection, config, docker }));
+    if (!nodeWorker) nodeWorker = start(await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db) }));
   };
   const stopNodeWorker = async () => {
     if (nodeWorker) await halt(nodeWorker);

@@ -1,0 +1,92 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { scriptImage } from '../support/images.js';
+import { uniqueName } from '../support/fixtures.js';
+import { eventually, startTestSystem, type TestSystem } from '../support/system.js';
+
+async function fetchLog(sys: TestSystem, runId: string, stream?: 'stdout' | 'stderr'): Promise<Buffer> {
+  const res = await fetch(`${sys.api.url}/v1/runs/${runId}/logs${stream ? `?stream=${stream}` : ''}`, {
+    headers: { authorization: `Bearer ${sys.tokens.viewer}` },
+  });
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type') ?? '', /text\/plain/);
+  return Buffer.from(await res.arrayBuffer());
+}
+
+/** A run's stdout and stderr are kept, byte for byte, with sensitive values masked. */
+describe('run logs', () => {
+  let sys: TestSystem;
+  before(async () => {
+    sys = await startTestSystem();
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  async function runScript(script: string, parameters: unknown[] = [], values: Record<string, unknown> = {}) {
+    const image = await scriptImage(sys.docker, script);
+    const name = uniqueName('logs');
+    await sys.call('POST', '/v1/templates', { name });
+    await sys.call('POST', `/v1/templates/${name}/versions`, { image, parameters });
+    const dep = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name }, parameters: values, target: { kind: 'node', node: sys.nodeId } });
+    const run = await sys.call<{ id: string }>('POST', `/v1/deployments/${dep.body.id}/runs`, { action: 'deploy' });
+    return eventually('the run to end', async () => {
+      const r = await sys.call<{ id: string; status: string; exitCode: number }>('GET', `/v1/runs/${run.body.id}`);
+      return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+    });
+  }
+
+  it('keeps long lines, non-UTF-8 bytes, a last line without newline and a burst, in order per stream', async () => {
+    const run = await runScript(`#!/bin/sh
+head -c 40000 /dev/zero | tr '\\0' 'x'; echo
+printf 'bytes:\\377\\376\\001\\n'
+seq 1 20000
+seq 1 500 | sed 's/^/err /' >&2
+printf 'no newline at the end'
+`);
+    assert.equal(run.status, 'succeeded');
+    const stdout = await fetchLog(sys, run.id, 'stdout');
+    const seq = Array.from({ length: 20000 }, (_, i) => `${i + 1}\n`).join('');
+    const expected = Buffer.concat([
+      Buffer.from(`${'x'.repeat(40000)}\n`),
+      Buffer.from([...Buffer.from('bytes:'), 0xff, 0xfe, 0x01, 0x0a]),
+      Buffer.from(seq),
+      Buffer.from('no newline at the end'),
+    ]);
+    assert.equal(stdout.length, expected.length);
+    assert.ok(stdout.equals(expected), 'stdout is stored byte for byte');
+    const stderr = (await fetchLog(sys, run.id, 'stderr')).toString();
+    assert.equal(stderr, Array.from({ length: 500 }, (_, i) => `err ${i + 1}\n`).join(''));
+    const both = await fetchLog(sys, run.id);
+    assert.equal(both.length, stdout.length + stderr.length);
+  });
+
+  it('masks sensitive values in the stored log, even when printed in pieces', async () => {
+    const secret = `pw-${randomBytes(6).toString('hex')}`;
+    const run = await runScript(
+      `#!/bin/sh
+pw=$(sed -n 's/.*"password": "\\(.*\\)".*/\\1/p' /secrets/template-secrets.json)
+echo "the password is $pw"
+echo "to stderr: $pw" >&2
+first=$(echo "$pw" | cut -c1-5); rest=$(echo "$pw" | cut -c6-)
+printf '%s' "$first"; sleep 0.5; printf '%s\\n' "$rest"
+echo "length: \${#pw}"
+`,
+      [{ name: 'password', type: 'string', required: true, sensitive: true }],
+      { password: secret },
+    );
+    assert.equal(run.status, 'succeeded');
+    const stdout = (await fetchLog(sys, run.id, 'stdout')).toString();
+    assert.equal(stdout, `the password is ***\n***\nlength: ${secret.length}\n`);
+    assert.equal((await fetchLog(sys, run.id, 'stderr')).toString(), 'to stderr: ***\n');
+    const { rows } = await sys.db.query<{ dump: string }>(`SELECT string_agg(encode(data, 'escape'), '') AS dump FROM run_log_chunks WHERE run_id = $1`, [run.id]);
+    assert.ok(!rows[0]!.dump.includes(secret));
+  });
+
+  it('answers 404 for the log of an unknown run', async () => {
+    const res = await sys.call<{ code: string }>('GET', '/v1/runs/run-aaaaaaaaaaaa/logs');
+    assert.equal(res.status, 404);
+    assert.equal(res.body.code, 'RUN_NOT_FOUND');
+  });
+});
