@@ -53,9 +53,21 @@ export const notFoundRoute: RequestHandler = (req, _res, next) => {
   next(new AppError(ErrorCode.RouteNotFound, `no route for ${req.method} ${req.path}`));
 };
 
+/** Errors that mean Postgres could not be reached or refused service, rather than a bug of ours. */
+const UNAVAILABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH', '57P01', '57P02', '57P03', '53300']);
+
+function isUnavailable(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false;
+  const code = 'code' in err ? err.code : undefined;
+  if (typeof code === 'string' && UNAVAILABLE_CODES.has(code)) return true;
+  const message = err instanceof Error ? err.message : '';
+  return /Connection terminated|timeout exceeded when trying to connect/.test(message);
+}
+
 /** Body-parser errors carry a `type`; everything else that is not an AppError is an internal error. */
 function toAppError(err: unknown): AppError {
   if (err instanceof AppError) return err;
+  if (isUnavailable(err)) return new AppError(ErrorCode.DependencyUnavailable, 'the database is unavailable; try again shortly');
   const type = typeof err === 'object' && err !== null && 'type' in err ? err.type : undefined;
   if (type === 'entity.parse.failed') return new AppError(ErrorCode.MalformedJson, 'the request body is not valid JSON');
   if (type === 'entity.too.large') return new AppError(ErrorCode.PayloadTooLarge, 'the request body is too large');
@@ -68,7 +80,7 @@ function toAppError(err: unknown): AppError {
 export function errorHandler(logError: (err: unknown, req: { method: string; path: string }) => void): ErrorRequestHandler {
   return (err: unknown, req, res, _next) => {
     const appError = toAppError(err);
-    if (appError.code === ErrorCode.Internal) logError(err, req);
+    if (appError.code === ErrorCode.Internal || appError.code === ErrorCode.DependencyUnavailable) logError(err, req);
     const body: ErrorBody = { code: appError.code, message: appError.message };
     if (appError.details) body.details = appError.details;
     res.status(HTTP_STATUS[appError.code]).json(body);

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createDeployment, registerExampleTemplate, uniqueName } from '../support/fixtures.js';
-import type { apiClient} from '../support/system.js';
-import { startTestSystem, type TestSystem } from '../support/system.js';
+import { apiClient, startTestSystem, type TestSystem } from '../support/system.js';
 
 interface ErrorBody {
   code: string;
@@ -148,9 +147,18 @@ describe('the API refuses bad input', () => {
     assert.deepEqual(seen, ids);
     const none = await call<{ items: unknown[] }>('GET', `/v1/deployments?template=${own}&status=running`);
     assert.deepEqual(none.body.items, []);
+    const onNode = await call<{ items: { id: string }[] }>('GET', `/v1/deployments?template=${own}&target=node:${sys.nodeId}&limit=500`);
+    assert.deepEqual(onNode.body.items.map((d) => d.id), ids);
+    const onCluster = await call<{ items: unknown[] }>('GET', `/v1/deployments?template=${own}&target=cluster`);
+    assert.deepEqual(onCluster.body.items, []);
     await refused(400, 'VALIDATION_FAILED', call('GET', '/v1/deployments?cursor=garbage'));
     await refused(400, 'VALIDATION_FAILED', call('GET', '/v1/deployments?status=sleeping'));
     await refused(400, 'VALIDATION_FAILED', call('GET', '/v1/deployments?limit=0'));
+  });
+
+  it('stays up after all of the above', async () => {
+    const res = await fetch(`${sys.api.url}/healthz`);
+    assert.equal(res.status, 200);
   });
 
   it('reports health of its dependencies without authentication', async () => {
@@ -158,5 +166,40 @@ describe('the API refuses bad input', () => {
     assert.equal(res.status, 200);
     assert.equal(res.body.status, 'ok');
     assert.deepEqual(Object.keys(res.body.checks).sort(), ['docker', 'postgres', 'temporal']);
+  });
+});
+
+describe('the API when a dependency is down', () => {
+  it('answers 503 DEPENDENCY_UNAVAILABLE when Postgres cannot be reached, and health says which', async () => {
+    const { createApp } = await import('../../api/app.js');
+    const { SecretBox } = await import('../../core/crypto.js');
+    const { createPool } = await import('../../core/db/pool.js');
+    const pino = (await import('pino')).default;
+    const db = createPool('postgres://postgres@127.0.0.1:1/none', 1);
+    const app = createApp({
+      db,
+      temporal: {} as never,
+      taskQueue: 'none',
+      kubernetesEnabled: false,
+      secrets: new SecretBox(Buffer.alloc(32)),
+      probes: { postgres: async () => void (await db.query('SELECT 1')) },
+      log: pino({ level: 'silent' }),
+      version: 'test',
+    });
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const { port } = server.address() as { port: number };
+    try {
+      const call = apiClient(`http://127.0.0.1:${port}`, `ggt_aaaaaaaaaaaa_${'b'.repeat(40)}`);
+      const res = await call<ErrorBody>('GET', '/v1/templates');
+      assert.equal(res.status, 503);
+      assert.equal(res.body.code, 'DEPENDENCY_UNAVAILABLE');
+      const health = await call<{ status: string; checks: { postgres: { ok: boolean; error: string } } }>('GET', '/healthz');
+      assert.equal(health.status, 503);
+      assert.equal(health.body.checks.postgres.ok, false);
+    } finally {
+      server.close();
+      await db.end();
+    }
   });
 });
