@@ -10,6 +10,7 @@ import {
   TargetSearchAttribute,
   TemplateSearchAttribute,
   deploymentWorkflowId,
+  cancelSignal,
   runRequestedSignal,
   type DeploymentWorkflowInput,
 } from '../workflows/messages.js';
@@ -57,5 +58,17 @@ export async function dispatchRun(deps: { db: Db; temporal: Client; taskQueue: s
     throw throttled
       ? new AppError(ErrorCode.Throttled, 'Temporal is throttling requests; try again shortly', { runId: run.id })
       : new AppError(ErrorCode.DependencyUnavailable, 'the workflow service is unavailable; the run was not started', { runId: run.id });
+  }
+}
+
+/** Tells the deployment's workflow to cancel the named run (a signal, so a late one cannot hit the next run). */
+export async function signalCancel(temporal: Client, deploymentId: string, runId: string, requestedBy: string): Promise<void> {
+  try {
+    await temporal.workflow.getHandle(deploymentWorkflowId(deploymentId)).signal(cancelSignal, { runId, requestedBy });
+  } catch (err) {
+    const throttled = isGrpcServiceError(err) && err.code === GrpcStatus.RESOURCE_EXHAUSTED;
+    throw throttled
+      ? new AppError(ErrorCode.Throttled, 'Temporal is throttling requests; ask again shortly', { runId })
+      : new AppError(ErrorCode.DependencyUnavailable, 'the workflow service is unavailable; the run is marked cancelling, ask again', { runId });
   }
 }

@@ -22,6 +22,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.IdempotencyKeyReused]: 422,
   [ErrorCode.IdempotencyKeyInUse]: 409,
   [ErrorCode.RunInProgress]: 409,
+  [ErrorCode.RunNotActive]: 409,
   [ErrorCode.InvalidParameters]: 422,
   [ErrorCode.UnknownAction]: 422,
   [ErrorCode.TargetUnavailable]: 422,

@@ -151,6 +151,7 @@ export const RunSchema = z
     outputs: z.record(z.string(), z.unknown()).nullable(),
     warnings: z.array(z.string()),
     requestedBy: z.string(),
+    cancelRequestedBy: z.string().nullable(),
     createdAt: Timestamp,
     startedAt: Timestamp.nullable(),
     finishedAt: Timestamp.nullable(),

@@ -23,6 +23,7 @@ export enum ErrorCode {
   InvalidParameters = 'INVALID_PARAMETERS',
   UnknownAction = 'UNKNOWN_ACTION',
   RunInProgress = 'RUN_IN_PROGRESS',
+  RunNotActive = 'RUN_NOT_ACTIVE',
   TargetUnavailable = 'TARGET_UNAVAILABLE',
   DependencyUnavailable = 'DEPENDENCY_UNAVAILABLE',
   Throttled = 'THROTTLED',

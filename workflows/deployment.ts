@@ -108,7 +108,12 @@ export class DeploymentEntity {
     this.active = { id: req.runId, action: req.action, status: 'pending' };
     const started = await db.startRun(req.runId);
     this.apply(started);
-    if (started.run.status !== 'running' || !started.spec) return; // ended before it began (e.g. cancelled while pending)
+    if (started.run.status === 'cancelling' && !started.spec) {
+      // Cancelled through the API while it was still pending: it never starts.
+      this.apply(await db.finishRun(req.runId, { status: 'cancelled', message: 'cancelled before it started' }));
+      return;
+    }
+    if (started.run.status !== 'running' || !started.spec) return; // ended before it began
 
     const spec = started.spec;
     const node = proxyActivities<NodeActivities>({

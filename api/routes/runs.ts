@@ -1,10 +1,10 @@
 import { readLogChunks } from '../../core/db/logs.js';
-import { getRun, insertRun, listRuns } from '../../core/db/runs.js';
+import { getRun, insertRun, listRuns, requestRunCancel } from '../../core/db/runs.js';
 import { getTemplateVersion } from '../../core/db/templates.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
 import type { ApiDeps } from '../deps.js';
-import { dispatchRun } from '../dispatch.js';
+import { dispatchRun, signalCancel } from '../dispatch.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import { CreateRunBody, CursorPage, DeploymentParams, ListRunsQuery, LogQuery, RunParams, RunSchema, encodeCursor } from '../schemas.js';
 import { z } from '../zod.js';
@@ -64,6 +64,30 @@ export function runRoutes(deps: ApiDeps): AnyRoute[] {
         const deployment = await loadDeployment(db, params.id);
         const page = await listRuns(db, deployment.id, { limit: query.limit, beforeSeq: cursorOrThrow(query.cursor) });
         return { status: 200, body: { items: page.items, nextCursor: encodeCursor(page.nextSeq) } };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: '/v1/runs/{id}/cancel',
+      operationId: 'cancelRun',
+      summary: 'Cancel a pending or running run',
+      description:
+        'Marks the run `cancelling`, records who asked, and tells the deployment\'s workflow. A pending run never starts; a running one gets SIGTERM on its whole process tree, then SIGKILL after the grace period, and ends `cancelled`. Asking again is harmless.',
+      tag: 'runs',
+      roles: OPERATORS,
+      params: RunParams,
+      responses: { 202: { description: 'cancelling', schema: RunSchema } },
+      errors: [ErrorCode.RunNotFound, ErrorCode.RunNotActive, ErrorCode.Throttled, ErrorCode.DependencyUnavailable],
+      async handler({ params, principal }) {
+        const run = await getRun(db, params.id);
+        if (!run) throw notFound(ErrorCode.RunNotFound, 'run', params.id);
+        const cancelling = await requestRunCancel(db, run.id, principal!.name);
+        if (!cancelling) {
+          const ended = await getRun(db, run.id);
+          throw new AppError(ErrorCode.RunNotActive, `run '${run.id}' has already ended (${ended?.status})`, { runId: run.id, status: ended?.status });
+        }
+        await signalCancel(deps.temporal, run.deploymentId, run.id, principal!.name);
+        return { status: 202, body: cancelling };
       },
     }),
     defineRoute({

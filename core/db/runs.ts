@@ -21,6 +21,7 @@ export interface Run {
   outputs: Record<string, unknown> | null;
   warnings: string[];
   requestedBy: string;
+  cancelRequestedBy: string | null;
   createdAt: string;
   startedAt: string | null;
   finishedAt: string | null;
@@ -39,6 +40,7 @@ interface RunRow {
   outputs: Record<string, unknown> | null;
   warnings: string[];
   requested_by: string;
+  cancel_requested_by: string | null;
   created_at: Date;
   started_at: Date | null;
   finished_at: Date | null;
@@ -56,6 +58,7 @@ const toRun = (r: RunRow): Run => ({
   outputs: r.outputs,
   warnings: r.warnings,
   requestedBy: r.requested_by,
+  cancelRequestedBy: r.cancel_requested_by,
   createdAt: r.created_at.toISOString(),
   startedAt: r.started_at?.toISOString() ?? null,
   finishedAt: r.finished_at?.toISOString() ?? null,
@@ -164,8 +167,25 @@ export async function markRunStarted(db: Db, runId: string): Promise<Run | undef
   });
 }
 
+/**
+ * Marks an active run as being cancelled and records who asked. Idempotent: a second request while it is
+ * `cancelling` changes nothing. Returns undefined when the run has already ended.
+ */
+export async function requestRunCancel(db: Db, runId: string, by: string): Promise<Run | undefined> {
+  return inTransaction(db, async (tx) => {
+    const { rows } = await tx.query<RunRow>(
+      `UPDATE runs SET status = 'cancelling', cancel_requested_by = $2, cancel_requested_at = now()
+        WHERE id = $1 AND status IN ('pending', 'running') RETURNING *`,
+      [runId, by],
+    );
+    if (rows[0]) await syncDeployment(tx, toRun(rows[0]));
+    const run = await getRun(tx, runId);
+    return run && ['pending', 'running', 'cancelling'].includes(run.status) ? run : undefined;
+  });
+}
+
 export async function setRunPhase(db: Queryable, runId: string, phase: RunPhase): Promise<Run | undefined> {
-  await db.query(`UPDATE runs SET phase = $2 WHERE id = $1 AND status IN ('running', 'cancelling')`, [runId, phase]);
+  await db.query(`UPDATE runs SET phase = $2 WHERE id = $1 AND status IN ('running', 'cancelling') AND started_at IS NOT NULL`, [runId, phase]);
   return getRun(db, runId);
 }
 

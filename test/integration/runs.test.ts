@@ -2,8 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { cancelSignal, deploymentWorkflowId, statusQuery } from '../../workflows/messages.js';
 import { createDeployment, registerExampleTemplate } from '../support/fixtures.js';
-import type { apiClient} from '../support/system.js';
-import { eventually, startTestSystem, type TestSystem } from '../support/system.js';
+import { apiClient, eventually, startTestSystem, type TestSystem } from '../support/system.js';
 
 interface RunBody {
   id: string;
@@ -153,6 +152,40 @@ describe('a deployment runs its template container end to end', () => {
     assert.equal(containers.length, 0, 'the container is removed once the outcome is recorded');
   });
 
+  it('cancels a running run through the API, records who asked, and refuses to cancel an ended run', async () => {
+    const id = await createDeployment(call, template, { message: 'long', sleep_seconds: 60 }, target());
+    const started = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    await eventually('the container to run', async () => {
+      const [c] = await sys.docker.listContainers({ filters: { label: [`io.glider-gun.run=${started.body.id}`] } });
+      return c;
+    });
+    const operator = apiClient(sys.api.url, sys.tokens.operator);
+    const viewer = apiClient(sys.api.url, sys.tokens.viewer);
+    assert.equal((await viewer('POST', `/v1/runs/${started.body.id}/cancel`)).status, 403);
+    const cancel = await operator<RunBody & { cancelRequestedBy: string }>('POST', `/v1/runs/${started.body.id}/cancel`);
+    assert.equal(cancel.status, 202);
+    assert.equal(cancel.body.status, 'cancelling');
+    assert.match(cancel.body.cancelRequestedBy, /^operator-/);
+    assert.equal((await operator('POST', `/v1/runs/${started.body.id}/cancel`)).status, 202, 'asking again is harmless');
+    const run = await eventually('the run to be cancelled', async () => {
+      const r = await call<RunBody & { cancelRequestedBy: string }>('GET', `/v1/runs/${started.body.id}`);
+      return r.body.status === 'cancelled' ? r.body : undefined;
+    });
+    assert.match(run.cancelRequestedBy, /^operator-/);
+    const again = await operator<{ code: string }>('POST', `/v1/runs/${started.body.id}/cancel`);
+    assert.equal(again.status, 409);
+    assert.equal(again.body.code, 'RUN_NOT_ACTIVE');
+    assert.equal((await operator<{ code: string }>('POST', '/v1/runs/run-aaaaaaaaaaaa/cancel')).status, 404);
+    // The deployment is free again (and this run is cancelled too, so nothing outlives the test).
+    const next = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'destroy' });
+    assert.equal(next.status, 202);
+    assert.equal((await call('POST', `/v1/runs/${next.body.id}/cancel`)).status, 202);
+    await eventually('the second run to end', async () => {
+      const r = await call<RunBody>('GET', `/v1/runs/${next.body.id}`);
+      return r.body.status === 'cancelled' ? r : undefined;
+    });
+  });
+
   it('fails a run with reason image-unavailable when the image cannot be had, leaving nothing behind', async () => {
     const missing = await registerExampleTemplate(call, { image: 'glider-gun/no-such-image:never' });
     const id = await createDeployment(call, missing, { message: 'x' }, target());
@@ -184,5 +217,33 @@ describe('a run whose node has no worker', () => {
     assert.equal(run.reason, 'node-unavailable');
     const status = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).query(statusQuery);
     assert.equal(status.status, 'failed');
+  });
+
+});
+
+describe('a run waiting for its node', () => {
+  let sys: TestSystem;
+  before(async () => {
+    sys = await startTestSystem({ nodeWorker: false, env: { GLIDERGUN_NODE_WAIT_SECONDS: '120' } });
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  it('can be cancelled', async () => {
+    const call = sys.call;
+    const template = await registerExampleTemplate(call);
+    const id = await createDeployment(call, template, { message: 'x' }, { kind: 'node', node: sys.nodeId });
+    const started = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    await eventually('the run to wait for the node', async () => {
+      const r = await call<RunBody>('GET', `/v1/runs/${started.body.id}`);
+      return r.body.status === 'running' ? r : undefined;
+    });
+    assert.equal((await call('POST', `/v1/runs/${started.body.id}/cancel`)).status, 202);
+    const run = await eventually('the run to be cancelled', async () => {
+      const r = await call<RunBody>('GET', `/v1/runs/${started.body.id}`);
+      return ['cancelled', 'failed'].includes(r.body.status) ? r.body : undefined;
+    });
+    assert.equal(run.status, 'cancelled');
   });
 });
