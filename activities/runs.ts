@@ -78,6 +78,7 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
         image: version.image,
         parameters,
         env,
+        restoreStateVersion: run.stateVersionFrom ?? undefined,
         timeoutSeconds: deps.runs.timeoutSeconds,
         stopGraceSeconds: deps.runs.stopGraceSeconds,
       };

@@ -9,6 +9,7 @@ import { openApiDocument } from './openapi.js';
 import { deploymentRoutes } from './routes/deployments.js';
 import { healthRoutes } from './routes/health.js';
 import { runRoutes } from './routes/runs.js';
+import { stateRoutes } from './routes/state.js';
 import { templateRoutes } from './routes/templates.js';
 import { tokenRoutes } from './routes/tokens.js';
 import { z } from './zod.js';
@@ -23,6 +24,7 @@ export function apiRoutes(deps: ApiDeps, document: () => object): AnyRoute[] {
     ...templateRoutes(deps),
     ...deploymentRoutes(deps),
     ...runRoutes(deps),
+    ...stateRoutes(deps),
   ];
 }
 

@@ -13,6 +13,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.TemplateVersionNotFound]: 404,
   [ErrorCode.DeploymentNotFound]: 404,
   [ErrorCode.RunNotFound]: 404,
+  [ErrorCode.StateVersionNotFound]: 404,
   [ErrorCode.NodeNotFound]: 404,
   [ErrorCode.TemplateExists]: 409,
   [ErrorCode.TokenExists]: 409,

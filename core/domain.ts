@@ -65,6 +65,8 @@ export interface RunSpec {
   env: Record<string, string>;
   timeoutSeconds: number;
   stopGraceSeconds: number;
+  /** The state version to restore into /state first (none for a deployment's first run). */
+  restoreStateVersion?: number | undefined;
   /** Sensitive values sealed to the executing node's key (core/crypto.ts): opaque in Temporal's history. */
   secrets?: { v: 1; epk: string; nonce: string; tag: string; ct: string } | undefined;
 }
@@ -78,6 +80,8 @@ export interface RunOutcome {
   outputs?: Record<string, unknown>;
   /** Problems worth telling the operator that did not fail the run (e.g. an invalid outputs file). */
   warnings?: string[];
+  /** The state version this run's /state was archived as. */
+  stateVersion?: number;
 }
 
 /** The deployment workflow's answer to the `status` query and the API's `GET /deployments/{id}` agree on these. */

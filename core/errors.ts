@@ -19,6 +19,7 @@ export enum ErrorCode {
   IdempotencyKeyInUse = 'IDEMPOTENCY_KEY_IN_USE',
   DeploymentNotFound = 'DEPLOYMENT_NOT_FOUND',
   RunNotFound = 'RUN_NOT_FOUND',
+  StateVersionNotFound = 'STATE_VERSION_NOT_FOUND',
   NodeNotFound = 'NODE_NOT_FOUND',
   InvalidParameters = 'INVALID_PARAMETERS',
   UnknownAction = 'UNKNOWN_ACTION',

@@ -2,6 +2,7 @@ import type { NativeConnection} from '@temporalio/worker';
 import { Worker } from '@temporalio/worker';
 import Docker from 'dockerode';
 import { DockerExecutor } from '../activities/execution/docker.js';
+import type { StateStore } from '../activities/execution/adapter.js';
 import type { LogSink } from '../activities/execution/logs.js';
 import { createNodeActivities } from '../activities/node.js';
 import type { Config } from '../core/config.js';
@@ -21,7 +22,13 @@ export function createDockerClient(host: string | undefined): Docker {
  * A node worker: polls only its own node's task queue and only executes runs in the local Docker engine.
  * It dials out to Temporal and accepts no connections.
  */
-export async function createNodeWorker(opts: { connection: NativeConnection; config: Config; docker: Docker; logSink: LogSink }): Promise<Worker> {
+export async function createNodeWorker(opts: {
+  connection: NativeConnection;
+  config: Config;
+  docker: Docker;
+  logSink: LogSink;
+  stateStore: StateStore;
+}): Promise<Worker> {
   const { config } = opts;
   const nodePrivateKeyPem = await loadNodeKey(config.node.workDir);
   return Worker.create({
@@ -29,7 +36,7 @@ export async function createNodeWorker(opts: { connection: NativeConnection; con
     namespace: config.temporal.namespace,
     taskQueue: nodeTaskQueue(config.node.id),
     activities: createNodeActivities({
-      adapter: new DockerExecutor(opts.docker, config.node.workDir, config.node.secretsDir, opts.logSink),
+      adapter: new DockerExecutor(opts.docker, config.node.workDir, config.node.secretsDir, opts.logSink, opts.stateStore),
       nodePrivateKeyPem,
     }),
     // Runs are long and mostly waiting; the limit is about how many containers one node should carry.

@@ -20,6 +20,13 @@ export interface ExecutionAdapter {
   cleanup(runId: string): Promise<void>;
 }
 
+/** Where /state is archived after every run and restored from before the next one. */
+export interface StateStore {
+  /** Idempotent per run: writing again for the same run returns the version already written. */
+  write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>): Promise<{ version: number; sha256: string; sizeBytes: number }>;
+  read(deploymentId: string, version: number): AsyncIterable<Buffer>;
+}
+
 /** ApplicationFailure types thrown by adapters, matching FailureReason where a run ends with one. */
 export const ExecutionFailure = {
   ImageUnavailable: 'image-unavailable',

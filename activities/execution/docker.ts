@@ -1,4 +1,5 @@
-import { chmod, mkdir, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { chmod, mkdir, open, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type Docker from 'dockerode';
@@ -6,6 +7,7 @@ import type { RunOutcome, RunSpec } from '../../core/domain.js';
 import { DockerLogDemuxer, LogCollector, type LogSink } from './logs.js';
 import { secretStrings } from './masking.js';
 import { readOutputs } from './outputs.js';
+import { packState, unpackState } from './state-archive.js';
 import {
   DEPLOYMENT_LABEL,
   ExecutionFailure,
@@ -14,6 +16,7 @@ import {
   containerName,
   type ExecutionAdapter,
   type ExecutionContext,
+  type StateStore,
 } from './adapter.js';
 
 const HEARTBEAT_MS = 2_000;
@@ -48,6 +51,7 @@ export class DockerExecutor implements ExecutionAdapter {
     /** On a memory file system: each run's secrets live here and reach the container as a bind mount. */
     private readonly secretsDir: string,
     private readonly logSink: LogSink,
+    private readonly stateStore: StateStore,
   ) {}
 
   runDir(runId: string): string {
@@ -71,7 +75,7 @@ export class DockerExecutor implements ExecutionAdapter {
           nonRetryable: true,
         });
       }
-      await this.prepare(dir, spec);
+      await this.prepare(dir, spec, ctx);
       await this.writeSecrets(spec.runId, secrets);
       await this.ensureImage(spec.image, ctx);
       container = await this.create(name, dir, spec);
@@ -103,7 +107,11 @@ export class DockerExecutor implements ExecutionAdapter {
       throw err;
     }
     await logs.finished(LOG_DRAIN_MS);
-    return outcome;
+    // Whatever the outcome (success, failure, timeout, cancel), /state becomes the deployment's next version.
+    ctx.heartbeat({ phase: 'archiving' });
+    const warnings = [...(outcome.warnings ?? [])];
+    const archived = await this.stateStore.write(spec.deploymentId, spec.runId, packState(path.join(dir, 'state'), (w) => warnings.push(w)));
+    return { ...outcome, warnings, stateVersion: archived.version };
   }
 
   private async followLogs(container: Docker.Container, runId: string, secrets: string[], source: 'attach' | 'log-driver') {
@@ -236,15 +244,25 @@ export class DockerExecutor implements ExecutionAdapter {
     }
   }
 
-  /** Lays out /state and /logs afresh; only ever called before the container exists. */
-  private async prepare(dir: string, spec: RunSpec): Promise<void> {
+  /** Lays out /state (restored from the previous version) and /logs afresh; only before the container exists. */
+  private async prepare(dir: string, spec: RunSpec, ctx: ExecutionContext): Promise<void> {
     await rm(dir, { recursive: true, force: true });
-    await mkdir(path.join(dir, 'state'), { recursive: true });
+    const stateDir = path.join(dir, 'state');
+    await mkdir(stateDir, { recursive: true });
     await mkdir(path.join(dir, 'logs'), { recursive: true });
-    await writeFile(
-      path.join(dir, 'state', 'template-parameters.json'),
-      `${JSON.stringify(spec.parameters, null, 2)}\n`,
-    );
+    if (spec.restoreStateVersion !== undefined) {
+      ctx.heartbeat({ phase: 'restoring' });
+      await unpackState(stateDir, this.stateStore.read(spec.deploymentId, spec.restoreStateVersion));
+    }
+    // The restored file may be anything the template left (even a link to a host file): replace, never follow.
+    const paramsFile = path.join(stateDir, 'template-parameters.json');
+    await rm(paramsFile, { recursive: true, force: true });
+    const handle = await open(paramsFile, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
+    try {
+      await handle.writeFile(`${JSON.stringify(spec.parameters, null, 2)}\n`);
+    } finally {
+      await handle.close();
+    }
   }
 
   private async ensureImage(image: string, ctx: ExecutionContext): Promise<void> {

@@ -13,6 +13,8 @@ export interface Deployment {
   status: DeploymentStatus;
   lastRunId: string | null;
   outputs: Record<string, unknown>;
+  /** The state version the next run starts from. */
+  currentStateVersion: number | null;
   createdBy: string;
   createdAt: string;
   updatedAt: string;
@@ -31,6 +33,7 @@ interface DeploymentRow {
   status: DeploymentStatus;
   last_run_id: string | null;
   outputs: Record<string, unknown>;
+  current_state_version: number | null;
   created_by: string;
   created_at: Date;
   updated_at: Date;
@@ -46,6 +49,7 @@ const toDeployment = (r: DeploymentRow): Deployment => ({
   status: r.status,
   lastRunId: r.last_run_id,
   outputs: r.outputs,
+  currentStateVersion: r.current_state_version,
   createdBy: r.created_by,
   createdAt: r.created_at.toISOString(),
   updatedAt: r.updated_at.toISOString(),

@@ -20,6 +20,8 @@ export interface Run {
   exitCode: number | null;
   outputs: Record<string, unknown> | null;
   warnings: string[];
+  stateVersionFrom: number | null;
+  stateVersion: number | null;
   requestedBy: string;
   cancelRequestedBy: string | null;
   createdAt: string;
@@ -39,6 +41,8 @@ interface RunRow {
   exit_code: number | null;
   outputs: Record<string, unknown> | null;
   warnings: string[];
+  state_version_from: number | null;
+  state_version: number | null;
   requested_by: string;
   cancel_requested_by: string | null;
   created_at: Date;
@@ -57,6 +61,8 @@ const toRun = (r: RunRow): Run => ({
   exitCode: r.exit_code,
   outputs: r.outputs,
   warnings: r.warnings,
+  stateVersionFrom: r.state_version_from,
+  stateVersion: r.state_version,
   requestedBy: r.requested_by,
   cancelRequestedBy: r.cancel_requested_by,
   createdAt: r.created_at.toISOString(),
@@ -158,7 +164,8 @@ async function syncDeployment(tx: Queryable, run: Run): Promise<void> {
 export async function markRunStarted(db: Db, runId: string): Promise<Run | undefined> {
   return inTransaction(db, async (tx) => {
     const { rows } = await tx.query<RunRow>(
-      `UPDATE runs SET status = 'running', phase = 'preparing', started_at = now()
+      `UPDATE runs SET status = 'running', phase = 'preparing', started_at = now(),
+              state_version_from = (SELECT current_state_version FROM deployments WHERE deployments.id = runs.deployment_id)
         WHERE id = $1 AND status = 'pending' RETURNING *`,
       [runId],
     );
@@ -193,7 +200,7 @@ export async function finishRun(db: Db, runId: string, outcome: RunOutcome): Pro
   return inTransaction(db, async (tx) => {
     const { rows } = await tx.query<RunRow>(
       `UPDATE runs SET status = $2, reason = $3, exit_code = $4, message = $5, outputs = $6, warnings = $7,
-              phase = NULL, finished_at = now()
+              state_version = $8, phase = NULL, finished_at = now()
         WHERE id = $1 AND status IN ${ACTIVE} RETURNING *`,
       [
         runId,
@@ -203,6 +210,7 @@ export async function finishRun(db: Db, runId: string, outcome: RunOutcome): Pro
         outcome.message ?? null,
         outcome.outputs ? JSON.stringify(outcome.outputs) : null,
         JSON.stringify(outcome.warnings ?? []),
+        outcome.stateVersion ?? null,
       ],
     );
     const finished = rows[0] && toRun(rows[0]);

@@ -10,6 +10,9 @@ import { loadConfig } from '../../core/config.js';
 import { migrate } from '../../core/db/migrate.js';
 import { createPool } from '../../core/db/pool.js';
 import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
+import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
+import { SecretBox } from '../../core/crypto.js';
+import { loadEncryptionKey } from '../../core/keys.js';
 import { startApiServer } from '../../workers/api.js';
 import { createClusterWorker } from '../../workers/cluster.js';
 import { createLogger } from '../../workers/logger.js';
@@ -118,7 +121,14 @@ async function main(): Promise<void> {
         say(`base images not made: ${err instanceof Error ? err.message : String(err)}`);
       }
       // The built-in node runs beside the cluster, so its logs go straight to Postgres.
-      const nodeWorker = await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db) });
+      const box = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
+      const nodeWorker = await createNodeWorker({
+        connection: nativeConnection,
+        config,
+        docker,
+        logSink: new PostgresLogSink(db),
+        stateStore: new PostgresStateStore(db, box),
+      });
       const nodeDone = nodeWorker.run();
       onStop(`the node worker '${config.node.id}'`, async () => {
         nodeWorker.shutdown();

@@ -8,6 +8,7 @@ import Docker from 'dockerode';
 import { RUN_LABEL, containerName, type ExecutionContext } from '../../activities/execution/adapter.js';
 import { DockerExecutor } from '../../activities/execution/docker.js';
 import type { LogSink } from '../../activities/execution/logs.js';
+import type { StateStore } from '../../activities/execution/adapter.js';
 import type { RunSpec } from '../../core/domain.js';
 import { newId } from '../../core/ids.js';
 import { scriptImage } from '../support/images.js';
@@ -31,10 +32,28 @@ class MemorySink implements LogSink {
 }
 const memorySink = new MemorySink();
 
+/** Keeps state archives in memory, one per run, as the adapter writes them. */
+class MemoryStateStore implements StateStore {
+  readonly versions = new Map<string, { runId: string; data: Buffer }[]>();
+  async write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>) {
+    const list = this.versions.get(deploymentId) ?? [];
+    this.versions.set(deploymentId, list);
+    const parts: Buffer[] = [];
+    for await (const p of archive) parts.push(p);
+    const found = list.findIndex((v) => v.runId === runId);
+    if (found === -1) list.push({ runId, data: Buffer.concat(parts) });
+    return { version: (found === -1 ? list.length : found + 1), sha256: '', sizeBytes: 0 };
+  }
+  async *read(deploymentId: string, version: number) {
+    yield await Promise.resolve(this.versions.get(deploymentId)![version - 1]!.data);
+  }
+}
+const memoryState = new MemoryStateStore();
+
 /** The Docker adapter alone, against the real engine: adoption, timeouts, cancel and lost containers. */
 describe('DockerExecutor', () => {
   const docker = new Docker(process.env.DOCKER_HOST ? undefined : { socketPath: '/var/run/docker.sock' });
-  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`), `/dev/shm/glider-gun-test/executor-${process.pid}`, memorySink);
+  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`), `/dev/shm/glider-gun-test/executor-${process.pid}`, memorySink, memoryState);
   const runIds: string[] = [];
   let trapImage: string;
   let stubbornImage: string;

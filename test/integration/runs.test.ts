@@ -148,8 +148,11 @@ describe('a deployment runs its template container end to end', () => {
     assert.equal(run.reason, null);
     assert.equal((await call<{ status: string }>('GET', `/v1/deployments/${id}`)).body.status, 'cancelled');
     assert.equal((await handle.query(statusQuery)).status, 'cancelled');
-    const containers = await sys.docker.listContainers({ all: true, filters: { label: [`io.glider-gun.run=${run.id}`] } });
-    assert.equal(containers.length, 0, 'the container is removed once the outcome is recorded');
+    // Removed right after the outcome is recorded (never before).
+    await eventually('the container to be removed', async () => {
+      const containers = await sys.docker.listContainers({ all: true, filters: { label: [`io.glider-gun.run=${run.id}`] } });
+      return containers.length === 0 ? true : undefined;
+    });
   });
 
   it('cancels a running run through the API, records who asked, and refuses to cancel an ended run', async () => {

@@ -9,6 +9,9 @@ import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporal
 import type Docker from 'dockerode';
 import pino from 'pino';
 import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
+import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
+import { SecretBox } from '../../core/crypto.js';
+import { loadEncryptionKey } from '../../core/keys.js';
 import { loadConfig, type Config } from '../../core/config.js';
 import { createPool, type Db } from '../../core/db/pool.js';
 import { ROLES, createToken, type Role } from '../../core/db/tokens.js';
@@ -94,7 +97,12 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record
   start(await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }));
   let nodeWorker: { worker: Worker; done: Promise<void> } | undefined;
   const startNodeWorker = async () => {
-    if (!nodeWorker) nodeWorker = start(await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db) }));
+    if (!nodeWorker) {
+      const box = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
+      nodeWorker = start(
+        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box) }),
+      );
+    }
   };
   const stopNodeWorker = async () => {
     if (nodeWorker) await halt(nodeWorker);

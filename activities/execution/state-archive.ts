@@ -1,0 +1,135 @@
+import { constants, createReadStream } from 'node:fs';
+import { lstat, mkdir, open, readdir, readlink, symlink, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import zlib from 'node:zlib';
+import tar from 'tar-stream';
+
+export const GZIP_LEVEL = 6;
+
+/**
+ * Archives a run's /state as tar + gzip, streamed. The folder is the template's to fill, so nothing in it
+ * is trusted: symbolic links are stored as links and never followed, files are opened without following
+ * links and must still be regular files once open, and FIFOs, sockets and devices are skipped (with a
+ * warning) instead of being read, which could block or reach outside.
+ */
+export function packState(dir: string, warn: (message: string) => void): Readable {
+  const pack = tar.pack();
+  const walk = async (rel: string): Promise<void> => {
+    const names = (await readdir(path.join(dir, rel))).sort();
+    for (const name of names) {
+      const relPath = rel ? `${rel}/${name}` : name;
+      const full = path.join(dir, relPath);
+      const info = await lstat(full);
+      const header = { name: relPath, mode: info.mode & 0o7777, mtime: info.mtime };
+      if (info.isSymbolicLink()) {
+        pack.entry({ ...header, type: 'symlink', linkname: await readlink(full) });
+      } else if (info.isDirectory()) {
+        pack.entry({ ...header, name: `${relPath}/`, type: 'directory' });
+        await walk(relPath);
+      } else if (info.isFile()) {
+        const handle = await open(full, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+        try {
+          const opened = await handle.stat();
+          if (!opened.isFile()) {
+            warn(`${relPath} changed into something other than a file while being archived; skipped`);
+            continue;
+          }
+          if (opened.size === 0) {
+            pack.entry({ ...header, size: 0 }, '');
+            continue;
+          }
+          await new Promise<void>((resolve, reject) => {
+            const entry = pack.entry({ ...header, size: opened.size }, (err) => (err ? reject(err) : resolve()));
+            const source = createReadStream('', { fd: handle.fd, autoClose: false, start: 0, end: opened.size - 1 });
+            source.on('error', reject);
+            source.pipe(entry);
+          });
+        } finally {
+          await handle.close();
+        }
+      } else {
+        warn(`${relPath} is not a file, folder or link (a FIFO, socket or device); not archived`);
+      }
+    }
+  };
+  walk('')
+    .then(() => pack.finalize())
+    .catch((err: unknown) => pack.destroy(err instanceof Error ? err : new Error(String(err))));
+  const gzip = zlib.createGzip({ level: GZIP_LEVEL });
+  pack.on('error', (err) => gzip.destroy(err));
+  return pack.pipe(gzip);
+}
+
+/** Entry names must stay inside the folder they are restored into. */
+function safeRelative(name: string): string | undefined {
+  const normalised = path.posix.normalize(name.replace(/\/+$/, ''));
+  if (!normalised || normalised === '.' || path.posix.isAbsolute(normalised) || normalised.split('/').includes('..')) return undefined;
+  return normalised;
+}
+
+/** Refuses to write through a link: every folder on the way must be a real folder inside `root`. */
+async function assertRealParents(root: string, rel: string): Promise<void> {
+  const parts = rel.split('/').slice(0, -1);
+  let current = root;
+  for (const part of parts) {
+    current = path.join(current, part);
+    const info = await lstat(current);
+    if (!info.isDirectory()) throw new Error(`refusing to restore through ${path.relative(root, current)}: not a real folder`);
+  }
+}
+
+const ZERO_BLOCK = Buffer.alloc(64 * 1024);
+
+/** Writes a file's content, leaving runs of zero blocks as holes, so a sparse file comes back sparse. */
+async function writeSparse(handle: FileHandle, content: AsyncIterable<Buffer>): Promise<void> {
+  let position = 0;
+  for await (const piece of content) {
+    for (let at = 0; at < piece.length; at += ZERO_BLOCK.length) {
+      const block = piece.subarray(at, Math.min(at + ZERO_BLOCK.length, piece.length));
+      if (!(block.length === ZERO_BLOCK.length && block.equals(ZERO_BLOCK))) await handle.write(block, 0, block.length, position);
+      position += block.length;
+    }
+  }
+  await handle.truncate(position);
+}
+
+/** Restores an archive made by packState into an empty folder, writing nothing outside it. */
+export async function unpackState(dir: string, archive: AsyncIterable<Buffer>): Promise<void> {
+  const extract = tar.extract();
+  const feeding = pipeline(Readable.from(archive), zlib.createGunzip(), extract);
+  feeding.catch(() => undefined); // surfaced through the iteration below
+  for await (const entry of extract) {
+    const rel = safeRelative(entry.header.name);
+    if (!rel) {
+      entry.resume();
+      throw new Error(`archive entry '${entry.header.name}' points outside the state folder`);
+    }
+    const target = path.join(dir, rel);
+    await assertRealParents(dir, rel);
+    const mode = (entry.header.mode ?? 0o644) & 0o7777;
+    switch (entry.header.type) {
+      case 'directory':
+        await mkdir(target, { recursive: true, mode });
+        entry.resume();
+        break;
+      case 'file': {
+        const handle = await open(target, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+        try {
+          await writeSparse(handle, entry as AsyncIterable<Buffer>);
+        } finally {
+          await handle.close();
+        }
+        break;
+      }
+      case 'symlink':
+        await symlink(entry.header.linkname ?? '', target);
+        entry.resume();
+        break;
+      default:
+        entry.resume();
+    }
+  }
+  await feeding;
+}

@@ -1,0 +1,20 @@
+import type { SecretBox } from '../../core/crypto.js';
+import type { Db } from '../../core/db/pool.js';
+import { readStateVersion, writeStateVersion } from '../../core/db/state.js';
+import type { StateStore } from '../execution/adapter.js';
+
+/** State versions of a node inside the cluster (the built-in node `local`): encrypted chunks in Postgres. */
+export class PostgresStateStore implements StateStore {
+  constructor(
+    private readonly db: Db,
+    private readonly box: SecretBox,
+  ) {}
+
+  write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>) {
+    return writeStateVersion(this.db, this.box, { deploymentId, runId }, archive);
+  }
+
+  read(deploymentId: string, version: number) {
+    return readStateVersion(this.db, this.box, deploymentId, version);
+  }
+}

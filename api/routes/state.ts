@@ -1,0 +1,72 @@
+import { getStateVersion, listStateVersions, readStateVersion } from '../../core/db/state.js';
+import { ErrorCode, notFound } from '../../core/errors.js';
+import type { ApiDeps } from '../deps.js';
+import { defineRoute, type AnyRoute } from '../http/route.js';
+import { DeploymentId, DeploymentParams, VersionNumber } from '../schemas.js';
+import { z } from '../zod.js';
+import { OPERATORS, READERS, loadDeployment } from './deployments.js';
+
+const StateVersionSchema = z
+  .object({
+    deploymentId: DeploymentId,
+    version: z.number().int(),
+    runId: z.string().nullable(),
+    sha256: z.string().openapi({ description: 'of the tar.gz archive' }),
+    sizeBytes: z.number().int(),
+    createdAt: z.string(),
+  })
+  .openapi('StateVersion');
+
+const StateVersionParams = z.object({ id: DeploymentId, version: VersionNumber });
+
+export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets'>): AnyRoute[] {
+  const { db } = deps;
+  return [
+    defineRoute({
+      method: 'get',
+      path: '/v1/deployments/{id}/state-versions',
+      operationId: 'listStateVersions',
+      summary: "List a deployment's state versions, newest first",
+      tag: 'state',
+      roles: READERS,
+      params: DeploymentParams,
+      responses: { 200: { description: 'the versions', schema: z.object({ items: z.array(StateVersionSchema) }) } },
+      errors: [ErrorCode.DeploymentNotFound],
+      async handler({ params }) {
+        await loadDeployment(db, params.id);
+        return { status: 200, body: { items: await listStateVersions(db, params.id) } };
+      },
+    }),
+    defineRoute({
+      method: 'get',
+      path: '/v1/deployments/{id}/state-versions/{version}/archive',
+      operationId: 'downloadStateVersion',
+      summary: 'Download a state version as the tar.gz the run left in /state (decrypted)',
+      description: 'State often holds secrets (a terraform.tfstate does), so only operators and admins may read it.',
+      tag: 'state',
+      roles: OPERATORS,
+      params: StateVersionParams,
+      responses: { 200: { description: 'the archive; X-Checksum-Sha256 is its sha256', schema: z.string(), contentType: 'application/gzip' } },
+      errors: [ErrorCode.DeploymentNotFound, ErrorCode.StateVersionNotFound],
+      async handler({ params, res }) {
+        await loadDeployment(db, params.id);
+        const meta = await getStateVersion(db, params.id, params.version);
+        if (!meta) throw notFound(ErrorCode.StateVersionNotFound, 'state version', `${params.id}@${params.version}`);
+        res.status(200).type('application/gzip');
+        res.setHeader('content-length', String(meta.sizeBytes));
+        res.setHeader('x-checksum-sha256', meta.sha256);
+        res.setHeader('content-disposition', `attachment; filename="${params.id}-state-${params.version}.tar.gz"`);
+        try {
+          for await (const chunk of readStateVersion(db, deps.secrets, params.id, params.version)) {
+            if (!res.write(chunk)) await new Promise((r) => res.once('drain', r));
+          }
+          res.end();
+        } catch (err) {
+          // Headers are gone: cut the connection so the client sees a broken download, not a short one.
+          res.destroy(err instanceof Error ? err : new Error(String(err)));
+        }
+        return undefined;
+      },
+    }),
+  ];
+}

@@ -1,0 +1,152 @@
+import { createHash } from 'node:crypto';
+import type { SecretBox } from '../crypto.js';
+import { inTransaction, type Db, type Queryable } from './pool.js';
+
+export interface StateVersion {
+  deploymentId: string;
+  version: number;
+  runId: string | null;
+  sha256: string;
+  sizeBytes: number;
+  createdAt: string;
+}
+
+interface StateVersionRow {
+  deployment_id: string;
+  version: number;
+  run_id: string | null;
+  status: 'writing' | 'complete';
+  sha256: Buffer | null;
+  size_bytes: string | null;
+  chunk_count: number | null;
+  created_at: Date;
+}
+
+const toVersion = (r: StateVersionRow): StateVersion => ({
+  deploymentId: r.deployment_id,
+  version: r.version,
+  runId: r.run_id,
+  sha256: r.sha256!.toString('hex'),
+  sizeBytes: Number(r.size_bytes),
+  createdAt: r.created_at.toISOString(),
+});
+
+export const STATE_CHUNK_BYTES = 1024 * 1024;
+const aad = (deploymentId: string, version: number, idx: number) => `state/${deploymentId}/${version}/${idx}`;
+
+/** Splits a byte stream into pieces of exactly `size` bytes (the last may be shorter). */
+async function* rechunk(source: AsyncIterable<Buffer>, size: number): AsyncGenerator<Buffer> {
+  let parts: Buffer[] = [];
+  let held = 0;
+  for await (const piece of source) {
+    let rest = piece;
+    while (held + rest.length >= size) {
+      const take = size - held;
+      parts.push(rest.subarray(0, take));
+      yield Buffer.concat(parts);
+      parts = [];
+      held = 0;
+      rest = rest.subarray(take);
+    }
+    if (rest.length > 0) {
+      parts.push(rest);
+      held += rest.length;
+    }
+  }
+  if (held > 0) yield Buffer.concat(parts);
+}
+
+/**
+ * Stores the archive a run produced as the deployment's next state version. Idempotent per run: a retry
+ * after the version was completed returns it; a retry after a half-written attempt starts that version over.
+ */
+export async function writeStateVersion(
+  db: Db,
+  box: SecretBox,
+  opts: { deploymentId: string; runId: string },
+  archive: AsyncIterable<Buffer>,
+): Promise<StateVersion> {
+  const existing = await db.query<StateVersionRow>('SELECT * FROM state_versions WHERE run_id = $1', [opts.runId]);
+  if (existing.rows[0]?.status === 'complete') return toVersion(existing.rows[0]);
+  const version = await inTransaction(db, async (tx) => {
+    // One writer at a time per deployment picks the next number.
+    await tx.query('SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE', [opts.deploymentId]);
+    const old = await tx.query<StateVersionRow>('SELECT * FROM state_versions WHERE run_id = $1', [opts.runId]);
+    if (old.rows[0]) {
+      await tx.query('DELETE FROM state_chunks WHERE deployment_id = $1 AND version = $2', [opts.deploymentId, old.rows[0].version]);
+      return old.rows[0].version;
+    }
+    const { rows } = await tx.query<{ version: number }>(
+      `INSERT INTO state_versions (deployment_id, version, run_id, status)
+       VALUES ($1, (SELECT coalesce(max(version), 0) + 1 FROM state_versions WHERE deployment_id = $1), $2, 'writing')
+       RETURNING version`,
+      [opts.deploymentId, opts.runId],
+    );
+    return rows[0]!.version;
+  });
+  const hash = createHash('sha256');
+  let size = 0;
+  let idx = 0;
+  for await (const chunk of rechunk(archive, STATE_CHUNK_BYTES)) {
+    hash.update(chunk);
+    size += chunk.length;
+    await db.query('INSERT INTO state_chunks (deployment_id, version, idx, data) VALUES ($1, $2, $3, $4)', [
+      opts.deploymentId,
+      version,
+      idx,
+      box.seal(chunk, aad(opts.deploymentId, version, idx)),
+    ]);
+    idx++;
+  }
+  return inTransaction(db, async (tx) => {
+    const { rows } = await tx.query<StateVersionRow>(
+      `UPDATE state_versions SET status = 'complete', sha256 = $3, size_bytes = $4, chunk_count = $5
+        WHERE deployment_id = $1 AND version = $2 RETURNING *`,
+      [opts.deploymentId, version, hash.digest(), size, idx],
+    );
+    await tx.query(
+      `UPDATE deployments SET current_state_version = $2 WHERE id = $1 AND (current_state_version IS NULL OR current_state_version < $2)`,
+      [opts.deploymentId, version],
+    );
+    return toVersion(rows[0]!);
+  });
+}
+
+/** The archive of a complete version, decrypted chunk by chunk; fails if a chunk or the checksum is wrong. */
+export async function* readStateVersion(db: Queryable, box: SecretBox, deploymentId: string, version: number): AsyncGenerator<Buffer> {
+  const { rows } = await db.query<StateVersionRow>(`SELECT * FROM state_versions WHERE deployment_id = $1 AND version = $2 AND status = 'complete'`, [
+    deploymentId,
+    version,
+  ]);
+  const meta = rows[0];
+  if (!meta) throw new Error(`state version ${version} of ${deploymentId} does not exist`);
+  const hash = createHash('sha256');
+  for (let idx = 0; idx < meta.chunk_count!; idx++) {
+    const chunk = await db.query<{ data: Buffer }>('SELECT data FROM state_chunks WHERE deployment_id = $1 AND version = $2 AND idx = $3', [
+      deploymentId,
+      version,
+      idx,
+    ]);
+    if (!chunk.rows[0]) throw new Error(`state version ${version} of ${deploymentId} is missing chunk ${idx}`);
+    const plain = box.open(chunk.rows[0].data, aad(deploymentId, version, idx));
+    hash.update(plain);
+    yield plain;
+  }
+  if (!hash.digest().equals(meta.sha256!)) throw new Error(`state version ${version} of ${deploymentId} fails its checksum`);
+}
+
+export async function listStateVersions(db: Queryable, deploymentId: string): Promise<StateVersion[]> {
+  const { rows } = await db.query<StateVersionRow>(
+    `SELECT * FROM state_versions WHERE deployment_id = $1 AND status = 'complete' ORDER BY version DESC`,
+    [deploymentId],
+  );
+  return rows.map(toVersion);
+}
+
+export async function getStateVersion(db: Queryable, deploymentId: string, version: number): Promise<StateVersion | undefined> {
+  const { rows } = await db.query<StateVersionRow>(
+    `SELECT * FROM state_versions WHERE deployment_id = $1 AND version = $2 AND status = 'complete'`,
+    [deploymentId, version],
+  );
+  return rows[0] && toVersion(rows[0]);
+}

@@ -1,0 +1,139 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { gunzipSync } from 'node:zlib';
+import { after, before, describe, it } from 'node:test';
+import { createDeployment, registerExampleTemplate, uniqueName } from '../support/fixtures.js';
+import { scriptImage } from '../support/images.js';
+import { eventually, startTestSystem, type TestSystem } from '../support/system.js';
+
+interface Run {
+  id: string;
+  status: string;
+  reason: string | null;
+  message: string | null;
+  outputs: Record<string, unknown> | null;
+  warnings: string[];
+  stateVersionFrom: number | null;
+  stateVersion: number | null;
+}
+
+/** Tar entries (name → type and content) of a tar.gz, read without any library of ours. */
+function tarEntries(gz: Buffer): Map<string, { type: string; linkname: string; data: Buffer }> {
+  const tar = gunzipSync(gz);
+  const entries = new Map<string, { type: string; linkname: string; data: Buffer }>();
+  let at = 0;
+  while (at + 512 <= tar.length && tar[at] !== 0) {
+    const field = (o: number, n: number) => tar.subarray(at + o, at + o + n).toString('utf8').replace(/\0.*$/s, '');
+    const prefix = field(345, 155);
+    const name = (prefix ? `${prefix}/` : '') + field(0, 100);
+    const size = parseInt(field(124, 12).trim() || '0', 8);
+    const type = { '0': 'file', '': 'file', '2': 'symlink', '5': 'directory' }[field(156, 1)] ?? field(156, 1);
+    entries.set(name, { type, linkname: field(157, 100), data: tar.subarray(at + 512, at + 512 + size) });
+    at += 512 + Math.ceil(size / 512) * 512;
+  }
+  return entries;
+}
+
+describe('state versions', () => {
+  let sys: TestSystem;
+  before(async () => {
+    sys = await startTestSystem();
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  async function run(deploymentId: string, action = 'deploy', timeoutMs = 30_000): Promise<Run> {
+    const started = await sys.call<Run>('POST', `/v1/deployments/${deploymentId}/runs`, { action });
+    assert.equal(started.status, 202, JSON.stringify(started.body));
+    return eventually('the run to end', async () => {
+      const r = await sys.call<Run>('GET', `/v1/runs/${started.body.id}`);
+      return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+    }, timeoutMs);
+  }
+
+  it('carries /state from run to run, archiving it after a failed run too', async () => {
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'count' }, { kind: 'node', node: sys.nodeId });
+    const first = await run(id);
+    assert.equal(first.outputs?.runCount, 1);
+    assert.equal(first.stateVersionFrom, null);
+    assert.equal(first.stateVersion, 1);
+    const second = await run(id, 'destroy');
+    assert.equal(second.outputs?.runCount, 2, 'the second run saw the state the first one left');
+    assert.equal(second.stateVersionFrom, 1);
+    assert.equal(second.stateVersion, 2);
+    const versions = await sys.call<{ items: { version: number; runId: string; sha256: string; sizeBytes: number }[] }>('GET', `/v1/deployments/${id}/state-versions`);
+    assert.deepEqual(versions.body.items.map((v) => [v.version, v.runId]), [[2, second.id], [1, first.id]]);
+    const deployment = await sys.call<{ currentStateVersion: number }>('GET', `/v1/deployments/${id}`);
+    assert.equal(deployment.body.currentStateVersion, 2);
+
+    // A failing run still leaves a version, and the next run starts from it.
+    const failing = await registerExampleTemplate(sys.call);
+    const dep = await createDeployment(sys.call, failing, { message: 'fail', exit_code: 4 }, { kind: 'node', node: sys.nodeId });
+    const failed = await run(dep);
+    assert.equal(failed.status, 'failed');
+    assert.equal(failed.stateVersion, 1);
+    const again = await run(dep);
+    assert.equal(again.outputs?.runCount, 2);
+  });
+
+  it('serves a version as the tar.gz the run left, with its checksum, to operators only', async () => {
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'archive' }, { kind: 'node', node: sys.nodeId });
+    const first = await run(id);
+    const res = await fetch(`${sys.api.url}/v1/deployments/${id}/state-versions/${first.stateVersion}/archive`, {
+      headers: { authorization: `Bearer ${sys.tokens.operator}` },
+    });
+    assert.equal(res.status, 200);
+    const body = Buffer.from(await res.arrayBuffer());
+    assert.equal(createHash('sha256').update(body).digest('hex'), res.headers.get('x-checksum-sha256'));
+    const entries = tarEntries(body);
+    assert.equal(entries.get('run-count')?.data.toString(), '1\n');
+    assert.deepEqual(JSON.parse(entries.get('outputs.json')!.data.toString()), first.outputs);
+    const viewer = await fetch(`${sys.api.url}/v1/deployments/${id}/state-versions/1/archive`, { headers: { authorization: `Bearer ${sys.tokens.viewer}` } });
+    assert.equal(viewer.status, 403);
+    assert.equal((await sys.call('GET', `/v1/deployments/${id}/state-versions/99/archive`)).status, 404);
+    // At rest, only ciphertext.
+    const { rows } = await sys.db.query<{ dump: string }>(`SELECT string_agg(encode(data, 'escape'), '') dump FROM state_chunks WHERE deployment_id = $1`, [id]);
+    assert.ok(!rows[0]!.dump.includes('archive'), 'the archive is stored encrypted');
+  });
+
+  it('archives links as links, skips FIFOs, handles a 1 GiB sparse file, and restores nothing outside /state', async () => {
+    const image = await scriptImage(
+      sys.docker,
+      `#!/bin/sh
+if [ ! -e /state/made ]; then
+  ln -s /etc/passwd /state/host-link
+  ln -s ../../../../../../tmp /state/escape
+  mkfifo /state/fifo
+  mkdir -p /state/dir/sub && echo nested > /state/dir/sub/file
+  dd if=/dev/zero of=/state/sparse bs=1 count=0 seek=1073741824 2>/dev/null
+  echo "$1" > /state/made
+  exit 0
+fi
+# Second run: check what came back.
+[ -L /state/host-link ] && [ "$(readlink /state/host-link)" = /etc/passwd ] || { echo "link not restored as a link"; exit 10; }
+[ -L /state/escape ] || { echo "escape link missing"; exit 11; }
+[ ! -e /state/fifo ] || { echo "fifo restored"; exit 12; }
+[ "$(cat /state/dir/sub/file)" = nested ] || { echo "nested file wrong"; exit 13; }
+[ "$(stat -c %s /state/sparse)" = 1073741824 ] || { echo "sparse size wrong"; exit 14; }
+exit 0
+`,
+    );
+    const name = uniqueName('hostile');
+    await sys.call('POST', '/v1/templates', { name });
+    await sys.call('POST', `/v1/templates/${name}/versions`, { image });
+    const id = await createDeployment(sys.call, name, {}, { kind: 'node', node: sys.nodeId });
+    let t0 = Date.now();
+    const first = await run(id, 'deploy', 180_000);
+    console.log(`# archiving the 1 GiB sparse file took ${Date.now() - t0} ms`);
+    assert.equal(first.status, 'succeeded', first.message ?? '');
+    assert.ok(first.warnings.some((w) => w.includes('fifo')), JSON.stringify(first.warnings));
+    t0 = Date.now();
+    const second = await run(id, 'deploy', 180_000);
+    console.log(`# restoring and archiving it again took ${Date.now() - t0} ms`);
+    assert.equal(second.status, 'succeeded', `second run: ${second.message}`);
+    assert.equal(second.stateVersionFrom, first.stateVersion);
+  });
+});
