@@ -61,17 +61,31 @@ export class DeploymentEntity {
     setHandler(runRequestedSignal, (req) => this.enqueue(req));
     setHandler(cancelSignal, ({ runId }) => this.cancel(runId));
 
-    for (;;) {
-      await condition(() => this.state.pending.length > 0 || this.shouldContinueAsNew());
-      const next = this.state.pending.shift();
-      if (next) {
-        await this.execute(next);
-        continue;
+    try {
+      for (;;) {
+        await condition(() => this.state.pending.length > 0 || this.shouldContinueAsNew());
+        const next = this.state.pending.shift();
+        if (next) {
+          await this.execute(next);
+          continue;
+        }
+        await condition(allHandlersFinished);
+        if (this.state.pending.length === 0) {
+          return continueAsNew<(input: DeploymentWorkflowInput) => Promise<never>>(this.state);
+        }
       }
-      await condition(allHandlersFinished);
-      if (this.state.pending.length === 0) {
-        return continueAsNew<(input: DeploymentWorkflowInput) => Promise<never>>(this.state);
-      }
+    } catch (err) {
+      // Cancelling the workflow (the Temporal UI's "Cancel", `temporal workflow cancel`) means: cancel the
+      // current run (done by the scope it runs in), cancel the runs still queued, record it all, then end.
+      // The next run request starts the workflow afresh.
+      if (isCancellation(err)) await CancellationScope.nonCancellable(() => this.cancelQueued());
+      throw err;
+    }
+  }
+
+  private async cancelQueued(): Promise<void> {
+    for (const req of this.state.pending.splice(0)) {
+      this.apply(await db.finishRun(req.runId, { status: 'cancelled', message: 'the deployment workflow was cancelled' }));
     }
   }
 
@@ -106,7 +120,18 @@ export class DeploymentEntity {
 
   private async execute(req: RunRequest): Promise<void> {
     this.active = { id: req.runId, action: req.action, status: 'pending' };
-    const started = await db.startRun(req.runId);
+    let started: Awaited<ReturnType<RunActivities['startRun']>>;
+    try {
+      started = await db.startRun(req.runId);
+    } catch (err) {
+      // The workflow itself was cancelled before the run began: no container exists; close the run.
+      if (isCancellation(err)) {
+        await CancellationScope.nonCancellable(async () => {
+          this.apply(await db.finishRun(req.runId, { status: 'cancelled', message: 'the deployment workflow was cancelled' }));
+        });
+      }
+      throw err;
+    }
     this.apply(started);
     if (started.run.status === 'cancelling' && !started.spec) {
       // Cancelled through the API while it was still pending: it never starts.

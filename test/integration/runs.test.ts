@@ -106,6 +106,23 @@ describe('a deployment runs its template container end to end', () => {
     assert.equal(runs.body.items.length, 2);
   });
 
+  it('gives exactly one run to 50 concurrent requests on one deployment, and a clear refusal to the rest', async () => {
+    const id = await createDeployment(call, template, { message: 'race' }, target());
+    const operator = apiClient(sys.api.url, sys.tokens.operator);
+    const answers = await Promise.all(Array.from({ length: 50 }, () => operator<{ id?: string; code?: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' })));
+    const accepted = answers.filter((a) => a.status === 202);
+    assert.equal(accepted.length, 1, JSON.stringify(answers.map((a) => a.status)));
+    for (const a of answers.filter((x) => x.status !== 202)) {
+      assert.ok((a.status === 409 && a.body.code === 'RUN_IN_PROGRESS') || (a.status === 429 && a.body.code === 'THROTTLED'), JSON.stringify(a.body));
+    }
+    const { rows } = await sys.db.query<{ n: string }>('SELECT count(*) n FROM runs WHERE deployment_id = $1', [id]);
+    assert.equal(Number(rows[0]!.n), 1, 'no request was half-accepted');
+    await eventually('the run to end', async () => {
+      const r = await call<RunBody>('GET', `/v1/runs/${accepted[0]!.body.id!}`);
+      return r.body.status === 'succeeded' ? r : undefined;
+    });
+  });
+
   it('refuses a second run while one is active, then accepts one after it ends', async () => {
     const id = await createDeployment(call, template, { message: 'slow', sleep_seconds: 2 }, target());
     const first = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
@@ -248,5 +265,47 @@ describe('a run waiting for its node', () => {
       return ['cancelled', 'failed'].includes(r.body.status) ? r.body : undefined;
     });
     assert.equal(run.status, 'cancelled');
+  });
+});
+
+describe('cancelling the deployment workflow itself (the Temporal UI\'s Cancel)', () => {
+  let sys: TestSystem;
+  before(async () => {
+    sys = await startTestSystem();
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  it('cancels the current run, records it, ends the workflow, and a later run starts a new workflow', async () => {
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'long', sleep_seconds: 60 }, { kind: 'node', node: sys.nodeId });
+    const started = await sys.call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    const handle = sys.client.workflow.getHandle(deploymentWorkflowId(id));
+    await eventually('the run to execute', async () => ((await handle.query(statusQuery)).activeRun?.phase === 'executing' ? true : undefined));
+    await handle.cancel();
+    const run = await eventually('the run to be cancelled', async () => {
+      const r = await sys.call<RunBody>('GET', `/v1/runs/${started.body.id}`);
+      return r.body.status === 'cancelled' ? r.body : undefined;
+    });
+    assert.equal(run.status, 'cancelled');
+    const described = await eventually('the workflow to close', async () => {
+      const d = await handle.describe();
+      return d.status.name === 'RUNNING' ? undefined : d;
+    });
+    assert.equal(described.status.name, 'CANCELLED');
+    await eventually('the container to be removed', async () => {
+      const cs = await sys.docker.listContainers({ all: true, filters: { label: [`io.glider-gun.run=${run.id}`] } });
+      return cs.length === 0 ? true : undefined;
+    });
+    // The deployment is usable again: a new run starts a new workflow run.
+    await sys.db.query(`UPDATE deployments SET parameters = parameters || '{"sleep_seconds": 0}' WHERE id = $1`, [id]);
+    const next = await sys.call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    assert.equal(next.status, 202);
+    const done = await eventually('the next run to end', async () => {
+      const r = await sys.call<RunBody>('GET', `/v1/runs/${next.body.id}`);
+      return ['succeeded', 'failed'].includes(r.body.status) ? r.body : undefined;
+    });
+    assert.equal(done.status, 'succeeded');
   });
 });
