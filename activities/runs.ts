@@ -7,6 +7,7 @@ import * as runs from '../core/db/runs.js';
 import { getTemplateVersion } from '../core/db/templates.js';
 import {
   CONTRACT_VERSION,
+  effectiveLimits,
   type DeploymentStatus,
   type RunOutcome,
   type RunPhase,
@@ -79,7 +80,7 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
         parameters,
         env,
         restoreStateVersion: run.stateVersionFrom ?? undefined,
-        timeoutSeconds: deps.runs.timeoutSeconds,
+        ...effectiveLimits(deployment.limits, version.limits, deps.runs),
         stopGraceSeconds: deps.runs.stopGraceSeconds,
       };
       return { ...base, spec };

@@ -9,6 +9,8 @@ export interface ApiDeps {
   /** Task queue of the cluster worker, which hosts the deployment workflows. */
   taskQueue: string;
   kubernetesEnabled: boolean;
+  /** The longest run timeout a template or deployment may ask for. */
+  maxRunTimeoutSeconds: number;
   /** Encrypts sensitive parameter values at rest. */
   secrets: SecretBox;
   /** Reachability checks reported by /healthz; each throws when its dependency is down. */

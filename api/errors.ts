@@ -25,6 +25,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.RunInProgress]: 409,
   [ErrorCode.RunNotActive]: 409,
   [ErrorCode.InvalidParameters]: 422,
+  [ErrorCode.LimitExceeded]: 422,
   [ErrorCode.UnknownAction]: 422,
   [ErrorCode.TargetUnavailable]: 422,
   [ErrorCode.Throttled]: 429,

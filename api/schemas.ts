@@ -35,6 +35,14 @@ export const CreateTemplateBody = z.strictObject({
   description: z.string().max(2000).default(''),
 });
 
+export const LimitsSchema = z
+  .strictObject({
+    timeoutSeconds: z.number().int().min(1).optional().openapi({ description: 'run timeout; at most the installation maximum' }),
+    cpus: z.number().positive().max(256).optional().openapi({ description: 'CPU limit of the container' }),
+    memoryMb: z.number().int().min(6).max(1024 * 1024).optional().openapi({ description: 'memory limit of the container, MiB' }),
+  })
+  .openapi('RunLimits');
+
 export const CreateTemplateVersionBody = z.strictObject({
   image: z
     .string()
@@ -44,6 +52,7 @@ export const CreateTemplateVersionBody = z.strictObject({
   parameters: z.array(ParameterDeclarationSchema).max(200).default([]),
   actions: z.array(ActionName).min(1).max(20).default(['deploy', 'destroy']),
   tfVars: z.boolean().default(false),
+  limits: LimitsSchema.default({}),
 });
 
 export const TargetSchema = z
@@ -55,6 +64,7 @@ export const CreateDeploymentBody = z.strictObject({
   template: z.strictObject({ name: Name, version: z.number().int().min(1).optional() }),
   parameters: z.record(z.string(), z.unknown()).default({}),
   target: TargetSchema.default({ kind: 'node', node: 'local' }),
+  limits: LimitsSchema.default({}).openapi({ description: 'overrides the template version\'s limits' }),
 });
 
 export const ListDeploymentsQuery = z.strictObject({
@@ -120,6 +130,7 @@ export const TemplateVersionSchema = z
     parameters: z.array(ParameterDeclarationSchema),
     actions: z.array(z.string()),
     tfVars: z.boolean(),
+    limits: LimitsSchema,
     createdBy: z.string(),
     createdAt: Timestamp,
   })
@@ -171,6 +182,7 @@ export const DeploymentSchema = z
     status: z.enum(DEPLOYMENT_STATUSES),
     outputs: z.record(z.string(), z.unknown()),
     currentStateVersion: z.number().int().nullable(),
+    limits: LimitsSchema,
     activeRun: RunSummarySchema.nullable(),
     lastRun: RunSummarySchema.nullable(),
     createdBy: z.string(),

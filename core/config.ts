@@ -25,6 +25,7 @@ const ConfigSchema = z.object({
   DOCKER_HOST: z.string().optional(),
   GLIDERGUN_KUBERNETES: booleanFromEnv.default(false),
   GLIDERGUN_RUN_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(3600),
+  GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS: z.coerce.number().int().min(1).default(24 * 3600),
   GLIDERGUN_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
   GLIDERGUN_NODE_WAIT_SECONDS: z.coerce.number().int().min(1).default(600),
   /** 32 bytes, base64. Unset: generated at first start into <data dir>/encryption-key. */
@@ -46,7 +47,7 @@ export interface Config {
   security: { encryptionKey: string | undefined; encryptionKeyFile: string; adminTokenFile: string };
   docker: { host: string | undefined };
   kubernetes: { enabled: boolean };
-  runs: { timeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number };
+  runs: { timeoutSeconds: number; maxTimeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number };
   logLevel: z.infer<typeof ConfigSchema>['GLIDERGUN_LOG_LEVEL'];
 }
 
@@ -94,7 +95,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     docker: { host: e.DOCKER_HOST },
     kubernetes: { enabled: e.GLIDERGUN_KUBERNETES },
     runs: {
-      timeoutSeconds: e.GLIDERGUN_RUN_TIMEOUT_SECONDS,
+      timeoutSeconds: Math.min(e.GLIDERGUN_RUN_TIMEOUT_SECONDS, e.GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS),
+      maxTimeoutSeconds: e.GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS,
       stopGraceSeconds: e.GLIDERGUN_STOP_GRACE_SECONDS,
       nodeWaitSeconds: e.GLIDERGUN_NODE_WAIT_SECONDS,
     },

@@ -42,6 +42,27 @@ export interface ParameterDeclaration {
 
 export type Target = { kind: 'cluster' } | { kind: 'node'; node: string };
 
+/** A run's limits; unset fields inherit (deployment → template version → installation default). */
+export interface RunLimits {
+  timeoutSeconds?: number | undefined;
+  cpus?: number | undefined;
+  memoryMb?: number | undefined;
+}
+
+/** The limits a run gets: the most specific setting wins, and the timeout never exceeds the maximum. */
+export function effectiveLimits(
+  deployment: RunLimits,
+  version: RunLimits,
+  defaults: { timeoutSeconds: number; maxTimeoutSeconds: number },
+): { timeoutSeconds: number; cpus?: number | undefined; memoryMb?: number | undefined } {
+  const timeout = deployment.timeoutSeconds ?? version.timeoutSeconds ?? defaults.timeoutSeconds;
+  return {
+    timeoutSeconds: Math.min(timeout, defaults.maxTimeoutSeconds),
+    cpus: deployment.cpus ?? version.cpus,
+    memoryMb: deployment.memoryMb ?? version.memoryMb,
+  };
+}
+
 /** The Temporal task queue that executes runs for a target. */
 export function targetTaskQueue(target: Target, clusterQueue: string): string {
   return target.kind === 'cluster' ? clusterQueue : `node-${target.node}`;
@@ -65,6 +86,9 @@ export interface RunSpec {
   env: Record<string, string>;
   timeoutSeconds: number;
   stopGraceSeconds: number;
+  /** Container limits; unset means none. */
+  cpus?: number | undefined;
+  memoryMb?: number | undefined;
   /** The state version to restore into /state first (none for a deployment's first run). */
   restoreStateVersion?: number | undefined;
   /** Sensitive values sealed to the executing node's key (core/crypto.ts): opaque in Temporal's history. */

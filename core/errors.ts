@@ -22,6 +22,7 @@ export enum ErrorCode {
   StateVersionNotFound = 'STATE_VERSION_NOT_FOUND',
   NodeNotFound = 'NODE_NOT_FOUND',
   InvalidParameters = 'INVALID_PARAMETERS',
+  LimitExceeded = 'LIMIT_EXCEEDED',
   UnknownAction = 'UNKNOWN_ACTION',
   RunInProgress = 'RUN_IN_PROGRESS',
   RunNotActive = 'RUN_NOT_ACTIVE',

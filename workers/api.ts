@@ -55,6 +55,7 @@ export async function startApiServer(opts: {
     temporal,
     taskQueue: config.temporal.taskQueue,
     kubernetesEnabled: config.kubernetes.enabled,
+    maxRunTimeoutSeconds: config.runs.maxTimeoutSeconds,
     secrets,
     probes,
     log: opts.log,

@@ -299,6 +299,9 @@ export class DockerExecutor implements ExecutionAdapter {
         Labels: { [MANAGED_LABEL]: 'true', [RUN_LABEL]: spec.runId, [DEPLOYMENT_LABEL]: spec.deploymentId },
         HostConfig: {
           Init: true,
+          ...(spec.cpus ? { NanoCpus: Math.round(spec.cpus * 1e9) } : {}),
+          // No swap on top of the memory limit: the limit is what the template gets.
+          ...(spec.memoryMb ? { Memory: spec.memoryMb * 1024 * 1024, MemorySwap: spec.memoryMb * 1024 * 1024 } : {}),
           Binds: [`${path.join(dir, 'state')}:/state`, `${path.join(dir, 'logs')}:/logs`, `${this.secretsPath(spec.runId)}:/secrets:ro`],
         },
       });

@@ -6,6 +6,7 @@ import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
 import { resolveParameters } from '../../core/parameters.js';
 import type { ApiDeps } from '../deps.js';
+import { checkTimeout } from './templates.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import { CreateDeploymentBody, CursorPage, DeploymentParams, DeploymentSchema, ListDeploymentsQuery, decodeCursor, encodeCursor } from '../schemas.js';
 
@@ -57,6 +58,7 @@ export function deploymentRoutes(deps: ApiDeps): AnyRoute[] {
         ErrorCode.NodeNotFound,
         ErrorCode.InvalidParameters,
         ErrorCode.TargetUnavailable,
+        ErrorCode.LimitExceeded,
         ErrorCode.IdempotencyKeyReused,
         ErrorCode.IdempotencyKeyInUse,
       ],
@@ -82,6 +84,7 @@ export function deploymentRoutes(deps: ApiDeps): AnyRoute[] {
             { problems: resolved.problems },
           );
         }
+        checkTimeout(body.limits, deps.maxRunTimeoutSeconds);
         const sensitive = new Set(version.parameters.filter((p) => p.sensitive).map((p) => p.name));
         const plain = Object.fromEntries(Object.entries(resolved.values).filter(([k]) => !sensitive.has(k)));
         const secret = Object.fromEntries(Object.entries(resolved.values).filter(([k]) => sensitive.has(k)));
@@ -95,6 +98,7 @@ export function deploymentRoutes(deps: ApiDeps): AnyRoute[] {
           // Bound to the deployment id, so a blob copied to another row does not decrypt.
           sealedSecrets: Object.keys(secret).length > 0 ? deps.secrets.seal(Buffer.from(JSON.stringify(secret)), id) : null,
           target: body.target,
+          limits: body.limits,
           createdBy: principal!.name,
         });
         return { status: 201, headers: { location: `/v1/deployments/${id}` }, body: await deploymentView(db, created) };

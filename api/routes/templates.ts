@@ -1,5 +1,6 @@
 import { addTemplateVersion, createTemplate, getTemplate, getTemplateVersion, listTemplateVersions, listTemplates } from '../../core/db/templates.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
+import type { RunLimits } from '../../core/domain.js';
 import { checkDeclarations } from '../../core/parameters.js';
 import type { ApiDeps } from '../deps.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
@@ -17,7 +18,15 @@ import { z } from '../zod.js';
 const READERS = ['admin', 'author', 'operator', 'viewer'] as const;
 const AUTHORS = ['admin', 'author'] as const;
 
-export function templateRoutes(deps: Pick<ApiDeps, 'db'>): AnyRoute[] {
+export function checkTimeout(limits: RunLimits, max: number): void {
+  if (limits.timeoutSeconds !== undefined && limits.timeoutSeconds > max) {
+    throw new AppError(ErrorCode.LimitExceeded, `limits.timeoutSeconds ${limits.timeoutSeconds} is over this installation's maximum of ${max}`, {
+      max,
+    });
+  }
+}
+
+export function templateRoutes(deps: Pick<ApiDeps, 'db' | 'maxRunTimeoutSeconds'>): AnyRoute[] {
   const { db } = deps;
   return [
     defineRoute({
@@ -75,7 +84,7 @@ export function templateRoutes(deps: Pick<ApiDeps, 'db'>): AnyRoute[] {
       body: CreateTemplateVersionBody,
       idempotent: true,
       responses: { 201: { description: 'created; versions are numbered 1, 2, …', schema: TemplateVersionSchema } },
-      errors: [ErrorCode.TemplateNotFound, ErrorCode.InvalidParameters, ErrorCode.IdempotencyKeyReused, ErrorCode.IdempotencyKeyInUse],
+      errors: [ErrorCode.TemplateNotFound, ErrorCode.InvalidParameters, ErrorCode.LimitExceeded, ErrorCode.IdempotencyKeyReused, ErrorCode.IdempotencyKeyInUse],
       async handler({ params, body, principal }) {
         const problems = checkDeclarations(body.parameters);
         if (problems.length > 0) {
@@ -88,6 +97,7 @@ export function templateRoutes(deps: Pick<ApiDeps, 'db'>): AnyRoute[] {
         if (new Set(body.actions).size !== body.actions.length) {
           throw new AppError(ErrorCode.ValidationFailed, 'invalid body: actions must be distinct');
         }
+        checkTimeout(body.limits, deps.maxRunTimeoutSeconds);
         return { status: 201, body: await addTemplateVersion(db, { templateName: params.name, ...body, createdBy: principal!.name }) };
       },
     }),

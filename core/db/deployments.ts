@@ -1,4 +1,5 @@
-import type { DeploymentStatus, Target } from '../domain.js';
+import type { DeploymentStatus, RunLimits, Target } from '../domain.js';
+import { limitsOf } from './templates.js';
 import type { Queryable } from './pool.js';
 
 export interface Deployment {
@@ -15,6 +16,7 @@ export interface Deployment {
   outputs: Record<string, unknown>;
   /** The state version the next run starts from. */
   currentStateVersion: number | null;
+  limits: RunLimits;
   createdBy: string;
   createdAt: string;
   updatedAt: string;
@@ -34,6 +36,9 @@ interface DeploymentRow {
   last_run_id: string | null;
   outputs: Record<string, unknown>;
   current_state_version: number | null;
+  timeout_seconds: number | null;
+  cpus: string | null;
+  memory_mb: number | null;
   created_by: string;
   created_at: Date;
   updated_at: Date;
@@ -50,6 +55,7 @@ const toDeployment = (r: DeploymentRow): Deployment => ({
   lastRunId: r.last_run_id,
   outputs: r.outputs,
   currentStateVersion: r.current_state_version,
+  limits: limitsOf(r),
   createdBy: r.created_by,
   createdAt: r.created_at.toISOString(),
   updatedAt: r.updated_at.toISOString(),
@@ -57,15 +63,15 @@ const toDeployment = (r: DeploymentRow): Deployment => ({
 
 export async function insertDeployment(
   db: Queryable,
-  d: Pick<Deployment, 'id' | 'name' | 'template' | 'parameters' | 'sensitiveParameters' | 'target' | 'createdBy'> & {
+  d: Pick<Deployment, 'id' | 'name' | 'template' | 'parameters' | 'sensitiveParameters' | 'target' | 'createdBy' | 'limits'> & {
     /** The sensitive values, already encrypted (core/crypto.ts SecretBox). */
     sealedSecrets: Buffer | null;
   },
 ): Promise<Deployment> {
   const { rows } = await db.query<DeploymentRow>(
     `INSERT INTO deployments (id, name, template_name, template_version, parameters, target_kind, target_node, created_by,
-                              secret_parameters, secret_parameter_names)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *`,
+                              secret_parameters, secret_parameter_names, timeout_seconds, cpus, memory_mb)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING *`,
     [
       d.id,
       d.name,
@@ -77,6 +83,9 @@ export async function insertDeployment(
       d.createdBy,
       d.sealedSecrets,
       d.sensitiveParameters,
+      d.limits.timeoutSeconds ?? null,
+      d.limits.cpus ?? null,
+      d.limits.memoryMb ?? null,
     ],
   );
   return toDeployment(rows[0]!);

@@ -1,4 +1,13 @@
-import type { ParameterDeclaration } from '../domain.js';
+import type { ParameterDeclaration, RunLimits } from '../domain.js';
+
+/** Shared by template versions and deployments: unset columns are left out. */
+export function limitsOf(r: { timeout_seconds: number | null; cpus: string | null; memory_mb: number | null }): RunLimits {
+  return {
+    ...(r.timeout_seconds !== null ? { timeoutSeconds: r.timeout_seconds } : {}),
+    ...(r.cpus !== null ? { cpus: Number(r.cpus) } : {}),
+    ...(r.memory_mb !== null ? { memoryMb: r.memory_mb } : {}),
+  };
+}
 import { AppError, ErrorCode } from '../errors.js';
 import { PgCode, inTransaction, pgErrorCode, type Db, type Queryable } from './pool.js';
 
@@ -17,6 +26,7 @@ export interface TemplateVersion {
   parameters: ParameterDeclaration[];
   actions: string[];
   tfVars: boolean;
+  limits: RunLimits;
   createdBy: string;
   createdAt: string;
 }
@@ -36,6 +46,9 @@ interface TemplateVersionRow {
   parameters: ParameterDeclaration[];
   actions: string[];
   tf_vars: boolean;
+  timeout_seconds: number | null;
+  cpus: string | null;
+  memory_mb: number | null;
   created_by: string;
   created_at: Date;
 }
@@ -55,6 +68,7 @@ const toVersion = (r: TemplateVersionRow): TemplateVersion => ({
   parameters: r.parameters,
   actions: r.actions,
   tfVars: r.tf_vars,
+  limits: limitsOf(r),
   createdBy: r.created_by,
   createdAt: r.created_at.toISOString(),
 });
@@ -107,10 +121,20 @@ export async function addTemplateVersion(
       });
     }
     const { rows } = await tx.query<TemplateVersionRow>(
-      `INSERT INTO template_versions (template_name, version, image, parameters, actions, tf_vars, created_by)
-       VALUES ($1::text, (SELECT coalesce(max(version), 0) + 1 FROM template_versions WHERE template_name = $1::text), $2, $3, $4, $5, $6)
+      `INSERT INTO template_versions (template_name, version, image, parameters, actions, tf_vars, created_by, timeout_seconds, cpus, memory_mb)
+       VALUES ($1::text, (SELECT coalesce(max(version), 0) + 1 FROM template_versions WHERE template_name = $1::text), $2, $3, $4, $5, $6, $7, $8, $9)
        RETURNING *`,
-      [v.templateName, v.image, JSON.stringify(v.parameters), v.actions, v.tfVars, v.createdBy],
+      [
+        v.templateName,
+        v.image,
+        JSON.stringify(v.parameters),
+        v.actions,
+        v.tfVars,
+        v.createdBy,
+        v.limits.timeoutSeconds ?? null,
+        v.limits.cpus ?? null,
+        v.limits.memoryMb ?? null,
+      ],
     );
     return toVersion(rows[0]!);
   });

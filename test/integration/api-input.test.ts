@@ -181,6 +181,7 @@ describe('the API when a dependency is down', () => {
       temporal: {} as never,
       taskQueue: 'none',
       kubernetesEnabled: false,
+      maxRunTimeoutSeconds: 3600,
       secrets: new SecretBox(Buffer.alloc(32)),
       probes: { postgres: async () => void (await db.query('SELECT 1')) },
       log: pino({ level: 'silent' }),

@@ -34,3 +34,21 @@ describe('loadConfig', () => {
     assert.equal(loadConfig({ DATABASE_URL: '' }).databaseUrl, undefined);
   });
 });
+
+describe('effectiveLimits', () => {
+  const defaults = { timeoutSeconds: 3600, maxTimeoutSeconds: 7200 };
+  it('takes the deployment, then the template version, then the installation default', async () => {
+    const { effectiveLimits } = await import('../../core/domain.js');
+    assert.deepEqual(effectiveLimits({}, {}, defaults), { timeoutSeconds: 3600, cpus: undefined, memoryMb: undefined });
+    assert.deepEqual(effectiveLimits({}, { timeoutSeconds: 60, cpus: 1 }, defaults), { timeoutSeconds: 60, cpus: 1, memoryMb: undefined });
+    assert.deepEqual(effectiveLimits({ timeoutSeconds: 30, memoryMb: 64 }, { timeoutSeconds: 60, cpus: 1 }, defaults), {
+      timeoutSeconds: 30,
+      cpus: 1,
+      memoryMb: 64,
+    });
+  });
+  it('never exceeds the maximum, even for versions made before the maximum was lowered', async () => {
+    const { effectiveLimits } = await import('../../core/domain.js');
+    assert.equal(effectiveLimits({}, { timeoutSeconds: 99_999 }, defaults).timeoutSeconds, 7200);
+  });
+});
