@@ -85,6 +85,12 @@ export const ListRunsQuery = z.strictObject({
 
 export const LogQuery = z.strictObject({
   stream: z.enum(['stdout', 'stderr']).optional(),
+  follow: z
+    .enum(['true', 'false'])
+    .transform((v) => v === 'true')
+    .optional()
+    .openapi({ description: 'stream as Server-Sent Events until the run ends' }),
+  from: z.coerce.number().int().min(0).optional().openapi({ description: 'with follow: continue after this event id' }),
 });
 
 export const CreateRunBody = z.strictObject({

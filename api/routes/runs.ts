@@ -3,12 +3,66 @@ import { getRun, insertRun, listRuns, requestRunCancel } from '../../core/db/run
 import { getTemplateVersion } from '../../core/db/templates.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
+import type { Request, Response } from 'express';
 import type { ApiDeps } from '../deps.js';
 import { dispatchRun, signalCancel } from '../dispatch.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import { CreateRunBody, CursorPage, DeploymentParams, ListRunsQuery, LogQuery, RunParams, RunSchema, encodeCursor } from '../schemas.js';
 import { z } from '../zod.js';
 import { OPERATORS, READERS, cursorOrThrow, loadDeployment } from './deployments.js';
+
+const FOLLOW_POLL_MS = 250;
+const KEEPALIVE_MS = 15_000;
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Server-Sent Events of a run's log chunks until the run has ended and every chunk has been sent. */
+async function followLog(
+  db: ApiDeps['db'],
+  runId: string,
+  opts: { stream?: 'stdout' | 'stderr' | undefined; after: number },
+  req: Request,
+  res: Response,
+): Promise<void> {
+  res.status(200).set({ 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
+  res.flushHeaders();
+  let closed = false;
+  req.on('close', () => {
+    closed = true;
+  });
+  let after = opts.after;
+  let lastWrite = Date.now();
+  for (;;) {
+    // Read the status first: once a run has ended its log is complete, so one more read sends the rest.
+    const run = await getRun(db, runId);
+    const ended = !run || !['pending', 'running', 'cancelling'].includes(run.status);
+    for (;;) {
+      const chunks = await readLogChunks(db, runId, { afterSeq: after, limit: 200, stream: opts.stream });
+      for (const c of chunks) {
+        let text: string | undefined;
+        try {
+          text = utf8.decode(c.data);
+        } catch {
+          text = undefined;
+        }
+        const event = { seq: c.seq, stream: c.stream, offset: c.offset, at: c.at, ...(text !== undefined ? { text } : { base64: c.data.toString('base64') }) };
+        res.write(`event: log\nid: ${c.seq}\ndata: ${JSON.stringify(event)}\n\n`);
+        after = c.seq;
+        lastWrite = Date.now();
+      }
+      if (chunks.length < 200) break;
+    }
+    if (ended || closed) {
+      if (!closed) res.write(`event: end\ndata: ${JSON.stringify({ status: run?.status ?? 'unknown', reason: run?.reason ?? null })}\n\n`);
+      res.end();
+      return;
+    }
+    if (Date.now() - lastWrite > KEEPALIVE_MS) {
+      res.write(': keep-alive\n\n');
+      lastWrite = Date.now();
+    }
+    await new Promise((r) => setTimeout(r, FOLLOW_POLL_MS));
+  }
+}
 
 export function runRoutes(deps: ApiDeps): AnyRoute[] {
   const { db } = deps;
@@ -94,16 +148,22 @@ export function runRoutes(deps: ApiDeps): AnyRoute[] {
       method: 'get',
       path: '/v1/runs/{id}/logs',
       operationId: 'getRunLogs',
-      summary: "Download a run's log (stdout and stderr as produced, sensitive values masked)",
-      description: 'Plain text in the order the chunks were stored; `stream` selects one stream. While the run is active this is the log so far.',
+      summary: "Download or follow a run's log (stdout and stderr as produced, sensitive values masked)",
+      description:
+        'Plain text in the order the chunks were stored; `stream` selects one stream. With `follow=true`, Server-Sent Events: each `log` event (id = its sequence number) carries `{seq, stream, offset, at, text}` (or `base64` instead of `text` for bytes that are not UTF-8), from `from` or `Last-Event-ID` on, and an `end` event with the run\'s final status closes the stream.',
       tag: 'runs',
       roles: READERS,
       params: RunParams,
       query: LogQuery,
-      responses: { 200: { description: 'the log', schema: z.string(), contentType: 'text/plain' } },
+      responses: { 200: { description: 'the log (text/plain), or with follow=true an event stream (text/event-stream)', schema: z.string(), contentType: 'text/plain' } },
       errors: [ErrorCode.RunNotFound],
-      async handler({ params, query, res }) {
+      async handler({ params, query, req, res }) {
         if (!(await getRun(db, params.id))) throw notFound(ErrorCode.RunNotFound, 'run', params.id);
+        if (query.follow) {
+          const lastEventId = Number(req.get('last-event-id'));
+          await followLog(db, params.id, { stream: query.stream, after: Number.isInteger(lastEventId) && lastEventId > 0 ? lastEventId : (query.from ?? 0) }, req, res);
+          return undefined;
+        }
         res.status(200).type('text/plain; charset=utf-8');
         let after = 0;
         for (;;) {

@@ -84,6 +84,44 @@ echo "length: \${#pw}"
     assert.ok(!rows[0]!.dump.includes(secret));
   });
 
+  it('streams the log live over Server-Sent Events, ending when the run ends, and resumes from an event id', async () => {
+    const image = await scriptImage(sys.docker, '#!/bin/sh\nfor i in 1 2 3 4 5 6; do echo "line $i"; sleep 0.4; done\necho done >&2\n');
+    const name = uniqueName('follow');
+    await sys.call('POST', '/v1/templates', { name });
+    await sys.call('POST', `/v1/templates/${name}/versions`, { image });
+    const dep = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name }, target: { kind: 'node', node: sys.nodeId } });
+    const run = await sys.call<{ id: string }>('POST', `/v1/deployments/${dep.body.id}/runs`, { action: 'deploy' });
+    const res = await fetch(`${sys.api.url}/v1/runs/${run.body.id}/logs?follow=true`, { headers: { authorization: `Bearer ${sys.tokens.viewer}` } });
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /text\/event-stream/);
+    const events: { event: string; id?: string; data: { seq?: number; stream?: string; text?: string; status?: string }; at: number }[] = [];
+    let buffer = '';
+    for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += Buffer.from(piece).toString('utf8');
+      let end: number;
+      while ((end = buffer.indexOf('\n\n')) !== -1) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (block.startsWith(':')) continue;
+        const fields = Object.fromEntries(block.split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2)]));
+        events.push({ event: fields.event!, id: fields.id, data: JSON.parse(fields.data!) as never, at: Date.now() });
+      }
+    }
+    const logs = events.filter((e) => e.event === 'log');
+    const last = events[events.length - 1]!;
+    assert.equal(last.event, 'end');
+    assert.equal(last.data.status, 'succeeded');
+    assert.equal(logs.filter((e) => e.data.stream === 'stdout').map((e) => e.data.text).join(''), [1, 2, 3, 4, 5, 6].map((i) => `line ${i}\n`).join(''));
+    assert.ok(last.at - logs[0]!.at > 1000, 'the first lines arrived while the run was still going');
+    // Resuming after the second event sends only what came after it.
+    const resumed = await fetch(`${sys.api.url}/v1/runs/${run.body.id}/logs?follow=true&from=${logs[1]!.id}`, {
+      headers: { authorization: `Bearer ${sys.tokens.viewer}` },
+    });
+    const text = await resumed.text();
+    assert.equal((text.match(/^event: log$/gm) ?? []).length, logs.length - 2);
+    assert.match(text, /event: end/);
+  });
+
   it('answers 404 for the log of an unknown run', async () => {
     const res = await sys.call<{ code: string }>('GET', '/v1/runs/run-aaaaaaaaaaaa/logs');
     assert.equal(res.status, 404);
