@@ -1,4 +1,5 @@
-import { getDeployment, insertDeployment, listDeployments, type Deployment } from '../../core/db/deployments.js';
+import { getDeployment, insertDeployment, listDeployments, purgeDeployment, type Deployment } from '../../core/db/deployments.js';
+import { deploymentWorkflowId } from '../../workflows/messages.js';
 import type { Db } from '../../core/db/pool.js';
 import { getRun, runSummary } from '../../core/db/runs.js';
 import { getTemplate, getTemplateVersion } from '../../core/db/templates.js';
@@ -118,6 +119,31 @@ export function deploymentRoutes(deps: ApiDeps): AnyRoute[] {
         const page = await listDeployments(db, { ...query, afterSeq: cursorOrThrow(query.cursor) });
         const items = await Promise.all(page.items.map((d) => deploymentView(db, d)));
         return { status: 200, body: { items, nextCursor: encodeCursor(page.nextSeq) } };
+      },
+    }),
+    defineRoute({
+      method: 'delete',
+      path: '/v1/deployments/{id}',
+      operationId: 'purgeDeployment',
+      summary: 'Purge a deployment with its runs, logs, state versions and secrets',
+      description: 'Refused while a run is active (cancel it first). What the deployment created outside Glider Gun is not touched: run `destroy` first.',
+      tag: 'deployments',
+      roles: OPERATORS,
+      params: DeploymentParams,
+      responses: { 204: { description: 'purged' } },
+      errors: [ErrorCode.DeploymentNotFound, ErrorCode.RunInProgress],
+      async handler({ params }) {
+        const result = await purgeDeployment(db, params.id);
+        if (result === 'not-found') throw notFound(ErrorCode.DeploymentNotFound, 'deployment', params.id);
+        if (result === 'run-active') {
+          throw new AppError(ErrorCode.RunInProgress, `deployment '${params.id}' has an active run; cancel it or wait for it to end`, { deploymentId: params.id });
+        }
+        // Its workflow is idle; end it. If Temporal is unreachable it stays idle and harmless: its id can't be reused.
+        await deps.temporal.workflow
+          .getHandle(deploymentWorkflowId(params.id))
+          .terminate('deployment purged')
+          .catch(() => undefined);
+        return { status: 204 };
       },
     }),
     defineRoute({

@@ -1,5 +1,5 @@
-import { getStateVersion, listStateVersions, readStateVersion } from '../../core/db/state.js';
-import { ErrorCode, notFound } from '../../core/errors.js';
+import { getStateVersion, listStateVersions, readStateVersion, rollbackStateVersion } from '../../core/db/state.js';
+import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import type { ApiDeps } from '../deps.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import { DeploymentId, DeploymentParams, VersionNumber } from '../schemas.js';
@@ -35,6 +35,26 @@ export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets'>): AnyRoute[] {
       async handler({ params }) {
         await loadDeployment(db, params.id);
         return { status: 200, body: { items: await listStateVersions(db, params.id) } };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: '/v1/deployments/{id}/state-versions/{version}/rollback',
+      operationId: 'rollbackState',
+      summary: 'Make a new state version equal to an earlier one; the next run starts from it',
+      tag: 'state',
+      roles: OPERATORS,
+      params: StateVersionParams,
+      responses: { 201: { description: 'the new version', schema: StateVersionSchema } },
+      errors: [ErrorCode.DeploymentNotFound, ErrorCode.StateVersionNotFound, ErrorCode.RunInProgress],
+      async handler({ params }) {
+        await loadDeployment(db, params.id);
+        const result = await rollbackStateVersion(db, deps.secrets, params.id, params.version);
+        if (result === 'not-found') throw notFound(ErrorCode.StateVersionNotFound, 'state version', `${params.id}@${params.version}`);
+        if (result === 'run-active') {
+          throw new AppError(ErrorCode.RunInProgress, `deployment '${params.id}' has an active run; roll back when it has ended`, { deploymentId: params.id });
+        }
+        return { status: 201, body: result };
       },
     }),
     defineRoute({

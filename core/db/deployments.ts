@@ -1,6 +1,6 @@
 import type { DeploymentStatus, RunLimits, Target } from '../domain.js';
 import { limitsOf } from './templates.js';
-import type { Queryable } from './pool.js';
+import { inTransaction, type Db, type Queryable } from './pool.js';
 
 export interface Deployment {
   id: string;
@@ -136,4 +136,21 @@ export async function listDeployments(
   const page = rows.slice(0, f.limit);
   const last = page[page.length - 1];
   return { items: page.map(toDeployment), nextSeq: rows.length > f.limit && last ? Number(last.seq) : null };
+}
+
+/**
+ * Deletes a deployment with its runs, logs, state versions and secrets (all by cascade).
+ * Refused while it has an active run; the row lock keeps a run from starting meanwhile.
+ */
+export async function purgeDeployment(db: Db, id: string): Promise<'purged' | 'run-active' | 'not-found'> {
+  return inTransaction(db, async (tx) => {
+    const locked = await tx.query('SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE', [id]);
+    if (locked.rowCount === 0) return 'not-found';
+    const active = await tx.query(`SELECT 1 FROM runs WHERE deployment_id = $1 AND status IN ('pending', 'running', 'cancelling')`, [id]);
+    if (active.rowCount) return 'run-active';
+    // The last-run reference is deferred; clear it so the cascade to runs is unconditional.
+    await tx.query('UPDATE deployments SET last_run_id = NULL WHERE id = $1', [id]);
+    await tx.query('DELETE FROM deployments WHERE id = $1', [id]);
+    return 'purged';
+  });
 }

@@ -93,6 +93,9 @@ export async function insertRun(
 ): Promise<Run> {
   try {
     return await inTransaction(db, async (tx) => {
+      // Serialises with a rollback or a purge of the same deployment (they hold this lock throughout).
+      const locked = await tx.query('SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE', [r.deploymentId]);
+      if (locked.rowCount === 0) throw new AppError(ErrorCode.DeploymentNotFound, `deployment '${r.deploymentId}' does not exist`, { id: r.deploymentId });
       const { rows } = await tx.query<RunRow>(
         `INSERT INTO runs (id, deployment_id, action, requested_by) VALUES ($1, $2, $3, $4) RETURNING *`,
         [r.id, r.deploymentId, r.action, r.requestedBy],

@@ -150,3 +150,54 @@ export async function getStateVersion(db: Queryable, deploymentId: string, versi
   );
   return rows[0] && toVersion(rows[0]);
 }
+
+/**
+ * Makes a new version whose content is that of an earlier one (re-encrypted under its new number), and
+ * makes it current. Holds the deployment's row lock throughout, so no run can start half-way through;
+ * refused while a run is active, since that run would archive over it.
+ */
+export async function rollbackStateVersion(
+  db: Db,
+  box: SecretBox,
+  deploymentId: string,
+  from: number,
+): Promise<StateVersion | 'run-active' | 'not-found'> {
+  return inTransaction(db, async (tx) => {
+    await tx.query('SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE', [deploymentId]);
+    const active = await tx.query(`SELECT 1 FROM runs WHERE deployment_id = $1 AND status IN ('pending', 'running', 'cancelling')`, [deploymentId]);
+    if (active.rowCount) return 'run-active';
+    const source = await tx.query<StateVersionRow>(`SELECT * FROM state_versions WHERE deployment_id = $1 AND version = $2 AND status = 'complete'`, [
+      deploymentId,
+      from,
+    ]);
+    const meta = source.rows[0];
+    if (!meta) return 'not-found';
+    const { rows } = await tx.query<{ version: number }>(
+      `INSERT INTO state_versions (deployment_id, version, status)
+       VALUES ($1, (SELECT coalesce(max(version), 0) + 1 FROM state_versions WHERE deployment_id = $1), 'writing') RETURNING version`,
+      [deploymentId],
+    );
+    const version = rows[0]!.version;
+    for (let idx = 0; idx < meta.chunk_count!; idx++) {
+      const chunk = await tx.query<{ data: Buffer }>('SELECT data FROM state_chunks WHERE deployment_id = $1 AND version = $2 AND idx = $3', [
+        deploymentId,
+        from,
+        idx,
+      ]);
+      const plain = box.open(chunk.rows[0]!.data, aad(deploymentId, from, idx));
+      await tx.query('INSERT INTO state_chunks (deployment_id, version, idx, data) VALUES ($1, $2, $3, $4)', [
+        deploymentId,
+        version,
+        idx,
+        box.seal(plain, aad(deploymentId, version, idx)),
+      ]);
+    }
+    const done = await tx.query<StateVersionRow>(
+      `UPDATE state_versions SET status = 'complete', sha256 = $3, size_bytes = $4, chunk_count = $5
+        WHERE deployment_id = $1 AND version = $2 RETURNING *`,
+      [deploymentId, version, meta.sha256, meta.size_bytes, meta.chunk_count],
+    );
+    await tx.query('UPDATE deployments SET current_state_version = $2, updated_at = now() WHERE id = $1', [deploymentId, version]);
+    return toVersion(done.rows[0]!);
+  });
+}

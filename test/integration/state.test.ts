@@ -99,6 +99,64 @@ describe('state versions', () => {
     assert.ok(!rows[0]!.dump.includes('archive'), 'the archive is stored encrypted');
   });
 
+  it('rolls back to an earlier version as a new one, refused while a run is active', async () => {
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'rollback' }, { kind: 'node', node: sys.nodeId });
+    await run(id);
+    await run(id);
+    const third = await run(id);
+    assert.equal(third.outputs?.runCount, 3);
+    const rolled = await sys.call<{ version: number; runId: string | null; sha256: string }>('POST', `/v1/deployments/${id}/state-versions/1/rollback`);
+    assert.equal(rolled.status, 201);
+    assert.equal(rolled.body.version, 4);
+    assert.equal(rolled.body.runId, null);
+    const versions = await sys.call<{ items: { version: number; sha256: string }[] }>('GET', `/v1/deployments/${id}/state-versions`);
+    assert.equal(versions.body.items.find((v) => v.version === 1)!.sha256, rolled.body.sha256);
+    const next = await run(id);
+    assert.equal(next.stateVersionFrom, 4);
+    assert.equal(next.outputs?.runCount, 2, 'the run after the rollback saw version 1');
+    assert.equal((await sys.call('POST', `/v1/deployments/${id}/state-versions/99/rollback`)).status, 404);
+
+    const slow = await createDeployment(sys.call, template, { message: 'slow', sleep_seconds: 3 }, { kind: 'node', node: sys.nodeId });
+    await run(slow);
+    const active = await sys.call<{ id: string }>('POST', `/v1/deployments/${slow}/runs`, { action: 'deploy' });
+    const refused = await sys.call<{ code: string }>('POST', `/v1/deployments/${slow}/state-versions/1/rollback`);
+    assert.equal(refused.status, 409);
+    assert.equal(refused.body.code, 'RUN_IN_PROGRESS');
+    const purgeRefused = await sys.call<{ code: string }>('DELETE', `/v1/deployments/${slow}`);
+    assert.equal(purgeRefused.status, 409);
+    await eventually('the run to end', async () => {
+      const r = await sys.call<{ status: string }>('GET', `/v1/runs/${active.body.id}`);
+      return r.body.status === 'succeeded' ? r : undefined;
+    });
+  });
+
+  it('purges a deployment with its runs, logs, state versions and workflow', async () => {
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'purge' }, { kind: 'node', node: sys.nodeId });
+    const done = await run(id);
+    const log = await fetch(`${sys.api.url}/v1/runs/${done.id}/logs`, { headers: { authorization: `Bearer ${sys.tokens.viewer}` } });
+    assert.ok((await log.text()).includes('example template'));
+    const viewer = await fetch(`${sys.api.url}/v1/deployments/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${sys.tokens.viewer}` } });
+    assert.equal(viewer.status, 403);
+    const purged = await fetch(`${sys.api.url}/v1/deployments/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${sys.tokens.operator}` } });
+    assert.equal(purged.status, 204);
+    assert.equal((await sys.call('GET', `/v1/deployments/${id}`)).status, 404);
+    assert.equal((await sys.call('GET', `/v1/runs/${done.id}`)).status, 404);
+    for (const [table, column] of [['runs', 'deployment_id'], ['state_versions', 'deployment_id'], ['state_chunks', 'deployment_id']] as const) {
+      const { rows } = await sys.db.query<{ n: string }>(`SELECT count(*) n FROM ${table} WHERE ${column} = $1`, [id]);
+      assert.equal(Number(rows[0]!.n), 0, table);
+    }
+    const logs = await sys.db.query<{ n: string }>('SELECT count(*) n FROM run_log_chunks WHERE run_id = $1', [done.id]);
+    assert.equal(Number(logs.rows[0]!.n), 0);
+    const described = await eventually('the workflow to end', async () => {
+      const d = await sys.client.workflow.getHandle(`deployment-${id}`).describe();
+      return d.status.name === 'RUNNING' ? undefined : d;
+    });
+    assert.equal(described.status.name, 'TERMINATED');
+    assert.equal((await sys.call('DELETE', `/v1/deployments/${id}`)).status, 404);
+  });
+
   it('archives links as links, skips FIFOs, handles a 1 GiB sparse file, and restores nothing outside /state', async () => {
     const image = await scriptImage(
       sys.docker,
