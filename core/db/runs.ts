@@ -152,6 +152,14 @@ export async function listRuns(
   return { items: page.map(toRun), nextSeq: rows.length > opts.limit && last ? Number(last.seq) : null };
 }
 
+/**
+ * Every transaction that changes a run and its deployment takes the deployment's row lock first (as
+ * insertRun does), so two of them never wait on each other in opposite orders (a deadlock).
+ */
+async function lockDeploymentOfRun(tx: Queryable, runId: string): Promise<void> {
+  await tx.query('SELECT 1 FROM deployments WHERE id = (SELECT deployment_id FROM runs WHERE id = $1) FOR UPDATE', [runId]);
+}
+
 /** Keeps the deployment's status in step with its latest run, in the same transaction as the run's change. */
 async function syncDeployment(tx: Queryable, run: Run): Promise<void> {
   await tx.query(
@@ -166,6 +174,7 @@ async function syncDeployment(tx: Queryable, run: Run): Promise<void> {
  */
 export async function markRunStarted(db: Db, runId: string): Promise<Run | undefined> {
   return inTransaction(db, async (tx) => {
+    await lockDeploymentOfRun(tx, runId);
     const { rows } = await tx.query<RunRow>(
       `UPDATE runs SET status = 'running', phase = 'preparing', started_at = now(),
               state_version_from = (SELECT current_state_version FROM deployments WHERE deployments.id = runs.deployment_id)
@@ -183,6 +192,7 @@ export async function markRunStarted(db: Db, runId: string): Promise<Run | undef
  */
 export async function requestRunCancel(db: Db, runId: string, by: string): Promise<Run | undefined> {
   return inTransaction(db, async (tx) => {
+    await lockDeploymentOfRun(tx, runId);
     const { rows } = await tx.query<RunRow>(
       `UPDATE runs SET status = 'cancelling', cancel_requested_by = $2, cancel_requested_at = now()
         WHERE id = $1 AND status IN ('pending', 'running') RETURNING *`,
@@ -201,6 +211,7 @@ export async function setRunPhase(db: Queryable, runId: string, phase: RunPhase)
 
 export async function finishRun(db: Db, runId: string, outcome: RunOutcome): Promise<Run | undefined> {
   return inTransaction(db, async (tx) => {
+    await lockDeploymentOfRun(tx, runId);
     const { rows } = await tx.query<RunRow>(
       `UPDATE runs SET status = $2, reason = $3, exit_code = $4, message = $5, outputs = $6, warnings = $7,
               state_version = $8, phase = NULL, finished_at = now()

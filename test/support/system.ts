@@ -110,7 +110,7 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record
   };
   if (opts.nodeWorker !== false) await startNodeWorker();
 
-  const api = await startApiServer({ config, db, connection, docker, log: pino({ level: 'silent' }), port: 0 });
+  const api = await startApiServer({ config, db, connection, docker, log: pino({ level: process.env.GG_TEST_API_LOG ?? 'silent' }), port: 0 });
   const tokens = {} as Record<Role, string>;
   for (const role of ROLES) tokens[role] = (await createToken(db, { name: `${role}-${suffix}`, role, createdBy: 'test' })).secret;
 
