@@ -1,0 +1,139 @@
+/**
+ * `npm run bench`: measures Glider Gun against baselines taken in the same run on the same machine, and
+ * ends with one `name: value` line per figure.
+ *   run-overhead-ratio   median no-op `deploy` through the API (request → succeeded, state archived)
+ *                        over the median bare `docker run --rm` of the same image
+ *   archive-ratio        our archive + restore of a 200 MB /state (tar, gzip, encrypted chunks in Postgres)
+ *                        over `tar c | gzip` + `gunzip | tar x` of the same folder at the same level
+ *   archive-peak-rss-mb  this process's peak resident memory while doing it (and at 50 MB, to show it is flat)
+ * BENCH_RUNS (default 20) sets the number of runs of each kind.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { GZIP_LEVEL, packState, unpackState } from '../activities/execution/state-archive.js';
+import { SecretBox } from '../core/crypto.js';
+import { createPool } from '../core/db/pool.js';
+import { readStateVersion, writeStateVersion } from '../core/db/state.js';
+import { newId } from '../core/ids.js';
+import { say } from '../infra/dev/progress.js';
+import { startTestServices } from '../infra/dev/test-services.js';
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 20);
+const results: [string, string][] = [];
+const result = (name: string, value: number | string) => {
+  results.push([name, typeof value === 'number' ? value.toFixed(value < 10 ? 3 : 1) : value]);
+};
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function main(): Promise<void> {
+  const services = await startTestServices('bench');
+  Object.assign(process.env, services.env);
+  const { startTestSystem } = await import('../test/support/system.js');
+  const { registerExampleTemplate, createDeployment } = await import('../test/support/fixtures.js');
+  const sys = await startTestSystem();
+  try {
+    const image = services.env.GG_TEST_IMAGE_EXAMPLE!;
+
+    // Baseline: the same image, the same contract inputs, no platform.
+    say(`bare docker run --rm × ${RUNS} (+2 warm-up)`);
+    const bare: number[] = [];
+    const stateDir = path.join(services.scratch, 'bare-state');
+    await mkdir(stateDir, { recursive: true });
+    await writeFile(path.join(stateDir, 'template-parameters.json'), '{"message":"bench"}');
+    for (let i = 0; i < RUNS + 2; i++) {
+      const t0 = performance.now();
+      const env = ['TF_VAR_message=bench', 'GLIDERGUN_CONTRACT_VERSION=1', 'GLIDERGUN_ACTION=deploy', 'GLIDERGUN_DEPLOYMENT_ID=dep-bench', 'GLIDERGUN_RUN_ID=run-bench'];
+      const r = spawnSync('docker', ['run', '--rm', '--init', ...env.flatMap((e) => ['-e', e]), '-v', `${stateDir}:/state`, image, 'deploy'], { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`docker run failed: ${r.stderr}`);
+      if (i >= 2) bare.push(performance.now() - t0);
+    }
+
+    say(`no-op deploy runs through the API × ${RUNS} (+2 warm-up)`);
+    const template = await registerExampleTemplate(sys.call);
+    const dep = await createDeployment(sys.call, template, { message: 'bench' }, { kind: 'node', node: sys.nodeId });
+    const total: number[] = [];
+    const toStart: number[] = [];
+    const execute: number[] = [];
+    for (let i = 0; i < RUNS + 2; i++) {
+      const t0 = performance.now();
+      const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${dep}/runs`, { action: 'deploy' });
+      if (started.status !== 202) throw new Error(`run refused: ${JSON.stringify(started.body)}`);
+      let run: { status: string; stateVersion: number | null; createdAt: string; startedAt: string; finishedAt: string };
+      for (;;) {
+        run = (await sys.call<typeof run>('GET', `/v1/runs/${started.body.id}`)).body;
+        if (run.status === 'succeeded' && run.stateVersion !== null) break;
+        if (['failed', 'cancelled'].includes(run.status)) throw new Error(`bench run ended ${run.status}`);
+        await sleep(5);
+      }
+      if (i < 2) continue;
+      total.push(performance.now() - t0);
+      toStart.push(Date.parse(run.startedAt) - Date.parse(run.createdAt));
+      execute.push(Date.parse(run.finishedAt) - Date.parse(run.startedAt));
+      // The container is removed after the run is recorded; let that finish so runs don't overlap.
+      await sleep(50);
+    }
+    say(`  per phase (medians): accepted → started ${median(toStart).toFixed(0)} ms, started → recorded (restore, container, archive) ${median(execute).toFixed(0)} ms`);
+    result('docker-run-median-ms', median(bare));
+    result('run-median-ms', median(total));
+    result('run-phase-accept-to-start-median-ms', median(toStart));
+    result('run-phase-start-to-finish-median-ms', median(execute));
+    result('run-overhead-ratio', median(total) / median(bare));
+
+    const box = new SecretBox(randomBytes(32));
+    const db = createPool(services.env.GG_TEST_DATABASE_URL!, 4);
+    for (const mb of [50, 200]) {
+      const src = path.join(services.scratch, `state-${mb}`);
+      await mkdir(src, { recursive: true });
+      // Text-like data (base64 of random bytes): compresses to about 75%, as real state files roughly do.
+      for (let i = 0; i < mb / 4; i++) await writeFile(path.join(src, `file-${i}.txt`), randomBytes(3 * 1024 * 1024).toString('base64'));
+      say(`archive + restore of ${mb} MB: baseline tar | gzip -${GZIP_LEVEL}, then ours`);
+      const out = path.join(services.scratch, `baseline-${mb}.tar.gz`);
+      const baseDst = path.join(services.scratch, `baseline-${mb}`);
+      await mkdir(baseDst);
+      let t0 = performance.now();
+      execFileSync('sh', ['-c', `tar c -C '${src}' . | gzip -${GZIP_LEVEL} > '${out}' && gunzip -c '${out}' | tar x -C '${baseDst}'`]);
+      const baseline = performance.now() - t0;
+
+      const dst = path.join(services.scratch, `ours-${mb}`);
+      await mkdir(dst);
+      const deploymentId = (await db.query<{ id: string }>('SELECT id FROM deployments WHERE id = $1', [dep])).rows[0]!.id;
+      const runId = newId('run');
+      await db.query(`INSERT INTO runs (id, deployment_id, action, requested_by, status, started_at, finished_at) VALUES ($1, $2, 'bench', 'bench', 'succeeded', now(), now())`, [runId, deploymentId]);
+      global.gc?.();
+      const rssBefore = process.memoryUsage().rss;
+      let peak = rssBefore;
+      const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+      t0 = performance.now();
+      const version = await writeStateVersion(db, box, { deploymentId, runId }, packState(src, () => undefined));
+      await unpackState(dst, readStateVersion(db, box, deploymentId, version.version));
+      const ours = performance.now() - t0;
+      clearInterval(sampler);
+      say(`  ${mb} MB: ours ${ours.toFixed(0)} ms, baseline ${baseline.toFixed(0)} ms, archive ${(version.sizeBytes / 1e6).toFixed(1)} MB, peak RSS ${(peak / 1e6).toFixed(0)} MB (before ${(rssBefore / 1e6).toFixed(0)} MB)`);
+      if (mb === 200) {
+        result('archive-ours-ms', ours);
+        result('archive-baseline-ms', baseline);
+        result('archive-ratio', ours / baseline);
+        result('archive-peak-rss-mb', peak / 1e6);
+      } else {
+        result('archive-peak-rss-mb-at-50mb', peak / 1e6);
+      }
+      await rm(src, { recursive: true, force: true });
+      await rm(dst, { recursive: true, force: true });
+      await rm(baseDst, { recursive: true, force: true });
+    }
+    await db.end();
+  } finally {
+    await sys.stop();
+    await services.stop();
+  }
+  console.log('');
+  for (const [name, value] of results) console.log(`${name}: ${value}`);
+}
+
+await main();
