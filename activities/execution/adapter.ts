@@ -39,3 +39,5 @@ export const containerName = (runId: string): string => `gg-${runId}`;
 export const MANAGED_LABEL = 'io.glider-gun.managed';
 export const RUN_LABEL = 'io.glider-gun.run';
 export const DEPLOYMENT_LABEL = 'io.glider-gun.deployment';
+/** The directory a run's files live in on the node (its work dir), so leftovers can be traced to a node. */
+export const WORKDIR_LABEL = 'io.glider-gun.workdir';

@@ -13,6 +13,7 @@ import {
   ExecutionFailure,
   MANAGED_LABEL,
   RUN_LABEL,
+  WORKDIR_LABEL,
   containerName,
   type ExecutionAdapter,
   type ExecutionContext,
@@ -296,7 +297,7 @@ export class DockerExecutor implements ExecutionAdapter {
         Image: spec.image,
         Cmd: [spec.action],
         Env: [...Object.entries(spec.env).map(([k, v]) => `${k}=${v}`), 'TINI_KILL_PROCESS_GROUP=1'],
-        Labels: { [MANAGED_LABEL]: 'true', [RUN_LABEL]: spec.runId, [DEPLOYMENT_LABEL]: spec.deploymentId },
+        Labels: { [MANAGED_LABEL]: 'true', [RUN_LABEL]: spec.runId, [DEPLOYMENT_LABEL]: spec.deploymentId, [WORKDIR_LABEL]: this.workDir },
         HostConfig: {
           Init: true,
           ...(spec.cpus ? { NanoCpus: Math.round(spec.cpus * 1e9) } : {}),

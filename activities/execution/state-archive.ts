@@ -57,7 +57,7 @@ export function packState(dir: string, warn: (message: string) => void): Readabl
   walk('')
     .then(() => pack.finalize())
     .catch((err: unknown) => pack.destroy(err instanceof Error ? err : new Error(String(err))));
-  const gzip = zlib.createGzip({ level: GZIP_LEVEL });
+  const gzip = zlib.createGzip({ level: GZIP_LEVEL, chunkSize: 256 * 1024 });
   pack.on('error', (err) => gzip.destroy(err));
   return pack.pipe(gzip);
 }
@@ -98,7 +98,7 @@ async function writeSparse(handle: FileHandle, content: AsyncIterable<Buffer>): 
 /** Restores an archive made by packState into an empty folder, writing nothing outside it. */
 export async function unpackState(dir: string, archive: AsyncIterable<Buffer>): Promise<void> {
   const extract = tar.extract();
-  const feeding = pipeline(Readable.from(archive), zlib.createGunzip(), extract);
+  const feeding = pipeline(Readable.from(archive), zlib.createGunzip({ chunkSize: 256 * 1024 }), extract);
   feeding.catch(() => undefined); // surfaced through the iteration below
   for await (const entry of extract) {
     const rel = safeRelative(entry.header.name);

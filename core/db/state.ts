@@ -87,17 +87,19 @@ export async function writeStateVersion(
   const hash = createHash('sha256');
   let size = 0;
   let idx = 0;
+  // One insert in flight while the next chunk is compressed: storing overlaps archiving.
+  let inFlight: Promise<unknown> = Promise.resolve();
   for await (const chunk of rechunk(archive, STATE_CHUNK_BYTES)) {
     hash.update(chunk);
     size += chunk.length;
-    await db.query('INSERT INTO state_chunks (deployment_id, version, idx, data) VALUES ($1, $2, $3, $4)', [
-      opts.deploymentId,
-      version,
-      idx,
-      box.seal(chunk, aad(opts.deploymentId, version, idx)),
-    ]);
+    const sealed = box.seal(chunk, aad(opts.deploymentId, version, idx));
+    await inFlight;
+    inFlight = db.query('INSERT INTO state_chunks (deployment_id, version, idx, data) VALUES ($1, $2, $3, $4)', [opts.deploymentId, version, idx, sealed]);
+    // Observed by the next `await inFlight`; this only keeps a failure from counting as unhandled meanwhile.
+    inFlight.catch(() => undefined);
     idx++;
   }
+  await inFlight;
   return inTransaction(db, async (tx) => {
     const { rows } = await tx.query<StateVersionRow>(
       `UPDATE state_versions SET status = 'complete', sha256 = $3, size_bytes = $4, chunk_count = $5
@@ -121,12 +123,14 @@ export async function* readStateVersion(db: Queryable, box: SecretBox, deploymen
   const meta = rows[0];
   if (!meta) throw new Error(`state version ${version} of ${deploymentId} does not exist`);
   const hash = createHash('sha256');
+  const fetchChunk = (idx: number) =>
+    db.query<{ data: Buffer }>('SELECT data FROM state_chunks WHERE deployment_id = $1 AND version = $2 AND idx = $3', [deploymentId, version, idx]);
+  // The next chunk is fetched while the current one is being restored.
+  let next = meta.chunk_count! > 0 ? fetchChunk(0) : undefined;
   for (let idx = 0; idx < meta.chunk_count!; idx++) {
-    const chunk = await db.query<{ data: Buffer }>('SELECT data FROM state_chunks WHERE deployment_id = $1 AND version = $2 AND idx = $3', [
-      deploymentId,
-      version,
-      idx,
-    ]);
+    const chunk = await next!;
+    next = idx + 1 < meta.chunk_count! ? fetchChunk(idx + 1) : undefined;
+    next?.catch(() => undefined); // observed when awaited; not unhandled if we stop early
     if (!chunk.rows[0]) throw new Error(`state version ${version} of ${deploymentId} is missing chunk ${idx}`);
     const plain = box.open(chunk.rows[0].data, aad(deploymentId, version, idx));
     hash.update(plain);

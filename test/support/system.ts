@@ -8,6 +8,7 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import type Docker from 'dockerode';
 import pino from 'pino';
+import { WORKDIR_LABEL } from '../../activities/execution/adapter.js';
 import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
 import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
 import { SecretBox } from '../../core/crypto.js';
@@ -126,6 +127,12 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record
     startNodeWorker,
     stopNodeWorker,
     async stop() {
+      // A run's container is removed just after its outcome is recorded; a test that has seen the outcome
+      // may get here first. Let the removal happen before the node worker goes.
+      await eventually('this system\'s containers to be removed', async () => {
+        const left = await docker.listContainers({ all: true, filters: { label: [`${WORKDIR_LABEL}=${config.node.workDir}`] } });
+        return left.length === 0 ? true : undefined;
+      }, 15_000).catch(() => undefined);
       await api.close();
       for (const entry of [...running]) await halt(entry);
       await connection.close();
