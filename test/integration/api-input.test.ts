@@ -204,3 +204,54 @@ describe('the API when a dependency is down', () => {
     }
   });
 });
+
+describe('the API when Temporal is down', () => {
+  it('answers 503 for a new run and closes it as failed, so the deployment is not left with a run nothing executes', async () => {
+    const { createApp } = await import('../../api/app.js');
+    const { SecretBox } = await import('../../core/crypto.js');
+    const { createPool } = await import('../../core/db/pool.js');
+    const { createToken } = await import('../../core/db/tokens.js');
+    const { addTemplateVersion, createTemplate } = await import('../../core/db/templates.js');
+    const { Client, Connection } = await import('@temporalio/client');
+    const { env } = await import('../support/system.js');
+    const pino = (await import('pino')).default;
+    const db = createPool(env('GG_TEST_DATABASE_URL'), 2);
+    const connection = Connection.lazy({ address: '127.0.0.1:1', connectTimeout: 500 });
+    const app = createApp({
+      db,
+      temporal: new Client({ connection }),
+      taskQueue: 'none',
+      kubernetesEnabled: false,
+      maxRunTimeoutSeconds: 3600,
+      secrets: new SecretBox(Buffer.alloc(32)),
+      probes: {},
+      log: pino({ level: 'silent' }),
+      version: 'test',
+    });
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const { port } = server.address() as { port: number };
+    try {
+      const name = uniqueName('down');
+      await createTemplate(db, { name, description: '', createdBy: 'test' });
+      await addTemplateVersion(db, { templateName: name, image: 'x:1', parameters: [], actions: ['deploy'], tfVars: false, limits: {}, createdBy: 'test' });
+      const { secret } = await createToken(db, { name: uniqueName('op'), role: 'operator', createdBy: 'test' });
+      const call = apiClient(`http://127.0.0.1:${port}`, secret);
+      const dep = await call<{ id: string }>('POST', '/v1/deployments', { template: { name }, target: { kind: 'node', node: 'local' } });
+      assert.equal(dep.status, 201);
+      const refused = await call<ErrorBody>('POST', `/v1/deployments/${dep.body.id}/runs`, { action: 'deploy' });
+      assert.equal(refused.status, 503);
+      assert.equal(refused.body.code, 'DEPENDENCY_UNAVAILABLE');
+      const runId = refused.body.details?.runId as string;
+      const run = await call<{ status: string; reason: string }>('GET', `/v1/runs/${runId}`);
+      assert.equal(run.body.status, 'failed');
+      assert.equal(run.body.reason, 'infrastructure');
+      const again = await call<ErrorBody>('POST', `/v1/deployments/${dep.body.id}/runs`, { action: 'deploy' });
+      assert.equal(again.status, 503, 'not 409: the failed hand-over left no active run behind');
+    } finally {
+      server.close();
+      await connection.close().catch(() => undefined);
+      await db.end();
+    }
+  });
+});
