@@ -57,7 +57,7 @@ export interface TestSystem {
   stop(): Promise<void>;
 }
 
-export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record<string, string> } = {}): Promise<TestSystem> {
+export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorker?: boolean; env?: Record<string, string> } = {}): Promise<TestSystem> {
   if (!runtimeInstalled) {
     Runtime.install({ logger: new DefaultLogger((process.env.GG_TEST_WORKER_LOG_LEVEL as 'WARN' | undefined) ?? 'ERROR'), shutdownSignals: [] });
     runtimeInstalled = true;
@@ -95,7 +95,9 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; env?: Record
     running.splice(running.indexOf(entry), 1);
   };
 
-  start(await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }));
+  if (opts.clusterWorker !== false) {
+    start(await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }));
+  }
   let nodeWorker: { worker: Worker; done: Promise<void> } | undefined;
   const startNodeWorker = async () => {
     if (!nodeWorker) {

@@ -1,0 +1,106 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { createDeployment, registerExampleTemplate } from '../support/fixtures.js';
+import { env, eventually, startTestSystem, type TestSystem } from '../support/system.js';
+
+/** A worker as its own process (with this file's configuration), so a test can kill -9 it mid-run. */
+function startWorkerProcess(sys: TestSystem, which: 'node' | 'cluster'): ChildProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, `../../workers/${which}-main.ts`)], {
+    env: {
+      ...process.env,
+      DATABASE_URL: env('GG_TEST_DATABASE_URL'),
+      TEMPORAL_ADDRESS: sys.config.temporal.address,
+      GLIDERGUN_TASK_QUEUE: sys.config.temporal.taskQueue,
+      GLIDERGUN_WORKFLOW_BUNDLE: env('GG_TEST_WORKFLOW_BUNDLE'),
+      GLIDERGUN_NODE_ID: sys.nodeId,
+      GLIDERGUN_DATA_DIR: sys.config.dataDir,
+      GLIDERGUN_SECRETS_DIR: path.dirname(sys.config.node.secretsDir),
+      GLIDERGUN_STOP_GRACE_SECONDS: '2',
+    },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  child.stderr?.resume();
+  return child;
+}
+
+const startNodeWorkerProcess = (sys: TestSystem) => startWorkerProcess(sys, 'node');
+
+describe('crash safety', () => {
+  let sys: TestSystem;
+  const children: ChildProcess[] = [];
+  before(async () => {
+    sys = await startTestSystem({ nodeWorker: false });
+  });
+  after(async () => {
+    for (const c of children) c.kill('SIGKILL');
+    await sys.stop();
+  });
+
+  it('finishes a run whose node worker was killed with SIGKILL mid-run: the container is adopted, not started twice', async () => {
+    children.push(startNodeWorkerProcess(sys));
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'survive', sleep_seconds: 6 }, { kind: 'node', node: sys.nodeId });
+    const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    const label = { label: [`io.glider-gun.run=${started.body.id}`] };
+    const first = await eventually('the container to run', async () => (await sys.docker.listContainers({ filters: label }))[0], 60_000);
+
+    children[0]!.kill('SIGKILL');
+    await new Promise((r) => children[0]!.once('exit', r));
+    children.push(startNodeWorkerProcess(sys));
+
+    const seen = new Set<string>();
+    const run = await eventually(
+      'the run to end after the restart',
+      async () => {
+        for (const c of await sys.docker.listContainers({ all: true, filters: label })) seen.add(c.Id);
+        const r = await sys.call<{ status: string; outputs: { runCount: number }; stateVersion: number; message: string }>('GET', `/v1/runs/${started.body.id}`);
+        return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+      },
+      90_000,
+    );
+    assert.equal(run.status, 'succeeded', run.message);
+    assert.deepEqual([...seen], [first.Id], 'one container for the run, adopted by the new worker');
+    assert.equal(run.outputs.runCount, 1, 'the template ran once');
+    const versions = await sys.call<{ items: unknown[] }>('GET', `/v1/deployments/${id}/state-versions`);
+    assert.equal(versions.body.items.length, 1, 'state archived once');
+    const log = await (await fetch(`${sys.api.url}/v1/runs/${started.body.id}/logs`, { headers: { authorization: `Bearer ${sys.tokens.viewer}` } })).text();
+    assert.equal(log.split('example template: action=deploy').length, 2, 'each log line stored once');
+    await eventually('the container to be removed', async () => ((await sys.docker.listContainers({ all: true, filters: label })).length === 0 ? true : undefined), 30_000);
+  });
+
+  it('finishes a run whose cluster worker was killed with SIGKILL mid-run, recording the outcome once', async () => {
+    const own = await startTestSystem({ clusterWorker: false });
+    const cluster: ChildProcess[] = [startWorkerProcess(own, 'cluster')];
+    try {
+      const template = await registerExampleTemplate(own.call);
+      const id = await createDeployment(own.call, template, { message: 'survive', sleep_seconds: 4 }, { kind: 'node', node: own.nodeId });
+      const started = await own.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+      const label = { label: [`io.glider-gun.run=${started.body.id}`] };
+      const first = await eventually('the container to run', async () => (await own.docker.listContainers({ filters: label }))[0], 60_000);
+      cluster[0]!.kill('SIGKILL');
+      await new Promise((r) => cluster[0]!.once('exit', r));
+      cluster.push(startWorkerProcess(own, 'cluster'));
+      const seen = new Set<string>();
+      const run = await eventually(
+        'the run to end after the restart',
+        async () => {
+          for (const c of await own.docker.listContainers({ all: true, filters: label })) seen.add(c.Id);
+          const r = await own.call<{ status: string; outputs: { runCount: number }; message: string }>('GET', `/v1/runs/${started.body.id}`);
+          return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+        },
+        90_000,
+      );
+      assert.equal(run.status, 'succeeded', run.message);
+      assert.deepEqual([...seen], [first.Id]);
+      assert.equal(run.outputs.runCount, 1);
+      const versions = await own.call<{ items: unknown[] }>('GET', `/v1/deployments/${id}/state-versions`);
+      assert.equal(versions.body.items.length, 1);
+      await eventually('the container to be removed', async () => ((await own.docker.listContainers({ all: true, filters: label })).length === 0 ? true : undefined), 30_000);
+    } finally {
+      for (const c of cluster) c.kill('SIGKILL');
+      await own.stop();
+    }
+  });
+});
