@@ -82,6 +82,7 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
         restoreStateVersion: run.stateVersionFrom ?? undefined,
         ...effectiveLimits(deployment.limits, version.limits, deps.runs),
         stopGraceSeconds: deps.runs.stopGraceSeconds,
+        logMaxBytes: deps.runs.logMaxBytes,
       };
       return { ...base, spec };
     },

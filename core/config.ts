@@ -26,6 +26,8 @@ const ConfigSchema = z.object({
   GLIDERGUN_KUBERNETES: booleanFromEnv.default(false),
   GLIDERGUN_RUN_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(3600),
   GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS: z.coerce.number().int().min(1).default(24 * 3600),
+  /** Per run and stream: what a template prints beyond this is not stored (a marker says where it was cut). */
+  GLIDERGUN_LOG_MAX_BYTES: z.coerce.number().int().min(1024).default(64 * 1024 * 1024),
   GLIDERGUN_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
   GLIDERGUN_NODE_WAIT_SECONDS: z.coerce.number().int().min(1).default(600),
   /** 32 bytes, base64. Unset: generated at first start into <data dir>/encryption-key. */
@@ -47,7 +49,7 @@ export interface Config {
   security: { encryptionKey: string | undefined; encryptionKeyFile: string; adminTokenFile: string };
   docker: { host: string | undefined };
   kubernetes: { enabled: boolean };
-  runs: { timeoutSeconds: number; maxTimeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number };
+  runs: { timeoutSeconds: number; maxTimeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number; logMaxBytes: number };
   logLevel: z.infer<typeof ConfigSchema>['GLIDERGUN_LOG_LEVEL'];
 }
 
@@ -99,6 +101,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxTimeoutSeconds: e.GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS,
       stopGraceSeconds: e.GLIDERGUN_STOP_GRACE_SECONDS,
       nodeWaitSeconds: e.GLIDERGUN_NODE_WAIT_SECONDS,
+      logMaxBytes: e.GLIDERGUN_LOG_MAX_BYTES,
     },
     logLevel: e.GLIDERGUN_LOG_LEVEL,
   };

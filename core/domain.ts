@@ -86,6 +86,8 @@ export interface RunSpec {
   env: Record<string, string>;
   timeoutSeconds: number;
   stopGraceSeconds: number;
+  /** Bytes of each stream kept for this run. */
+  logMaxBytes?: number | undefined;
   /** Container limits; unset means none. */
   cpus?: number | undefined;
   memoryMb?: number | undefined;

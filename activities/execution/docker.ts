@@ -93,12 +93,12 @@ export class DockerExecutor implements ExecutionAdapter {
       // Attached before it starts, we get every byte exactly as written. (The engine's log drivers alter
       // some: json-file turns bytes that are not UTF-8 into U+FFFD, `local` drops the newline after a line
       // longer than 16 KiB.)
-      logs = await this.followLogs(container, spec.runId, secretStrings(secrets), 'attach');
+      logs = await this.followLogs(container, spec, secretStrings(secrets), 'attach');
       await container.start();
       info = await container.inspect();
     } else {
       // Adopted after a retry: the engine's log (json-file) still holds everything; what is stored is skipped.
-      logs = await this.followLogs(container, spec.runId, secretStrings(secrets), 'log-driver');
+      logs = await this.followLogs(container, spec, secretStrings(secrets), 'log-driver');
     }
     let outcome: RunOutcome;
     try {
@@ -115,8 +115,9 @@ export class DockerExecutor implements ExecutionAdapter {
     return { ...outcome, warnings, stateVersion: archived.version };
   }
 
-  private async followLogs(container: Docker.Container, runId: string, secrets: string[], source: 'attach' | 'log-driver') {
-    const collector = new LogCollector(runId, this.logSink, secrets, await this.logSink.storedLengths(runId));
+  private async followLogs(container: Docker.Container, spec: RunSpec, secrets: string[], source: 'attach' | 'log-driver') {
+    const runId = spec.runId;
+    const collector = new LogCollector(runId, this.logSink, secrets, await this.logSink.storedLengths(runId), spec.logMaxBytes);
     const demux = new DockerLogDemuxer((stream, at, data) => collector.entry(stream, at, data), source === 'log-driver');
     const stream = (
       source === 'attach'

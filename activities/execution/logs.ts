@@ -33,6 +33,8 @@ export class LogCollector {
     private readonly sink: LogSink,
     secretValues: readonly string[],
     private readonly skip: Record<LogStream, number>,
+    /** Bytes kept per stream; past it one marker line is stored and the rest dropped. */
+    private readonly maxBytes = Number.POSITIVE_INFINITY,
   ) {
     this.maskers = { stdout: new Masker(secretValues), stderr: new Masker(secretValues) };
     this.timer = setInterval(() => this.flushAll(), FLUSH_MS);
@@ -58,8 +60,21 @@ export class LogCollector {
     clearInterval(this.timer);
   }
 
+  private readonly cut: Record<LogStream, boolean> = { stdout: false, stderr: false };
+
+  /** Applies the cap: the same input always gives the same output, so a resumed collector's offsets agree. */
+  private capped(stream: LogStream, masked: Buffer): Buffer {
+    if (this.cut[stream]) return Buffer.alloc(0);
+    const room = this.maxBytes - this.produced[stream];
+    if (masked.length <= room) return masked;
+    this.cut[stream] = true;
+    const marker = Buffer.from(`\n[glider-gun: ${stream} cut here: over ${this.maxBytes} bytes; the rest was not kept]\n`);
+    return Buffer.concat([masked.subarray(0, Math.max(0, room)), marker]);
+  }
+
   private emit(stream: LogStream, at: Date, masked: Buffer): void {
-    let data = masked;
+    let data = this.capped(stream, masked);
+    if (data.length === 0) return;
     const start = this.produced[stream];
     this.produced[stream] += data.length;
     const already = this.skip[stream] - start;

@@ -41,13 +41,13 @@ describe('run logs', () => {
     const run = await runScript(`#!/bin/sh
 head -c 40000 /dev/zero | tr '\\0' 'x'; echo
 printf 'bytes:\\377\\376\\001\\n'
-seq 1 20000
+seq 1 100000
 seq 1 500 | sed 's/^/err /' >&2
 printf 'no newline at the end'
 `);
     assert.equal(run.status, 'succeeded');
     const stdout = await fetchLog(sys, run.id, 'stdout');
-    const seq = Array.from({ length: 20000 }, (_, i) => `${i + 1}\n`).join('');
+    const seq = Array.from({ length: 100_000 }, (_, i) => `${i + 1}\n`).join('');
     const expected = Buffer.concat([
       Buffer.from(`${'x'.repeat(40000)}\n`),
       Buffer.from([...Buffer.from('bytes:'), 0xff, 0xfe, 0x01, 0x0a]),
@@ -126,5 +126,33 @@ echo "length: \${#pw}"
     const res = await sys.call<{ code: string }>('GET', '/v1/runs/run-aaaaaaaaaaaa/logs');
     assert.equal(res.status, 404);
     assert.equal(res.body.code, 'RUN_NOT_FOUND');
+  });
+});
+
+describe('the per-run log cap', () => {
+  let sys: TestSystem;
+  before(async () => {
+    sys = await startTestSystem({ env: { GLIDERGUN_LOG_MAX_BYTES: '2048' } });
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  it('keeps the first bytes of each stream, marks where it cut, and the run is not affected', async () => {
+    const image = await scriptImage(sys.docker, "#!/bin/sh\nhead -c 5000 /dev/zero | tr '\\0' a\necho short >&2\n");
+    const name = uniqueName('cap');
+    await sys.call('POST', '/v1/templates', { name });
+    await sys.call('POST', `/v1/templates/${name}/versions`, { image });
+    const dep = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name }, target: { kind: 'node', node: sys.nodeId } });
+    const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${dep.body.id}/runs`, { action: 'deploy' });
+    const run = await eventually('the run to end', async () => {
+      const r = await sys.call<{ id: string; status: string }>('GET', `/v1/runs/${started.body.id}`);
+      return ['succeeded', 'failed'].includes(r.body.status) ? r.body : undefined;
+    });
+    assert.equal(run.status, 'succeeded');
+    const stdout = (await fetchLog(sys, run.id, 'stdout')).toString();
+    assert.equal(stdout.slice(0, 2048), 'a'.repeat(2048));
+    assert.match(stdout.slice(2048), /^\n\[glider-gun: stdout cut here: over 2048 bytes; the rest was not kept\]\n$/);
+    assert.equal((await fetchLog(sys, run.id, 'stderr')).toString(), 'short\n');
   });
 });
