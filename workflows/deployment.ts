@@ -91,7 +91,7 @@ export class DeploymentEntity {
 
   private shouldContinueAsNew(): boolean {
     const info = workflowInfo();
-    return info.continueAsNewSuggested || info.historyLength > MAX_HISTORY_EVENTS;
+    return info.continueAsNewSuggested || info.historyLength > (this.state.continueAsNewAfterEvents ?? MAX_HISTORY_EVENTS);
   }
 
   /** Signals are delivered at least once (the API may retry), so a run id is queued once only. */

@@ -37,4 +37,6 @@ export interface DeploymentWorkflowInput {
   status: DeploymentStatus;
   pending: RunRequest[];
   lastRun?: RunSummary | undefined;
+  /** Continue as new once idle past this many history events (tests set it low). */
+  continueAsNewAfterEvents?: number | undefined;
 }

@@ -309,3 +309,44 @@ describe('cancelling the deployment workflow itself (the Temporal UI\'s Cancel)'
     assert.equal(done.status, 'succeeded');
   });
 });
+
+describe('a long-lived deployment workflow', () => {
+  let sys: TestSystem;
+  before(async () => {
+    sys = await startTestSystem();
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  it('continues as new when idle, keeping its status, and goes on taking runs', async () => {
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'again' }, { kind: 'node', node: sys.nodeId });
+    // Started the way the API starts it, but with a threshold low enough to cross in one run.
+    const first = await sys.client.workflow.start('deploymentWorkflow', {
+      workflowId: deploymentWorkflowId(id),
+      taskQueue: sys.config.temporal.taskQueue,
+      args: [{ deploymentId: id, template, target: { kind: 'node', node: sys.nodeId }, clusterTaskQueue: sys.config.temporal.taskQueue, status: 'new', pending: [], continueAsNewAfterEvents: 10 }],
+    });
+    const runOnce = async () => {
+      const started = await sys.call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+      return eventually('the run to end', async () => {
+        const r = await sys.call<RunBody>('GET', `/v1/runs/${started.body.id}`);
+        return r.body.status === 'succeeded' ? r.body : undefined;
+      });
+    };
+    const one = await runOnce();
+    const continued = await eventually('the first execution to continue as new', async () => {
+      const d = await sys.client.workflow.getHandle(deploymentWorkflowId(id), first.firstExecutionRunId).describe();
+      return d.status.name === 'CONTINUED_AS_NEW' ? d : undefined;
+    });
+    assert.equal(continued.status.name, 'CONTINUED_AS_NEW');
+    const latest = sys.client.workflow.getHandle(deploymentWorkflowId(id));
+    const status = await latest.query(statusQuery);
+    assert.equal(status.status, 'succeeded');
+    assert.equal(status.lastRun?.id, one.id, 'the new execution carried the state over');
+    const two = await runOnce();
+    assert.equal(two.outputs?.runCount, 2);
+    assert.notEqual((await latest.describe()).runId, first.firstExecutionRunId);
+  });
+});
