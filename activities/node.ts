@@ -27,8 +27,16 @@ export function createNodeActivities(deps: { adapter: ExecutionAdapter; nodePriv
 
     async executeRun(spec: RunSpec): Promise<RunOutcome> {
       const ctx = Context.current();
+      // Only a cancel that someone asked for stops the template; any other reason to stop this attempt
+      // (workflow terminated or reset, worker shutdown, timed out) leaves the container to be adopted.
+      const cancel = new AbortController();
+      const abandon = new AbortController();
+      const onAbort = () => (ctx.cancellationDetails?.cancelRequested ? cancel.abort() : abandon.abort());
+      if (ctx.cancellationSignal.aborted) onAbort();
+      else ctx.cancellationSignal.addEventListener('abort', onAbort, { once: true });
       return deps.adapter.execute(spec, openSecrets(spec), {
-        signal: ctx.cancellationSignal,
+        signal: cancel.signal,
+        abandon: abandon.signal,
         heartbeat: (details) => {
           ctx.heartbeat(details);
         },

@@ -18,35 +18,42 @@ import {
 import { status as GrpcStatus } from '@grpc/grpc-js';
 
 /**
- * Hands a run that Postgres has accepted to the deployment's workflow, starting the workflow if it is not
- * running. If Temporal refuses, the run is closed as failed at once, so the database never shows a pending
- * run that nothing will execute.
+ * Signals the run to the deployment's workflow, starting a new execution if none is running. Safe to
+ * repeat: the workflow queues a run id once.
  */
-export async function dispatchRun(deps: { db: Db; temporal: Client; taskQueue: string }, deployment: Deployment, run: Run): Promise<Run> {
+export async function signalRun(deps: { db: Db; temporal: Client; taskQueue: string }, deployment: Deployment, run: Run): Promise<void> {
   const lastRun = deployment.lastRunId && deployment.lastRunId !== run.id ? await getRun(deps.db, deployment.lastRunId) : undefined;
   const input: DeploymentWorkflowInput = {
     deploymentId: deployment.id,
     template: deployment.template.name,
     target: deployment.target,
     clusterTaskQueue: deps.taskQueue,
-    status: 'pending',
+    status: deployment.status,
     pending: [],
     lastRun: lastRun ? runSummary(lastRun) : undefined,
   };
+  await deps.temporal.workflow.signalWithStart('deploymentWorkflow', {
+    workflowId: deploymentWorkflowId(deployment.id),
+    taskQueue: deps.taskQueue,
+    args: [input],
+    signal: runRequestedSignal,
+    signalArgs: [{ runId: run.id, action: run.action }],
+    workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
+    typedSearchAttributes: [
+      { key: StatusSearchAttribute, value: deployment.status },
+      { key: TemplateSearchAttribute, value: deployment.template.name },
+      { key: TargetSearchAttribute, value: targetLabel(deployment.target) },
+    ],
+  });
+}
+
+/**
+ * Hands a run that Postgres has accepted to the deployment's workflow. If Temporal refuses, the run is
+ * closed as failed at once, so the database never shows a pending run that nothing will execute.
+ */
+export async function dispatchRun(deps: { db: Db; temporal: Client; taskQueue: string }, deployment: Deployment, run: Run): Promise<Run> {
   try {
-    await deps.temporal.workflow.signalWithStart('deploymentWorkflow', {
-      workflowId: deploymentWorkflowId(deployment.id),
-      taskQueue: deps.taskQueue,
-      args: [input],
-      signal: runRequestedSignal,
-      signalArgs: [{ runId: run.id, action: run.action }],
-      workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
-      typedSearchAttributes: [
-        { key: StatusSearchAttribute, value: 'pending' },
-        { key: TemplateSearchAttribute, value: deployment.template.name },
-        { key: TargetSearchAttribute, value: targetLabel(deployment.target) },
-      ],
-    });
+    await signalRun(deps, deployment, run);
     return run;
   } catch (err) {
     const throttled = isGrpcServiceError(err) && err.code === GrpcStatus.RESOURCE_EXHAUSTED;

@@ -4,6 +4,12 @@ import type { RunOutcome, RunSpec } from '../../core/domain.js';
 export interface ExecutionContext {
   /** Aborted when the run is cancelled: the adapter stops the container (SIGTERM, grace, SIGKILL) and reports `cancelled`. */
   signal: AbortSignal;
+  /**
+   * Aborted when this attempt must stop watching but the run goes on (its workflow was terminated or
+   * reset, the worker is shutting down, the attempt timed out): the adapter leaves the container running
+   * and fails, so whoever resumes the run adopts it.
+   */
+  abandon?: AbortSignal;
   /** Called at least every few seconds while the container runs; progress is shown in the Temporal UI. */
   heartbeat(details: { phase: string; containerId?: string }): void;
   log(message: string, fields?: Record<string, unknown>): void;

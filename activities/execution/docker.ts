@@ -162,15 +162,18 @@ export class DockerExecutor implements ExecutionAdapter {
     const startedAt = Date.parse(info.State.StartedAt);
     const deadline = (Number.isNaN(startedAt) ? Date.now() : startedAt) + spec.timeoutSeconds * 1000;
     const exited = container.wait({ condition: 'not-running' }) as Promise<{ StatusCode: number }>;
-    let stopReason: 'cancelled' | 'timeout' | undefined;
+    let stopReason: 'cancelled' | 'timeout' | 'abandoned' | undefined;
     const heartbeat = setInterval(() => ctx.heartbeat({ phase: 'executing', containerId: container.id }), HEARTBEAT_MS);
     try {
       ctx.heartbeat({ phase: 'executing', containerId: container.id });
-      stopReason = await new Promise<'cancelled' | 'timeout' | undefined>((resolve, reject) => {
+      stopReason = await new Promise<'cancelled' | 'timeout' | 'abandoned' | undefined>((resolve, reject) => {
         const timer = setTimeout(() => resolve('timeout'), Math.max(0, deadline - Date.now()));
         const onAbort = () => resolve('cancelled');
+        const onAbandon = () => resolve('abandoned');
         if (ctx.signal.aborted) onAbort();
         ctx.signal.addEventListener('abort', onAbort, { once: true });
+        if (ctx.abandon?.aborted) onAbandon();
+        ctx.abandon?.addEventListener('abort', onAbandon, { once: true });
         exited
           .then(
             () => resolve(undefined),
@@ -179,8 +182,13 @@ export class DockerExecutor implements ExecutionAdapter {
           .finally(() => {
             clearTimeout(timer);
             ctx.signal.removeEventListener('abort', onAbort);
+            ctx.abandon?.removeEventListener('abort', onAbandon);
           });
       });
+      if (stopReason === 'abandoned') {
+        // The container keeps running; the attempt that resumes the run adopts it.
+        throw new Error('stopped watching the run (its workflow ended, was reset, or this worker is stopping); the container is left running');
+      }
       if (stopReason) {
         ctx.log(`stopping container: ${stopReason}`, { graceSeconds: spec.stopGraceSeconds });
         // SIGTERM reaches the whole process group through tini (TINI_KILL_PROCESS_GROUP), SIGKILL after the grace.

@@ -100,7 +100,7 @@ export function runRoutes(deps: ApiDeps): AnyRoute[] {
           );
         }
         const run = await insertRun(db, { id: newId('run'), deploymentId: deployment.id, action: body.action, requestedBy: principal!.name });
-        return { status: 202, headers: { location: `/v1/runs/${run.id}` }, body: await dispatchRun(deps, deployment, run) };
+        return { status: 202, headers: { location: `/v1/runs/${run.id}` }, body: await dispatchRun(deps, { ...deployment, status: 'pending' }, run) };
       },
     }),
     defineRoute({

@@ -4,7 +4,7 @@
  * worker of the built-in node `local` and the HTTP API. Ctrl-C stops everything.
  */
 import path from 'node:path';
-import { Connection } from '@temporalio/client';
+import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, makeTelemetryFilterString } from '@temporalio/worker';
 import { loadConfig } from '../../core/config.js';
 import { migrate } from '../../core/db/migrate.js';
@@ -16,6 +16,7 @@ import { loadEncryptionKey } from '../../core/keys.js';
 import { startApiServer } from '../../workers/api.js';
 import { createClusterWorker } from '../../workers/cluster.js';
 import { createLogger } from '../../workers/logger.js';
+import { startReconciler } from '../../workers/reconciler.js';
 import { createDockerClient, createNodeWorker } from '../../workers/node.js';
 import { ensureBaseImages } from './images.js';
 import { isPortInUse } from './ports.js';
@@ -136,6 +137,12 @@ async function main(): Promise<void> {
       });
       say(`node worker '${config.node.id}' polls task queue node-${config.node.id}`);
     }
+
+    const reconciler = startReconciler(
+      { db, temporal: new Client({ connection, namespace: config.temporal.namespace }), taskQueue: config.temporal.taskQueue },
+      { everyMs: 30_000, olderThanSeconds: 60, onError: (err) => log.warn({ err }, 'reconciling runs failed; retrying in 30 s') },
+    );
+    onStop('the run reconciler', () => reconciler.stop());
 
     const api = await startApiServer({ config, db, connection, docker: dockerReady ? docker : undefined, log });
     onStop('the API', () => api.close());

@@ -104,3 +104,34 @@ describe('crash safety', () => {
     }
   });
 });
+
+describe('the run reconciler', () => {
+  let sys: TestSystem;
+  before(async () => {
+    sys = await startTestSystem();
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  it("resumes a run whose workflow was terminated: the container is adopted and the run recorded", async () => {
+    const { reconcileRuns } = await import('../../workers/reconciler.js');
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'orphan', sleep_seconds: 3 }, { kind: 'node', node: sys.nodeId });
+    const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    const label = { label: [`io.glider-gun.run=${started.body.id}`] };
+    const first = await eventually('the container to run', async () => (await sys.docker.listContainers({ filters: label }))[0], 60_000);
+    await sys.client.workflow.getHandle(`deployment-${id}`).terminate('test: an operator terminated it');
+    const deps = { db: sys.db, temporal: sys.client, taskQueue: sys.config.temporal.taskQueue };
+    assert.deepEqual(await reconcileRuns(deps, 0), [started.body.id]);
+    const run = await eventually('the run to end', async () => {
+      const r = await sys.call<{ status: string; outputs: { runCount: number }; stateVersion: number }>('GET', `/v1/runs/${started.body.id}`);
+      return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+    }, 60_000);
+    assert.equal(run.status, 'succeeded');
+    assert.equal(run.outputs.runCount, 1, 'the template ran once: the container was adopted');
+    assert.equal(run.stateVersion, 1);
+    assert.deepEqual(await reconcileRuns(deps, 0), [], 'nothing left to settle');
+    void first;
+  });
+});

@@ -1,0 +1,54 @@
+import type { Client } from '@temporalio/client';
+import { signalRun } from '../api/dispatch.js';
+import { getDeployment } from '../core/db/deployments.js';
+import type { Db } from '../core/db/pool.js';
+import { getRun } from '../core/db/runs.js';
+import { deploymentWorkflowId, statusQuery } from '../workflows/messages.js';
+
+/**
+ * Settles runs that Postgres says are active but no workflow is executing: the deployment's workflow was
+ * terminated or reset, or a hand-over to it was lost. Each is handed to the deployment's workflow again
+ * (a new execution if none runs), which resumes it: the container is adopted if it exists, reported as
+ * vanished if it was started and is gone, and started if it never was. Returns the runs handed over.
+ */
+export async function reconcileRuns(deps: { db: Db; temporal: Client; taskQueue: string }, olderThanSeconds: number): Promise<string[]> {
+  const { rows } = await deps.db.query<{ id: string; deployment_id: string }>(
+    `SELECT id, deployment_id FROM runs WHERE status IN ('pending', 'running', 'cancelling')
+        AND coalesce(started_at, created_at) < now() - make_interval(secs => $1) ORDER BY created_at`,
+    [olderThanSeconds],
+  );
+  const handed: string[] = [];
+  for (const row of rows) {
+    const handle = deps.temporal.workflow.getHandle(deploymentWorkflowId(row.deployment_id));
+    const running = await handle.describe().then(
+      (d) => d.status.name === 'RUNNING',
+      () => false,
+    );
+    if (running) {
+      const status = await handle.query(statusQuery).catch(() => undefined);
+      if (!status || status.activeRun?.id === row.id) continue; // in progress (or not answering yet: next round)
+    }
+    const [deployment, run] = await Promise.all([getDeployment(deps.db, row.deployment_id), getRun(deps.db, row.id)]);
+    if (!deployment || !run || !['pending', 'running', 'cancelling'].includes(run.status)) continue;
+    await signalRun(deps, deployment, run);
+    handed.push(run.id);
+  }
+  return handed;
+}
+
+/** Runs reconcileRuns every `everyMs` until stopped; a failed round is reported and retried next time. */
+export function startReconciler(
+  deps: { db: Db; temporal: Client; taskQueue: string },
+  opts: { everyMs: number; olderThanSeconds: number; onError: (err: unknown) => void },
+): { stop(): Promise<void> } {
+  let current: Promise<unknown> = Promise.resolve();
+  const timer = setInterval(() => {
+    current = reconcileRuns(deps, opts.olderThanSeconds).catch(opts.onError);
+  }, opts.everyMs);
+  return {
+    async stop() {
+      clearInterval(timer);
+      await current;
+    },
+  };
+}
