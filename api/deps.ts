@@ -11,6 +11,8 @@ export interface ApiDeps {
   kubernetesEnabled: boolean;
   /** The longest run timeout a template or deployment may ask for. */
   maxRunTimeoutSeconds: number;
+  /** How many state versions each deployment keeps. */
+  stateVersionsKept?: number;
   /** Encrypts sensitive parameter values at rest. */
   secrets: SecretBox;
   /** Reachability checks reported by /healthz; each throws when its dependency is down. */

@@ -28,6 +28,8 @@ const ConfigSchema = z.object({
   GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS: z.coerce.number().int().min(1).default(24 * 3600),
   /** Per run and stream: what a template prints beyond this is not stored (a marker says where it was cut). */
   GLIDERGUN_LOG_MAX_BYTES: z.coerce.number().int().min(1024).default(64 * 1024 * 1024),
+  /** How many state versions each deployment keeps (the newest); older ones are deleted with their data. */
+  GLIDERGUN_STATE_VERSIONS_KEPT: z.coerce.number().int().min(1).default(50),
   GLIDERGUN_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
   GLIDERGUN_NODE_WAIT_SECONDS: z.coerce.number().int().min(1).default(600),
   /** 32 bytes, base64. Unset: generated at first start into <data dir>/encryption-key. */
@@ -50,6 +52,7 @@ export interface Config {
   docker: { host: string | undefined };
   kubernetes: { enabled: boolean };
   runs: { timeoutSeconds: number; maxTimeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number; logMaxBytes: number };
+  state: { versionsKept: number };
   logLevel: z.infer<typeof ConfigSchema>['GLIDERGUN_LOG_LEVEL'];
 }
 
@@ -103,6 +106,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       nodeWaitSeconds: e.GLIDERGUN_NODE_WAIT_SECONDS,
       logMaxBytes: e.GLIDERGUN_LOG_MAX_BYTES,
     },
+    state: { versionsKept: e.GLIDERGUN_STATE_VERSIONS_KEPT },
     logLevel: e.GLIDERGUN_LOG_LEVEL,
   };
 }

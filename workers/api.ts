@@ -56,6 +56,7 @@ export async function startApiServer(opts: {
     taskQueue: config.temporal.taskQueue,
     kubernetesEnabled: config.kubernetes.enabled,
     maxRunTimeoutSeconds: config.runs.maxTimeoutSeconds,
+    stateVersionsKept: config.state.versionsKept,
     secrets,
     probes,
     log: opts.log,

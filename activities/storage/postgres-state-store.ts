@@ -8,10 +8,12 @@ export class PostgresStateStore implements StateStore {
   constructor(
     private readonly db: Db,
     private readonly box: SecretBox,
+    /** How many versions each deployment keeps. */
+    private readonly keep?: number,
   ) {}
 
   write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>) {
-    return writeStateVersion(this.db, this.box, { deploymentId, runId }, archive);
+    return writeStateVersion(this.db, this.box, { deploymentId, runId, keep: this.keep }, archive);
   }
 
   read(deploymentId: string, version: number) {

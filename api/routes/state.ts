@@ -19,7 +19,7 @@ const StateVersionSchema = z
 
 const StateVersionParams = z.object({ id: DeploymentId, version: VersionNumber });
 
-export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets'>): AnyRoute[] {
+export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets' | 'stateVersionsKept'>): AnyRoute[] {
   const { db } = deps;
   return [
     defineRoute({
@@ -49,7 +49,7 @@ export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets'>): AnyRoute[] {
       errors: [ErrorCode.DeploymentNotFound, ErrorCode.StateVersionNotFound, ErrorCode.RunInProgress],
       async handler({ params }) {
         await loadDeployment(db, params.id);
-        const result = await rollbackStateVersion(db, deps.secrets, params.id, params.version);
+        const result = await rollbackStateVersion(db, deps.secrets, params.id, params.version, deps.stateVersionsKept);
         if (result === 'not-found') throw notFound(ErrorCode.StateVersionNotFound, 'state version', `${params.id}@${params.version}`);
         if (result === 'run-active') {
           throw new AppError(ErrorCode.RunInProgress, `deployment '${params.id}' has an active run; roll back when it has ended`, { deploymentId: params.id });

@@ -63,7 +63,7 @@ async function* rechunk(source: AsyncIterable<Buffer>, size: number): AsyncGener
 export async function writeStateVersion(
   db: Db,
   box: SecretBox,
-  opts: { deploymentId: string; runId: string },
+  opts: { deploymentId: string; runId: string; keep?: number },
   archive: AsyncIterable<Buffer>,
 ): Promise<StateVersion> {
   const existing = await db.query<StateVersionRow>('SELECT * FROM state_versions WHERE run_id = $1', [opts.runId]);
@@ -110,8 +110,30 @@ export async function writeStateVersion(
       `UPDATE deployments SET current_state_version = $2 WHERE id = $1 AND (current_state_version IS NULL OR current_state_version < $2)`,
       [opts.deploymentId, version],
     );
+    await applyRetention(tx, opts.deploymentId, opts.keep);
     return toVersion(rows[0]!);
   });
+}
+
+/**
+ * Keeps the newest `keep` complete versions (always including the current one) and drops versions whose
+ * writing was abandoned (their run has ended without completing them). Their chunks go with them (cascade).
+ */
+async function applyRetention(tx: Queryable, deploymentId: string, keep: number | undefined): Promise<void> {
+  if (keep !== undefined) {
+    await tx.query(
+      `DELETE FROM state_versions s WHERE s.deployment_id = $1 AND s.status = 'complete'
+          AND s.version <> coalesce((SELECT current_state_version FROM deployments WHERE id = $1), 0)
+          AND s.version NOT IN (SELECT version FROM state_versions WHERE deployment_id = $1 AND status = 'complete'
+                                ORDER BY version DESC LIMIT $2)`,
+      [deploymentId, keep],
+    );
+  }
+  await tx.query(
+    `DELETE FROM state_versions s WHERE s.deployment_id = $1 AND s.status = 'writing'
+        AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status IN ('pending', 'running', 'cancelling'))`,
+    [deploymentId],
+  );
 }
 
 /** The archive of a complete version, decrypted chunk by chunk; fails if a chunk or the checksum is wrong. */
@@ -165,6 +187,7 @@ export async function rollbackStateVersion(
   box: SecretBox,
   deploymentId: string,
   from: number,
+  keep?: number,
 ): Promise<StateVersion | 'run-active' | 'not-found'> {
   return inTransaction(db, async (tx) => {
     await tx.query('SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE', [deploymentId]);
@@ -202,6 +225,7 @@ export async function rollbackStateVersion(
       [deploymentId, version, meta.sha256, meta.size_bytes, meta.chunk_count],
     );
     await tx.query('UPDATE deployments SET current_state_version = $2, updated_at = now() WHERE id = $1', [deploymentId, version]);
+    await applyRetention(tx, deploymentId, keep);
     return toVersion(done.rows[0]!);
   });
 }

@@ -128,7 +128,7 @@ async function main(): Promise<void> {
         config,
         docker,
         logSink: new PostgresLogSink(db),
-        stateStore: new PostgresStateStore(db, box),
+        stateStore: new PostgresStateStore(db, box, config.state.versionsKept),
       });
       const nodeDone = nodeWorker.run();
       onStop(`the node worker '${config.node.id}'`, async () => {

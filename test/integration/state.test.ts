@@ -195,3 +195,34 @@ exit 0
     assert.equal(second.stateVersionFrom, first.stateVersion);
   });
 });
+
+describe('state version retention', () => {
+  let sys: TestSystem;
+  before(async () => {
+    sys = await startTestSystem({ env: { GLIDERGUN_STATE_VERSIONS_KEPT: '2' } });
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  it('keeps the newest versions, deletes older ones with their data, and never the current one', async () => {
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'keep' }, { kind: 'node', node: sys.nodeId });
+    const runOnce = async () => {
+      const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+      return eventually('the run to end', async () => {
+        const r = await sys.call<{ status: string; outputs: { runCount: number } }>('GET', `/v1/runs/${started.body.id}`);
+        return r.body.status === 'succeeded' ? r.body : undefined;
+      });
+    };
+    for (let i = 0; i < 4; i++) await runOnce();
+    const list = async () => (await sys.call<{ items: { version: number }[] }>('GET', `/v1/deployments/${id}/state-versions`)).body.items.map((v) => v.version);
+    assert.deepEqual(await list(), [4, 3]);
+    const chunks = await sys.db.query<{ version: number }>('SELECT DISTINCT version FROM state_chunks WHERE deployment_id = $1 ORDER BY version', [id]);
+    assert.deepEqual(chunks.rows.map((r) => r.version), [3, 4], 'the data of deleted versions is gone too');
+    // A rollback makes a new current version; the run after it still counts from the rolled-back state.
+    assert.equal((await sys.call('POST', `/v1/deployments/${id}/state-versions/3/rollback`)).status, 201);
+    assert.deepEqual(await list(), [5, 4]);
+    assert.equal((await runOnce()).outputs.runCount, 4);
+  });
+});

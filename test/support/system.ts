@@ -103,7 +103,7 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorke
     if (!nodeWorker) {
       const box = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
       nodeWorker = start(
-        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box) }),
+        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box, config.state.versionsKept) }),
       );
     }
   };
