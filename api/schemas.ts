@@ -84,7 +84,12 @@ export const ListRunsQuery = z.strictObject({
 });
 
 export const LogQuery = z.strictObject({
-  stream: z.enum(['stdout', 'stderr']).optional(),
+  stream: z
+    .string()
+    .regex(/^(stdout|stderr|file:[!-~][ -~]{0,199})$/, 'must be stdout, stderr or file:<name of a file in /logs>')
+    .transform((s) => s as 'stdout' | 'stderr' | `file:${string}`)
+    .optional()
+    .openapi({ description: 'stdout, stderr, or file:<name> for a file the template wrote in /logs' }),
   follow: z
     .enum(['true', 'false'])
     .transform((v) => v === 'true')

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type Docker from 'dockerode';
 import type { RunOutcome, RunSpec } from '../../core/domain.js';
+import { LogFileTailer } from './log-files.js';
 import { DockerLogDemuxer, LogCollector, type LogSink } from './logs.js';
 import { secretStrings } from './masking.js';
 import { readOutputs } from './outputs.js';
@@ -23,6 +24,7 @@ import {
 const HEARTBEAT_MS = 2_000;
 /** How long the log may take to drain after the container has exited. */
 const LOG_DRAIN_MS = 30_000;
+const LOG_FILES_POLL_MS = 1_000;
 /** statfs types of memory file systems: secrets may only ever be written to one of these. */
 const MEMORY_FS_TYPES = new Set([0x01021994 /* tmpfs */, 0x858458f6 /* ramfs */]);
 export const SECRETS_FILE = 'template-secrets.json';
@@ -124,13 +126,19 @@ export class DockerExecutor implements ExecutionAdapter {
         ? await container.attach({ stream: true, stdout: true, stderr: true, logs: false })
         : await container.logs({ follow: true, stdout: true, stderr: true, timestamps: true })
     ) as unknown as NodeJS.ReadableStream & { destroy(): void };
+    // Files the template writes in /logs are stored as they grow, beside stdout and stderr.
+    const files = new LogFileTailer(path.join(this.runDir(runId), 'logs'), (name, data) => collector.entry(name, new Date(), data));
+    const tailing = setInterval(() => void files.poll(), LOG_FILES_POLL_MS);
     const done = (async () => {
       for await (const piece of stream) demux.push(piece as Buffer);
+      clearInterval(tailing);
+      await files.poll(); // what the files hold at the end
       await collector.end();
     })();
     done.catch(() => undefined); // observed by finished(); never an unhandled rejection
     return {
       stop: () => {
+        clearInterval(tailing);
         stream.destroy();
         collector.abandon();
       },

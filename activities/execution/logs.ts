@@ -4,26 +4,28 @@ import { Masker } from './masking.js';
 /** Where a run's log goes: Postgres inside the cluster; an HTTP endpoint for remote nodes (to come). */
 export interface LogSink {
   /** Bytes of each stream already stored: a resumed collector skips them. */
-  storedLengths(runId: string): Promise<Record<LogStream, number>>;
+  storedLengths(runId: string): Promise<Partial<Record<LogStream, number>>>;
   append(chunk: { runId: string; stream: LogStream; offset: number; at: Date; data: Buffer }): Promise<void>;
 }
 
 const FLUSH_BYTES = 256 * 1024;
 const FLUSH_MS = 250;
 
+interface StreamState {
+  masker: Masker;
+  produced: number;
+  cut: boolean;
+  pending?: { offset: number; at: Date; parts: Buffer[]; size: number } | undefined;
+}
+
 /**
- * Turns a container's log entries into stored chunks: masked, in order within each stream, flushed at least
- * every 250 ms so a follower sees the log as it is produced. Entries are read from the start of the
- * container's log every time; whatever the sink already has is skipped, so a retried activity neither loses
- * nor repeats a byte. Masking is independent of how the input was cut, so the skip is exact.
+ * Turns a run's output (stdout, stderr, files under /logs) into stored chunks: masked, in order within each
+ * stream, flushed at least every 250 ms so a follower sees the log as it is produced. Sources are read from
+ * their start every time; whatever the sink already has is skipped, so a retried activity neither loses nor
+ * repeats a byte. Masking and the cap are independent of how the input was cut, so the skip is exact.
  */
 export class LogCollector {
-  private readonly maskers: Record<LogStream, Masker>;
-  private readonly produced: Record<LogStream, number> = { stdout: 0, stderr: 0 };
-  private readonly pending: Record<LogStream, { offset: number; at: Date; parts: Buffer[]; size: number } | undefined> = {
-    stdout: undefined,
-    stderr: undefined,
-  };
+  private readonly streams = new Map<LogStream, StreamState>();
   private chain: Promise<void> = Promise.resolve();
   private failure: unknown;
   private readonly timer: NodeJS.Timeout;
@@ -31,25 +33,33 @@ export class LogCollector {
   constructor(
     private readonly runId: string,
     private readonly sink: LogSink,
-    secretValues: readonly string[],
-    private readonly skip: Record<LogStream, number>,
+    private readonly secretValues: readonly string[],
+    private readonly skip: Partial<Record<LogStream, number>>,
     /** Bytes kept per stream; past it one marker line is stored and the rest dropped. */
     private readonly maxBytes = Number.POSITIVE_INFINITY,
   ) {
-    this.maskers = { stdout: new Masker(secretValues), stderr: new Masker(secretValues) };
     this.timer = setInterval(() => this.flushAll(), FLUSH_MS);
   }
 
-  /** One log entry of a stream, as the engine delivered it. */
+  private state(stream: LogStream): StreamState {
+    let s = this.streams.get(stream);
+    if (!s) {
+      s = { masker: new Masker(this.secretValues), produced: 0, cut: false };
+      this.streams.set(stream, s);
+    }
+    return s;
+  }
+
+  /** One piece of a stream, as its source delivered it. */
   entry(stream: LogStream, at: Date, data: Buffer): void {
-    this.emit(stream, at, this.maskers[stream].push(data));
+    this.emit(stream, at, this.state(stream).masker.push(data));
   }
 
   /** The log has ended: release what masking held back and wait until everything is stored. */
   async end(): Promise<void> {
     clearInterval(this.timer);
     const now = new Date();
-    for (const stream of ['stdout', 'stderr'] as const) this.emit(stream, now, this.maskers[stream].end());
+    for (const [stream, s] of this.streams) this.emit(stream, now, s.masker.end());
     this.flushAll();
     await this.chain;
     if (this.failure instanceof Error) throw this.failure;
@@ -60,42 +70,40 @@ export class LogCollector {
     clearInterval(this.timer);
   }
 
-  private readonly cut: Record<LogStream, boolean> = { stdout: false, stderr: false };
-
   /** Applies the cap: the same input always gives the same output, so a resumed collector's offsets agree. */
-  private capped(stream: LogStream, masked: Buffer): Buffer {
-    if (this.cut[stream]) return Buffer.alloc(0);
-    const room = this.maxBytes - this.produced[stream];
+  private capped(stream: LogStream, s: StreamState, masked: Buffer): Buffer {
+    if (s.cut) return Buffer.alloc(0);
+    const room = this.maxBytes - s.produced;
     if (masked.length <= room) return masked;
-    this.cut[stream] = true;
+    s.cut = true;
     const marker = Buffer.from(`\n[glider-gun: ${stream} cut here: over ${this.maxBytes} bytes; the rest was not kept]\n`);
     return Buffer.concat([masked.subarray(0, Math.max(0, room)), marker]);
   }
 
   private emit(stream: LogStream, at: Date, masked: Buffer): void {
-    let data = this.capped(stream, masked);
+    const s = this.state(stream);
+    let data = this.capped(stream, s, masked);
     if (data.length === 0) return;
-    const start = this.produced[stream];
-    this.produced[stream] += data.length;
-    const already = this.skip[stream] - start;
+    const start = s.produced;
+    s.produced += data.length;
+    const already = (this.skip[stream] ?? 0) - start;
     if (already >= data.length) return;
     if (already > 0) data = data.subarray(already);
-    const offset = this.produced[stream] - data.length;
-    const p = (this.pending[stream] ??= { offset, at, parts: [], size: 0 });
+    const offset = s.produced - data.length;
+    const p = (s.pending ??= { offset, at, parts: [], size: 0 });
     p.parts.push(data);
     p.size += data.length;
-    if (p.size >= FLUSH_BYTES) this.flush(stream);
+    if (p.size >= FLUSH_BYTES) this.flush(stream, s);
   }
 
   private flushAll(): void {
-    this.flush('stdout');
-    this.flush('stderr');
+    for (const [stream, s] of this.streams) this.flush(stream, s);
   }
 
-  private flush(stream: LogStream): void {
-    const p = this.pending[stream];
+  private flush(stream: LogStream, s: StreamState): void {
+    const p = s.pending;
     if (!p || p.size === 0) return;
-    this.pending[stream] = undefined;
+    s.pending = undefined;
     const chunk = { runId: this.runId, stream, offset: p.offset, at: p.at, data: Buffer.concat(p.parts) };
     this.chain = this.chain.then(async () => {
       if (this.failure) return;
@@ -116,7 +124,7 @@ export class DockerLogDemuxer {
   private buffer: Buffer = Buffer.alloc(0);
 
   constructor(
-    private readonly onEntry: (stream: LogStream, at: Date, data: Buffer) => void,
+    private readonly onEntry: (stream: 'stdout' | 'stderr', at: Date, data: Buffer) => void,
     private readonly timestamped: boolean,
   ) {}
 

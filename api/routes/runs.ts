@@ -1,4 +1,4 @@
-import { readLogChunks } from '../../core/db/logs.js';
+import { readLogChunks, type LogStream } from '../../core/db/logs.js';
 import { getRun, insertRun, listRuns, requestRunCancel } from '../../core/db/runs.js';
 import { getTemplateVersion } from '../../core/db/templates.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
@@ -19,7 +19,7 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
 async function followLog(
   db: ApiDeps['db'],
   runId: string,
-  opts: { stream?: 'stdout' | 'stderr' | undefined; after: number },
+  opts: { stream?: LogStream | undefined; after: number },
   req: Request,
   res: Response,
 ): Promise<void> {

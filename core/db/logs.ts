@@ -1,6 +1,7 @@
 import type { Queryable } from './pool.js';
 
-export type LogStream = 'stdout' | 'stderr';
+/** stdout, stderr, or a file the template wrote under /logs (`file:<path relative to /logs>`). */
+export type LogStream = 'stdout' | 'stderr' | `file:${string}`;
 
 export interface LogChunk {
   seq: number;
@@ -23,12 +24,12 @@ export async function appendLogChunk(
 }
 
 /** How many bytes of each stream are stored: where a resumed collector continues. */
-export async function storedLogLengths(db: Queryable, runId: string): Promise<Record<LogStream, number>> {
+export async function storedLogLengths(db: Queryable, runId: string): Promise<Partial<Record<LogStream, number>>> {
   const { rows } = await db.query<{ stream: LogStream; length: string }>(
     `SELECT stream, max(start_offset + length(data)) AS length FROM run_log_chunks WHERE run_id = $1 GROUP BY stream`,
     [runId],
   );
-  const lengths: Record<LogStream, number> = { stdout: 0, stderr: 0 };
+  const lengths: Partial<Record<LogStream, number>> = {};
   for (const r of rows) lengths[r.stream] = Number(r.length);
   return lengths;
 }

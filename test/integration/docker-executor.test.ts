@@ -18,8 +18,8 @@ import { env, eventually, images } from '../support/system.js';
 class MemorySink implements LogSink {
   readonly chunks: Parameters<LogSink['append']>[0][] = [];
   storedLengths(runId: string) {
-    const lengths = { stdout: 0, stderr: 0 };
-    for (const c of this.chunks) if (c.runId === runId) lengths[c.stream] = Math.max(lengths[c.stream], c.offset + c.data.length);
+    const lengths: Record<string, number> = {};
+    for (const c of this.chunks) if (c.runId === runId) lengths[c.stream] = Math.max(lengths[c.stream] ?? 0, c.offset + c.data.length);
     return Promise.resolve(lengths);
   }
   append(chunk: Parameters<LogSink['append']>[0]) {

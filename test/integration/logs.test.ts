@@ -5,8 +5,8 @@ import { scriptImage } from '../support/images.js';
 import { uniqueName } from '../support/fixtures.js';
 import { eventually, startTestSystem, type TestSystem } from '../support/system.js';
 
-async function fetchLog(sys: TestSystem, runId: string, stream?: 'stdout' | 'stderr'): Promise<Buffer> {
-  const res = await fetch(`${sys.api.url}/v1/runs/${runId}/logs${stream ? `?stream=${stream}` : ''}`, {
+async function fetchLog(sys: TestSystem, runId: string, stream?: string): Promise<Buffer> {
+  const res = await fetch(`${sys.api.url}/v1/runs/${runId}/logs${stream ? `?stream=${encodeURIComponent(stream)}` : ''}`, {
     headers: { authorization: `Bearer ${sys.tokens.viewer}` },
   });
   assert.equal(res.status, 200);
@@ -120,6 +120,43 @@ echo "length: \${#pw}"
     const text = await resumed.text();
     assert.equal((text.match(/^event: log$/gm) ?? []).length, logs.length - 2);
     assert.match(text, /event: end/);
+  });
+
+  it('stores files the template writes in /logs as they grow, masked, never following links', async () => {
+    const secret = `pw-${randomBytes(6).toString('hex')}`;
+    const image = await scriptImage(
+      sys.docker,
+      `#!/bin/sh
+pw=$(sed -n 's/.*"password": "\\(.*\\)".*/\\1/p' /secrets/template-secrets.json)
+ln -s /etc/passwd /logs/host-file
+mkdir /logs/sub && echo hidden > /logs/sub/nested.log
+echo "first line" >> /logs/app.log
+sleep 2
+echo "password $pw" >> /logs/app.log
+echo "last line" >> /logs/app.log
+`,
+    );
+    const name = uniqueName('files');
+    await sys.call('POST', '/v1/templates', { name });
+    await sys.call('POST', `/v1/templates/${name}/versions`, { image, parameters: [{ name: 'password', type: 'string', required: true, sensitive: true }] });
+    const dep = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name }, parameters: { password: secret }, target: { kind: 'node', node: sys.nodeId } });
+    const run = await sys.call<{ id: string }>('POST', `/v1/deployments/${dep.body.id}/runs`, { action: 'deploy' });
+    // Stored while the run goes: the first line is there before the run ends.
+    await eventually('the first file line to be stored while the run is going', async () => {
+      const [r, chunks] = await Promise.all([
+        sys.call<{ status: string }>('GET', `/v1/runs/${run.body.id}`),
+        sys.db.query(`SELECT 1 FROM run_log_chunks WHERE run_id = $1 AND stream = 'file:app.log'`, [run.body.id]),
+      ]);
+      assert.ok(['pending', 'running'].includes(r.body.status), 'the run ended before its file was stored');
+      return chunks.rowCount ? true : undefined;
+    });
+    await eventually('the run to end', async () => {
+      const r = await sys.call<{ status: string }>('GET', `/v1/runs/${run.body.id}`);
+      return r.body.status === 'succeeded' ? r : undefined;
+    });
+    assert.equal((await fetchLog(sys, run.body.id, 'file:app.log')).toString(), 'first line\npassword ***\nlast line\n');
+    const streams = await sys.db.query<{ stream: string }>('SELECT DISTINCT stream FROM run_log_chunks WHERE run_id = $1 ORDER BY stream', [run.body.id]);
+    assert.deepEqual(streams.rows.map((r) => r.stream), ['file:app.log'], 'no link followed, no sub-folder read');
   });
 
   it('answers 404 for the log of an unknown run', async () => {
