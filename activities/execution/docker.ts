@@ -79,6 +79,11 @@ export class DockerExecutor implements ExecutionAdapter {
         });
       }
       await this.prepare(dir, spec, ctx);
+      if (ctx.signal.aborted) {
+        // Cancelled while restoring: the template never starts, and /state (as restored) is still archived.
+        const archived = await this.stateStore.write(spec.deploymentId, spec.runId, packState(path.join(dir, 'state'), () => undefined));
+        return { status: 'cancelled', message: 'cancelled before the container started', stateVersion: archived.version };
+      }
       await this.writeSecrets(spec.runId, secrets);
       await this.ensureImage(spec.image, ctx);
       container = await this.create(name, dir, spec);

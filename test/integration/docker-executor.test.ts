@@ -164,6 +164,20 @@ while true; do sleep 0.1; done
     assert.equal((await containersOf(s.runId)).length, 0);
   });
 
+  it('does not start the template when cancelled while restoring, and still archives the state', async () => {
+    const first = spec();
+    const done = await executor.execute(first, {}, context());
+    assert.equal(done.status, 'succeeded');
+    const s = spec({ deploymentId: first.deploymentId, restoreStateVersion: done.stateVersion });
+    const abort = new AbortController();
+    abort.abort();
+    const result = await executor.execute(s, {}, context(abort.signal));
+    assert.equal(result.status, 'cancelled');
+    assert.equal(result.stateVersion, 2, 'the restored state was archived as the next version');
+    assert.equal((await containersOf(s.runId)).length, 0, 'no container was created');
+    assert.match((await readFile(path.join(executor.runDir(s.runId), 'state', 'run-count'), 'utf8')).trim(), /^1$/, 'the state was restored');
+  });
+
   it('cleans up the container and the run folder, and cleaning twice is harmless', async () => {
     const s = spec();
     await executor.execute(s, {}, context());
