@@ -157,6 +157,34 @@ describe('state versions', () => {
     assert.equal((await sys.call('DELETE', `/v1/deployments/${id}`)).status, 404);
   });
 
+  it('round-trips a 200 MB state with a matching checksum', async () => {
+    const image = await scriptImage(
+      sys.docker,
+      `#!/bin/sh
+if [ ! -e /state/big.sum ]; then
+  head -c 209715200 /dev/urandom > /state/big
+  cd /state && sha256sum big > big.sum
+  exit 0
+fi
+cd /state && sha256sum -c big.sum || exit 20
+`,
+    );
+    const name = uniqueName('big');
+    await sys.call('POST', '/v1/templates', { name });
+    await sys.call('POST', `/v1/templates/${name}/versions`, { image });
+    const id = await createDeployment(sys.call, name, {}, { kind: 'node', node: sys.nodeId });
+    let t0 = Date.now();
+    const first = await run(id, 'deploy', 240_000);
+    console.log(`# archiving 200 MB of random data took ${Date.now() - t0} ms`);
+    assert.equal(first.status, 'succeeded', first.message ?? '');
+    t0 = Date.now();
+    const second = await run(id, 'deploy', 240_000);
+    console.log(`# restoring, checking and archiving it again took ${Date.now() - t0} ms`);
+    assert.equal(second.status, 'succeeded', `the restored file failed its checksum: ${second.message}`);
+    const versions = await sys.call<{ items: { version: number; sizeBytes: number }[] }>('GET', `/v1/deployments/${id}/state-versions`);
+    assert.ok(versions.body.items.every((v) => v.sizeBytes > 200 * 1024 * 1024), 'random data does not compress');
+  });
+
   it('archives links as links, skips FIFOs, handles a 1 GiB sparse file, and restores nothing outside /state', async () => {
     const image = await scriptImage(
       sys.docker,
