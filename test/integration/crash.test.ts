@@ -105,6 +105,34 @@ describe('crash safety', () => {
   });
 });
 
+describe('a cancel while the run is still pending', () => {
+  it('keeps the template from ever starting', async () => {
+    // No cluster worker yet: the run stays pending in Postgres and unstarted in its workflow.
+    const sys = await startTestSystem({ clusterWorker: false });
+    const cluster: ChildProcess[] = [];
+    try {
+      const template = await registerExampleTemplate(sys.call);
+      const id = await createDeployment(sys.call, template, { message: 'never' }, { kind: 'node', node: sys.nodeId });
+      const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+      const cancel = await sys.call<{ status: string }>('POST', `/v1/runs/${started.body.id}/cancel`);
+      assert.equal(cancel.status, 202);
+      assert.equal(cancel.body.status, 'cancelling');
+      cluster.push(startWorkerProcess(sys, 'cluster'));
+      const run = await eventually('the run to be cancelled', async () => {
+        const r = await sys.call<{ status: string; startedAt: string | null; message: string }>('GET', `/v1/runs/${started.body.id}`);
+        return r.body.status === 'cancelled' ? r.body : undefined;
+      }, 60_000);
+      assert.equal(run.startedAt, null, 'it never started');
+      assert.match(run.message, /before it started/);
+      const events = await sys.docker.listContainers({ all: true, filters: { label: [`io.glider-gun.run=${started.body.id}`] } });
+      assert.equal(events.length, 0);
+    } finally {
+      for (const c of cluster) c.kill('SIGKILL');
+      await sys.stop();
+    }
+  });
+});
+
 describe('the run reconciler', () => {
   let sys: TestSystem;
   before(async () => {

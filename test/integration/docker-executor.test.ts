@@ -178,6 +178,27 @@ while true; do sleep 0.1; done
     assert.match((await readFile(path.join(executor.runDir(s.runId), 'state', 'run-count'), 'utf8')).trim(), /^1$/, 'the state was restored');
   });
 
+  it('finishes archiving when a cancel arrives during it, reporting what the template did', async () => {
+    const abort = new AbortController();
+    const cancellingStore: StateStore = {
+      write: (deploymentId, runId, archive) => {
+        abort.abort(); // the cancel lands while /state is being archived
+        return memoryState.write(deploymentId, runId, archive);
+      },
+      read: (deploymentId, version) => memoryState.read(deploymentId, version),
+    };
+    const late = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-late-${process.pid}`), `/dev/shm/glider-gun-test/late-${process.pid}`, memorySink, cancellingStore);
+    const s = spec();
+    try {
+      const result = await late.execute(s, {}, context(abort.signal));
+      assert.equal(abort.signal.aborted, true);
+      assert.equal(result.status, 'succeeded', 'the template had already finished: the cancel came too late to change that');
+      assert.equal(result.stateVersion, 1, 'the archive was completed');
+    } finally {
+      await late.cleanup(s.runId);
+    }
+  });
+
   it('cleans up the container and the run folder, and cleaning twice is harmless', async () => {
     const s = spec();
     await executor.execute(s, {}, context());
