@@ -34,6 +34,7 @@ export function createNodeActivities(deps: { adapter: ExecutionAdapter; nodePriv
       const onAbort = () => (ctx.cancellationDetails?.cancelRequested ? cancel.abort() : abandon.abort());
       if (ctx.cancellationSignal.aborted) onAbort();
       else ctx.cancellationSignal.addEventListener('abort', onAbort, { once: true });
+      if (spec.cancelNow) cancel.abort();
       return deps.adapter.execute(spec, openSecrets(spec), {
         signal: cancel.signal,
         abandon: abandon.signal,

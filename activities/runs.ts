@@ -58,7 +58,9 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
         hasSecrets: (deployment?.sensitiveParameters.length ?? 0) > 0,
         nodeWaitSeconds: deps.runs.nodeWaitSeconds,
       };
-      if (!run || !deployment || run.status !== 'running') return base;
+      // A run already started and being cancelled is resumed only to stop it (its workflow was replaced).
+      const resumingCancel = run?.status === 'cancelling' && run.startedAt !== null;
+      if (!run || !deployment || (run.status !== 'running' && !resumingCancel)) return base;
       const version = await getTemplateVersion(db, deployment.template.name, deployment.template.version);
       if (!version) throw missing('template version', `${deployment.template.name}@${deployment.template.version}`);
       const sensitive = new Set(version.parameters.filter((p) => p.sensitive).map((p) => p.name));
@@ -83,6 +85,7 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
         ...effectiveLimits(deployment.limits, version.limits, deps.runs),
         stopGraceSeconds: deps.runs.stopGraceSeconds,
         logMaxBytes: deps.runs.logMaxBytes,
+        ...(resumingCancel ? { cancelNow: true } : {}),
       };
       return { ...base, spec };
     },

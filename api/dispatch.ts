@@ -1,4 +1,4 @@
-import { WorkflowIdConflictPolicy, type Client } from '@temporalio/client';
+import { WorkflowIdConflictPolicy, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { isGrpcServiceError } from '@temporalio/client';
 import type { Deployment } from '../core/db/deployments.js';
 import type { Db } from '../core/db/pool.js';
@@ -73,6 +73,8 @@ export async function signalCancel(temporal: Client, deploymentId: string, runId
   try {
     await temporal.workflow.getHandle(deploymentWorkflowId(deploymentId)).signal(cancelSignal, { runId, requestedBy });
   } catch (err) {
+    // No workflow runs the deployment (it was terminated): the reconciler resumes the run to stop it.
+    if (err instanceof WorkflowNotFoundError) return;
     const throttled = isGrpcServiceError(err) && err.code === GrpcStatus.RESOURCE_EXHAUSTED;
     throw throttled
       ? new AppError(ErrorCode.Throttled, 'Temporal is throttling requests; ask again shortly', { runId })

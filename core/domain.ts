@@ -86,6 +86,8 @@ export interface RunSpec {
   env: Record<string, string>;
   timeoutSeconds: number;
   stopGraceSeconds: number;
+  /** Stop the template at once (a run being cancelled when its workflow was replaced): adopt, stop, archive. */
+  cancelNow?: boolean | undefined;
   /** Bytes of each stream kept for this run. */
   logMaxBytes?: number | undefined;
   /** Container limits; unset means none. */

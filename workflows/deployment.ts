@@ -138,7 +138,7 @@ export class DeploymentEntity {
       this.apply(await db.finishRun(req.runId, { status: 'cancelled', message: 'cancelled before it started' }));
       return;
     }
-    if (started.run.status !== 'running' || !started.spec) return; // ended before it began
+    if (!started.spec) return; // ended before it began
 
     const spec = started.spec;
     const node = proxyActivities<NodeActivities>({

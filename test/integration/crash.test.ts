@@ -162,4 +162,24 @@ describe('the run reconciler', () => {
     assert.deepEqual(await reconcileRuns(deps, 0), [], 'nothing left to settle');
     void first;
   });
+
+  it('stops a run being cancelled when its workflow was terminated: adopted, stopped, archived, cancelled', async () => {
+    const { reconcileRuns } = await import('../../workers/reconciler.js');
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'orphan', sleep_seconds: 60 }, { kind: 'node', node: sys.nodeId });
+    const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    const label = { label: [`io.glider-gun.run=${started.body.id}`] };
+    await eventually('the container to run', async () => (await sys.docker.listContainers({ filters: label }))[0], 60_000);
+    await sys.client.workflow.getHandle(`deployment-${id}`).terminate('test: an operator terminated it');
+    const cancel = await sys.call<{ status: string }>('POST', `/v1/runs/${started.body.id}/cancel`);
+    assert.equal(cancel.status, 202, 'accepted: the reconciler will stop it');
+    assert.deepEqual(await reconcileRuns({ db: sys.db, temporal: sys.client, taskQueue: sys.config.temporal.taskQueue }, 0), [started.body.id]);
+    const run = await eventually('the run to be cancelled', async () => {
+      const r = await sys.call<{ status: string; stateVersion: number | null }>('GET', `/v1/runs/${started.body.id}`);
+      return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+    }, 60_000);
+    assert.equal(run.status, 'cancelled');
+    assert.equal(run.stateVersion, 1, 'its state was archived');
+    await eventually('the container to be removed', async () => ((await sys.docker.listContainers({ all: true, filters: label })).length === 0 ? true : undefined), 30_000);
+  });
 });
