@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { cancelSignal, deploymentWorkflowId, statusQuery } from '../../workflows/messages.js';
 import { createDeployment, registerExampleTemplate } from '../support/fixtures.js';
@@ -77,6 +78,18 @@ describe('a deployment runs its template container end to end', () => {
       }
       return undefined;
     });
+  });
+
+  it('shows a failed destroy as such', async () => {
+    const id = await createDeployment(call, template, { message: 'stuck', exit_code: 5 }, target());
+    const failed = await runToEnd(id, 'destroy');
+    assert.equal(failed.status, 'failed');
+    const deployment = await call<{ status: string; lastRun: { action: string; status: string; exitCode: number } }>('GET', `/v1/deployments/${id}`);
+    assert.equal(deployment.body.status, 'failed');
+    assert.deepEqual(
+      { action: deployment.body.lastRun.action, status: deployment.body.lastRun.status, exitCode: deployment.body.lastRun.exitCode },
+      { action: 'destroy', status: 'failed', exitCode: 5 },
+    );
   });
 
   it('fails with reason exit-code and keeps the exit code when the template exits non-zero', async () => {
@@ -188,10 +201,19 @@ describe('a deployment runs its template container end to end', () => {
     assert.match(cancel.body.cancelRequestedBy, /^operator-/);
     assert.equal((await operator('POST', `/v1/runs/${started.body.id}/cancel`)).status, 202, 'asking again is harmless');
     const run = await eventually('the run to be cancelled', async () => {
-      const r = await call<RunBody & { cancelRequestedBy: string }>('GET', `/v1/runs/${started.body.id}`);
+      const r = await call<RunBody & { cancelRequestedBy: string; stateVersion: number | null }>('GET', `/v1/runs/${started.body.id}`);
       return r.body.status === 'cancelled' ? r.body : undefined;
     });
     assert.match(run.cancelRequestedBy, /^operator-/);
+    assert.equal(run.stateVersion, 1, 'the state was archived');
+    const log = await fetch(`${sys.api.url}/v1/runs/${run.id}/logs`, { headers: { authorization: `Bearer ${sys.tokens.viewer}` } });
+    assert.match(await log.text(), /^example template: action=deploy/, 'what it printed before the cancel is kept');
+    await eventually('the container, the run folder and the activity to be gone', async () => {
+      const containers = await sys.docker.listContainers({ all: true, filters: { label: [`io.glider-gun.run=${run.id}`] } });
+      const described = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).describe();
+      const activities = described.raw.pendingActivities?.length ?? 0;
+      return containers.length === 0 && !existsSync(`${sys.config.node.workDir}/runs/${run.id}`) && activities === 0 ? true : undefined;
+    });
     const again = await operator<{ code: string }>('POST', `/v1/runs/${started.body.id}/cancel`);
     assert.equal(again.status, 409);
     assert.equal(again.body.code, 'RUN_NOT_ACTIVE');
