@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { reconcileRuns } from '../../workers/reconciler.js';
 import { createDeployment, registerExampleTemplate } from '../support/fixtures.js';
 import { env, eventually, startTestSystem, type TestSystem } from '../support/system.js';
 
@@ -143,7 +144,6 @@ describe('the run reconciler', () => {
   });
 
   it("resumes a run whose workflow was terminated: the container is adopted and the run recorded", async () => {
-    const { reconcileRuns } = await import('../../workers/reconciler.js');
     const template = await registerExampleTemplate(sys.call);
     const id = await createDeployment(sys.call, template, { message: 'orphan', sleep_seconds: 3 }, { kind: 'node', node: sys.nodeId });
     const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
@@ -164,7 +164,6 @@ describe('the run reconciler', () => {
   });
 
   it('stops a run being cancelled when its workflow was terminated: adopted, stopped, archived, cancelled', async () => {
-    const { reconcileRuns } = await import('../../workers/reconciler.js');
     const template = await registerExampleTemplate(sys.call);
     const id = await createDeployment(sys.call, template, { message: 'orphan', sleep_seconds: 60 }, { kind: 'node', node: sys.nodeId });
     const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
@@ -182,4 +181,39 @@ describe('the run reconciler', () => {
     assert.equal(run.stateVersion, 1, 'its state was archived');
     await eventually('the container to be removed', async () => ((await sys.docker.listContainers({ all: true, filters: label })).length === 0 ? true : undefined), 30_000);
   });
+
+  it('finishes a run whose workflow was reset to before the run began: the container is adopted', async () => {
+    const { randomUUID } = await import('node:crypto');
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'reset', sleep_seconds: 4 }, { kind: 'node', node: sys.nodeId });
+    const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    const label = { label: [`io.glider-gun.run=${started.body.id}`] };
+    const first = await eventually('the container to run', async () => (await sys.docker.listContainers({ filters: label }))[0], 60_000);
+    const handle = sys.client.workflow.getHandle(`deployment-${id}`);
+    const history = await handle.fetchHistory();
+    const firstTask = history.events!.find((e) => e.workflowTaskCompletedEventAttributes)!;
+    const { runId } = await handle.describe();
+    await sys.client.workflowService.resetWorkflowExecution({
+      namespace: sys.config.temporal.namespace,
+      workflowExecution: { workflowId: `deployment-${id}`, runId },
+      workflowTaskFinishEventId: firstTask.eventId,
+      requestId: randomUUID(),
+      reason: 'test: reset to the start',
+    });
+    const deps = { db: sys.db, temporal: sys.client, taskQueue: sys.config.temporal.taskQueue };
+    const seen = new Set<string>();
+    const run = await eventually('the run to end', async () => {
+      for (const c of await sys.docker.listContainers({ all: true, filters: label })) seen.add(c.Id);
+      await reconcileRunsOnce(deps);
+      const r = await sys.call<{ status: string; outputs: { runCount: number } | null; message: string | null }>('GET', `/v1/runs/${started.body.id}`);
+      return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+    }, 90_000);
+    assert.equal(run.status, 'succeeded', run.message ?? '');
+    assert.equal(run.outputs?.runCount, 1, 'the template ran once');
+    assert.deepEqual([...seen], [first.Id]);
+  });
 });
+
+async function reconcileRunsOnce(deps: Parameters<typeof reconcileRuns>[0]): Promise<void> {
+  await reconcileRuns(deps, 0);
+}
