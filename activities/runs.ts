@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { Config } from '../core/config.js';
 import { sealForNode, type SecretBox } from '../core/crypto.js';
-import { getDeployment, getSealedSecrets } from '../core/db/deployments.js';
+import { getDeployment, getSealedSecrets, type Deployment } from '../core/db/deployments.js';
 import type { Db } from '../core/db/pool.js';
 import * as runs from '../core/db/runs.js';
 import { getTemplateVersion } from '../core/db/templates.js';
@@ -42,9 +42,9 @@ function tfVarValue(value: unknown): string {
 export function createRunActivities(deps: { db: Db; runs: Config['runs']; secrets: SecretBox }) {
   const { db } = deps;
 
-  async function transition(run: runs.Run | undefined, runId: string): Promise<RunTransition> {
+  async function transition(run: runs.Run | undefined, runId: string, loaded?: Deployment): Promise<RunTransition> {
     if (!run) throw missing('run', runId);
-    const deployment = await getDeployment(db, run.deploymentId);
+    const deployment = loaded ?? (await getDeployment(db, run.deploymentId));
     if (!deployment) throw missing('deployment', run.deploymentId);
     return { run: runs.runSummary(run), deploymentStatus: deployment.status };
   }
@@ -54,7 +54,7 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
       const run = await runs.markRunStarted(db, runId);
       const deployment = run && (await getDeployment(db, run.deploymentId));
       const base = {
-        ...(await transition(run, runId)),
+        ...(await transition(run, runId, deployment)),
         hasSecrets: (deployment?.sensitiveParameters.length ?? 0) > 0,
         nodeWaitSeconds: deps.runs.nodeWaitSeconds,
       };

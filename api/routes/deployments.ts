@@ -1,7 +1,7 @@
 import { getDeployment, insertDeployment, listDeployments, purgeDeployment, type Deployment } from '../../core/db/deployments.js';
 import { deploymentWorkflowId } from '../../workflows/messages.js';
 import type { Db } from '../../core/db/pool.js';
-import { getRun, runSummary } from '../../core/db/runs.js';
+import { getRun, getRuns, runSummary, type Run } from '../../core/db/runs.js';
 import { getTemplate, getTemplateVersion } from '../../core/db/templates.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
@@ -20,7 +20,10 @@ async function nodeExists(db: Db, id: string): Promise<boolean> {
 }
 
 export async function deploymentView(db: Db, d: Deployment) {
-  const last = d.lastRunId ? await getRun(db, d.lastRunId) : undefined;
+  return viewWithLastRun(d, d.lastRunId ? await getRun(db, d.lastRunId) : undefined);
+}
+
+function viewWithLastRun(d: Deployment, last: Run | undefined) {
   const active = last && ['pending', 'running', 'cancelling'].includes(last.status) ? last : undefined;
   const { lastRunId: _omit, ...rest } = d;
   return { ...rest, activeRun: active ? runSummary(active) : null, lastRun: last ? runSummary(last) : null };
@@ -117,7 +120,9 @@ export function deploymentRoutes(deps: ApiDeps): AnyRoute[] {
       errors: [],
       async handler({ query }) {
         const page = await listDeployments(db, { ...query, afterSeq: cursorOrThrow(query.cursor) });
-        const items = await Promise.all(page.items.map((d) => deploymentView(db, d)));
+        // The page's last runs in one query, not one per deployment.
+        const lastRuns = await getRuns(db, page.items.flatMap((d) => (d.lastRunId ? [d.lastRunId] : [])));
+        const items = page.items.map((d) => viewWithLastRun(d, d.lastRunId ? lastRuns.get(d.lastRunId) : undefined));
         return { status: 200, body: { items, nextCursor: encodeCursor(page.nextSeq) } };
       },
     }),

@@ -124,6 +124,13 @@ export async function getRun(db: Queryable, id: string): Promise<Run | undefined
   return rows[0] && toRun(rows[0]);
 }
 
+/** Several runs in one query (for pages of deployments and their last runs). */
+export async function getRuns(db: Queryable, ids: readonly string[]): Promise<Map<string, Run>> {
+  if (ids.length === 0) return new Map();
+  const { rows } = await db.query<RunRow>('SELECT * FROM runs WHERE id = ANY($1)', [ids]);
+  return new Map(rows.map((r) => [r.id, toRun(r)]));
+}
+
 export async function getActiveRun(db: Queryable, deploymentId: string): Promise<Run | undefined> {
   const { rows } = await db.query<RunRow>(`SELECT * FROM runs WHERE deployment_id = $1 AND status IN ${ACTIVE}`, [
     deploymentId,
