@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import express, { type Express } from 'express';
+import { agentRouter } from './agent/routes.js';
 import type { ApiDeps } from './deps.js';
 import { errorHandler, notFoundRoute, requireJson } from './errors.js';
 import { mountRoutes } from './http/mount.js';
@@ -75,6 +76,15 @@ export function createApp(deps: ApiDeps): Express {
   app.disable('x-powered-by');
   app.set('query parser', 'simple');
   app.use('/docs/assets', express.static(swaggerUiDir, { index: false }));
+  // Run agents send raw bodies (archives, log bytes) with their own credential: before the JSON-only rule.
+  app.use(
+    agentRouter({
+      db: deps.db,
+      secrets: deps.secrets,
+      stateVersionsKept: deps.stateVersionsKept,
+      logMaxBytes: deps.logMaxBytes ?? Number.MAX_SAFE_INTEGER,
+    }),
+  );
   app.use(requireJson);
   app.use(express.json({ limit: MAX_BODY_BYTES, strict: true, type: 'application/json' }));
   app.use(mountRoutes(deps.db, routes));

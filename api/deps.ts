@@ -13,6 +13,8 @@ export interface ApiDeps {
   maxRunTimeoutSeconds: number;
   /** How many state versions each deployment keeps. */
   stateVersionsKept?: number;
+  /** Per run and stream: the most log an agent may store. */
+  logMaxBytes?: number;
   /** Encrypts sensitive parameter values at rest. */
   secrets: SecretBox;
   /** Reachability checks reported by /healthz; each throws when its dependency is down. */

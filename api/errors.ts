@@ -29,6 +29,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.UnknownAction]: 422,
   [ErrorCode.TargetUnavailable]: 422,
   [ErrorCode.Throttled]: 429,
+  [ErrorCode.LogOffsetMismatch]: 409,
   [ErrorCode.DependencyUnavailable]: 503,
   [ErrorCode.Internal]: 500,
 };

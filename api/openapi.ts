@@ -1,6 +1,7 @@
 import { OpenAPIRegistry, OpenApiGeneratorV31, extendZodWithOpenApi } from '@asteasolutions/zod-to-openapi';
 import { z } from 'zod';
 import { ErrorCode } from '../core/errors.js';
+import { registerAgentPaths } from './agent/openapi.js';
 import { HTTP_STATUS } from './errors.js';
 import type { AnyRoute } from './http/route.js';
 
@@ -27,6 +28,7 @@ const STATUS_TEXT: Record<number, string> = {
 /** The OpenAPI 3.1 document of the given routes: generated from the very schemas that validate requests. */
 export function openApiDocument(routes: readonly AnyRoute[], version: string): object {
   const registry = new OpenAPIRegistry();
+  registerAgentPaths(registry, ErrorBodySchema);
   registry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer', description: 'ggt_… token' });
   for (const route of routes) {
     const codes = new Set<ErrorCode>([...route.errors, ...(route.roles === 'public' ? [] : COMMON_ERRORS), ...(route.body ? BODY_ERRORS : [])]);

@@ -24,6 +24,16 @@ const ConfigSchema = z.object({
   GLIDERGUN_NODE_ID: z.string().regex(/^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$/).default('local'),
   DOCKER_HOST: z.string().optional(),
   GLIDERGUN_KUBERNETES: booleanFromEnv.default(false),
+  /** Unset: the in-cluster ServiceAccount when running in a pod, else the default kubeconfig. */
+  GLIDERGUN_KUBECONFIG: z.string().min(1).optional(),
+  GLIDERGUN_KUBERNETES_NAMESPACE: z.string().regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/).default('glider-gun-runs'),
+  /** Where pods reach the agent API (the pod-runner calls back here). Unset: the API's own address. */
+  GLIDERGUN_KUBERNETES_AGENT_URL: z.string().url().optional(),
+  GLIDERGUN_KUBERNETES_RUNNER_IMAGE: z.string().min(1).optional(),
+  GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(300),
+  GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(120),
+  /** Registries read over plain HTTP (comma-separated host:port), besides localhost. */
+  GLIDERGUN_INSECURE_REGISTRIES: z.string().default(''),
   GLIDERGUN_RUN_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(3600),
   GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS: z.coerce.number().int().min(1).default(24 * 3600),
   /** Per run and stream: what a template prints beyond this is not stored (a marker says where it was cut). */
@@ -50,7 +60,16 @@ export interface Config {
   node: { id: string; workDir: string; secretsDir: string };
   security: { encryptionKey: string | undefined; encryptionKeyFile: string; adminTokenFile: string };
   docker: { host: string | undefined };
-  kubernetes: { enabled: boolean };
+  kubernetes: {
+    enabled: boolean;
+    kubeconfig: string | undefined;
+    namespace: string;
+    agentUrl: string;
+    runnerImage: string | undefined;
+    scheduleTimeoutSeconds: number;
+    pullTimeoutSeconds: number;
+  };
+  registries: { insecure: string[] };
   runs: { timeoutSeconds: number; maxTimeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number; logMaxBytes: number };
   state: { versionsKept: number };
   logLevel: z.infer<typeof ConfigSchema>['GLIDERGUN_LOG_LEVEL'];
@@ -71,6 +90,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
   }
   const e = parsed.data;
+  if (e.GLIDERGUN_KUBERNETES && !e.GLIDERGUN_KUBERNETES_RUNNER_IMAGE) {
+    throw new ConfigError(['GLIDERGUN_KUBERNETES_RUNNER_IMAGE: required with GLIDERGUN_KUBERNETES=true (the pod-runner image, infra/images/pod-runner)']);
+  }
   const dataDir = path.resolve(e.GLIDERGUN_DATA_DIR);
   return {
     dataDir,
@@ -98,7 +120,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       adminTokenFile: path.join(dataDir, 'admin-token'),
     },
     docker: { host: e.DOCKER_HOST },
-    kubernetes: { enabled: e.GLIDERGUN_KUBERNETES },
+    kubernetes: {
+      enabled: e.GLIDERGUN_KUBERNETES,
+      kubeconfig: e.GLIDERGUN_KUBECONFIG,
+      namespace: e.GLIDERGUN_KUBERNETES_NAMESPACE,
+      agentUrl: e.GLIDERGUN_KUBERNETES_AGENT_URL ?? `http://${e.GLIDERGUN_API_HOST}:${e.GLIDERGUN_API_PORT}`,
+      runnerImage: e.GLIDERGUN_KUBERNETES_RUNNER_IMAGE,
+      scheduleTimeoutSeconds: e.GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS,
+      pullTimeoutSeconds: e.GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS,
+    },
+    registries: { insecure: e.GLIDERGUN_INSECURE_REGISTRIES.split(',').map((r) => r.trim()).filter(Boolean) },
     runs: {
       timeoutSeconds: Math.min(e.GLIDERGUN_RUN_TIMEOUT_SECONDS, e.GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS),
       maxTimeoutSeconds: e.GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS,

@@ -19,6 +19,8 @@ export const FAILURE_REASONS = [
   'timeout',
   'node-unavailable',
   'image-unavailable',
+  /** Kubernetes found no node for the pod within the bound. */
+  'unschedulable',
   'container-vanished',
   'infrastructure',
 ] as const;

@@ -29,6 +29,8 @@ export enum ErrorCode {
   TargetUnavailable = 'TARGET_UNAVAILABLE',
   DependencyUnavailable = 'DEPENDENCY_UNAVAILABLE',
   Throttled = 'THROTTLED',
+  /** An agent sent log bytes past what is stored (it must resend from `storedBytes`). */
+  LogOffsetMismatch = 'LOG_OFFSET_MISMATCH',
   Internal = 'INTERNAL',
 }
 

@@ -57,6 +57,7 @@ export async function startApiServer(opts: {
     kubernetesEnabled: config.kubernetes.enabled,
     maxRunTimeoutSeconds: config.runs.maxTimeoutSeconds,
     stateVersionsKept: config.state.versionsKept,
+    logMaxBytes: config.runs.logMaxBytes,
     secrets,
     probes,
     log: opts.log,

@@ -2,17 +2,19 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { NativeConnection} from '@temporalio/worker';
 import { Worker, type WorkflowBundleOption } from '@temporalio/worker';
+import { createNodeActivities } from '../activities/node.js';
 import { createRunActivities } from '../activities/runs.js';
 import type { Config } from '../core/config.js';
 import { SecretBox } from '../core/crypto.js';
-import { loadEncryptionKey } from '../core/keys.js';
+import { loadEncryptionKey, loadNodeKey } from '../core/keys.js';
 import type { Db } from '../core/db/pool.js';
+import { createKubernetesExecutor } from './kubernetes.js';
 
 export const WORKFLOWS_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'workflows', 'index.ts');
 
 /**
- * The cluster worker: every deployment workflow and the database activities (and, once it exists,
- * the Kubernetes execution adapter) on the main task queue.
+ * The cluster worker: every deployment workflow and the database activities on the main task queue, and,
+ * with Kubernetes configured, the execution activities of the `cluster` target (one Job per run).
  */
 export async function createClusterWorker(opts: {
   connection: NativeConnection;
@@ -23,12 +25,18 @@ export async function createClusterWorker(opts: {
 }): Promise<Worker> {
   const { config } = opts;
   const secrets = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
+  let activities: object = createRunActivities({ db: opts.db, runs: config.runs, secrets });
+  if (config.kubernetes.enabled) {
+    // The cluster is a target like a node: it gets each run's secrets sealed to its own key.
+    const nodePrivateKeyPem = await loadNodeKey(path.join(config.dataDir, 'cluster'));
+    activities = { ...activities, ...createNodeActivities({ adapter: createKubernetesExecutor(config, opts.db), nodePrivateKeyPem }) };
+  }
   return Worker.create({
     connection: opts.connection,
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
-    activities: createRunActivities({ db: opts.db, runs: config.runs, secrets }),
+    activities,
     shutdownGraceTime: '10 seconds',
   });
 }

@@ -1,0 +1,267 @@
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  ApiException,
+  BatchV1Api,
+  CoreV1Api,
+  PatchStrategy,
+  setHeaderOptions,
+  type KubeConfig,
+  type V1Job,
+} from '@kubernetes/client-node';
+import { ApplicationFailure } from '@temporalio/common';
+import type { AgentResult } from '../../../core/db/run-agents.js';
+import type { RunOutcome, RunSpec } from '../../../core/domain.js';
+import { ExecutionFailure, type ExecutionAdapter, type ExecutionContext } from '../adapter.js';
+import { ImageNotFoundError, parseImageReference, type RegistryClient } from '../image-config.js';
+import { ARCHIVE_GRACE_SECONDS, jobName, runJob, runSecret, runSelector, type JobSettings } from './job-spec.js';
+import { observeRun, type PodObservation } from './observe.js';
+
+const POLL_MS = 1_000;
+const HEARTBEAT_MS = 2_000;
+/** After the pod ended, how long the runner's report may take to be visible. */
+const RESULT_WAIT_MS = 15_000;
+
+/** What the adapter needs of the run-agent records (core/db/run-agents.ts). */
+export interface RunAgents {
+  grant(g: { runId: string; deploymentId: string; restoreVersion: number | undefined; credential: string }): Promise<void>;
+  /** The runner has called in, so the template may have started. */
+  started(runId: string): Promise<boolean>;
+  result(runId: string): Promise<AgentResult | undefined>;
+}
+
+export interface KubernetesSettings extends JobSettings {
+  /** How long a pod may wait for a node, and for its images, before the run fails. */
+  scheduleTimeoutSeconds: number;
+  pullTimeoutSeconds: number;
+}
+
+function status(err: unknown): number | undefined {
+  return err instanceof ApiException ? err.code : undefined;
+}
+
+async function orUndefinedIf404<T>(p: Promise<T>): Promise<T | undefined> {
+  try {
+    return await p;
+  } catch (err) {
+    if (status(err) === 404) return undefined;
+    throw err;
+  }
+}
+
+type StopReason = 'cancelled' | 'timeout';
+
+/**
+ * Runs a template as one Kubernetes Job per run (activities/execution/kubernetes/job-spec.ts). The adapter
+ * only creates, watches and deletes; the pod-runner inside the pod restores /state, streams the log to the
+ * agent API and archives /state, and its report is what the outcome is made of.
+ */
+export class KubernetesExecutor implements ExecutionAdapter {
+  private readonly batch: BatchV1Api;
+  private readonly core: CoreV1Api;
+
+  constructor(
+    kubeConfig: KubeConfig,
+    private readonly settings: KubernetesSettings,
+    private readonly registry: RegistryClient,
+    private readonly agents: RunAgents,
+  ) {
+    this.batch = kubeConfig.makeApiClient(BatchV1Api);
+    this.core = kubeConfig.makeApiClient(CoreV1Api);
+  }
+
+  private get namespace(): string {
+    return this.settings.namespace;
+  }
+
+  async execute(spec: RunSpec, secrets: Record<string, unknown>, ctx: ExecutionContext): Promise<RunOutcome> {
+    const name = jobName(spec.runId);
+    let job = await orUndefinedIf404(this.batch.readNamespacedJob({ name, namespace: this.namespace }));
+    if (!job) {
+      if (await this.agents.started(spec.runId)) {
+        throw ApplicationFailure.create({
+          type: ExecutionFailure.ContainerVanished,
+          message: `Job ${this.namespace}/${name} was started but no longer exists`,
+          nonRetryable: true,
+        });
+      }
+      if (ctx.signal.aborted) return { status: 'cancelled', message: 'cancelled before the container started' };
+      job = await this.create(spec, secrets, ctx);
+    } else {
+      ctx.log('adopting existing Job', { job: name });
+    }
+    return this.supervise(job, spec, ctx);
+  }
+
+  private async create(spec: RunSpec, secrets: Record<string, unknown>, ctx: ExecutionContext): Promise<V1Job> {
+    ctx.heartbeat({ phase: 'preparing' });
+    let image;
+    try {
+      const config = await this.registry.imageConfig(spec.image);
+      const ref = parseImageReference(spec.image);
+      image = { ref: `${ref.registry}/${ref.repository}@${config.digest}`, entrypoint: config.entrypoint };
+    } catch (err) {
+      throw ApplicationFailure.create({
+        type: ExecutionFailure.ImageUnavailable,
+        message: err instanceof ImageNotFoundError ? err.message : `image ${spec.image} could not be inspected: ${err instanceof Error ? err.message : String(err)}`,
+        nonRetryable: err instanceof ImageNotFoundError,
+      });
+    }
+    // The Secret outlives an attempt that died before making the Job; its credential is then reused, so the
+    // grant and the Secret always agree.
+    const secretName = jobName(spec.runId);
+    let credential = `ggr_${randomBytes(24).toString('base64url')}`;
+    try {
+      await this.core.createNamespacedSecret({ namespace: this.namespace, body: runSecret(spec, this.settings, credential, secrets) });
+    } catch (err) {
+      if (status(err) !== 409) throw err;
+      const existing = await this.core.readNamespacedSecret({ name: secretName, namespace: this.namespace });
+      credential = Buffer.from(existing.data?.credential ?? '', 'base64').toString('utf8');
+    }
+    await this.agents.grant({ runId: spec.runId, deploymentId: spec.deploymentId, restoreVersion: spec.restoreStateVersion, credential });
+
+    let job: V1Job;
+    try {
+      job = await this.batch.createNamespacedJob({ namespace: this.namespace, body: runJob(spec, this.settings, image) });
+      ctx.log('Job created', { job: job.metadata?.name, image: image.ref });
+    } catch (err) {
+      if (status(err) !== 409) throw err;
+      // A concurrent attempt made it first: adopt that one.
+      job = await this.batch.readNamespacedJob({ name: jobName(spec.runId), namespace: this.namespace });
+    }
+    // Owned by the Job from now on: Kubernetes removes the Secret with it even if our cleanup never runs.
+    await this.core.patchNamespacedSecret(
+      {
+        name: secretName,
+        namespace: this.namespace,
+        body: {
+          metadata: {
+            ownerReferences: [{ apiVersion: 'batch/v1', kind: 'Job', name: job.metadata!.name!, uid: job.metadata!.uid!, blockOwnerDeletion: false }],
+          },
+        },
+      },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+    return job;
+  }
+
+  private async observe(runId: string): Promise<PodObservation> {
+    const [job, pods] = await Promise.all([
+      orUndefinedIf404(this.batch.readNamespacedJob({ name: jobName(runId), namespace: this.namespace })),
+      this.core.listNamespacedPod({ namespace: this.namespace, labelSelector: runSelector(runId) }),
+    ]);
+    if (!job) return { kind: 'no-pod', jobFailure: 'the Job was deleted' };
+    return observeRun(job, pods.items);
+  }
+
+  private async supervise(job: V1Job, spec: RunSpec, ctx: ExecutionContext): Promise<RunOutcome> {
+    let stopReason: StopReason | undefined = spec.cancelNow ? 'cancelled' : undefined;
+    let stopSentTo: string | undefined;
+    let deadline: number | undefined;
+    let lastBeat = 0;
+    const beat = (details: { phase: string; containerId?: string }) => {
+      if (Date.now() - lastBeat >= HEARTBEAT_MS) {
+        ctx.heartbeat(details);
+        lastBeat = Date.now();
+      }
+    };
+
+    for (;;) {
+      if (ctx.abandon?.aborted) {
+        throw new Error('stopped watching the run (its workflow ended, was reset, or this worker is stopping); the Job is left running');
+      }
+      if (!stopReason && ctx.signal.aborted) stopReason = 'cancelled';
+      const seen = await this.observe(spec.runId);
+
+      if (seen.kind === 'ended') return this.outcome(spec, seen, stopReason);
+      if (seen.kind === 'no-pod') {
+        if (seen.jobFailure) return this.outcome(spec, { kind: 'ended', podName: '', exitCode: undefined, reason: 'JobFailed', message: seen.jobFailure }, stopReason);
+        beat({ phase: 'preparing' });
+      } else if (seen.kind === 'unschedulable' || seen.kind === 'image-pull-failing') {
+        const limit = seen.kind === 'unschedulable' ? this.settings.scheduleTimeoutSeconds : this.settings.pullTimeoutSeconds;
+        if (stopReason || Date.now() - seen.since.getTime() > limit * 1000) {
+          // The template never started: nothing to stop or archive, only the Job to remove (cleanup does).
+          if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled before the container started' };
+          return seen.kind === 'unschedulable'
+            ? { status: 'failed', reason: 'unschedulable', message: `no node could run the pod within ${limit}s: ${seen.message}` }
+            : { status: 'failed', reason: 'image-unavailable', message: `the image could not be pulled within ${limit}s: ${seen.message}` };
+        }
+        beat({ phase: seen.kind === 'unschedulable' ? 'scheduling' : 'pulling' });
+      } else if (seen.kind === 'starting') {
+        if (stopReason === 'cancelled' && !(await this.agents.started(spec.runId))) {
+          return { status: 'cancelled', message: 'cancelled before the container started' };
+        }
+        beat({ phase: 'preparing' });
+      } else {
+        // Counted from the template container's start, so an adopted run keeps its original deadline.
+        deadline ??= seen.startedAt.getTime() + spec.timeoutSeconds * 1000;
+        if (!stopReason && Date.now() > deadline) stopReason = 'timeout';
+        if (stopReason && stopSentTo !== seen.podName) {
+          ctx.log(`stopping the pod: ${stopReason}`, { pod: seen.podName, graceSeconds: spec.stopGraceSeconds });
+          // The pod-runner gets SIGTERM, passes it to the template's process group, SIGKILLs it after the
+          // grace, then archives /state and reports before its own, longer, grace runs out.
+          await orUndefinedIf404(
+            this.core.deleteNamespacedPod({ name: seen.podName, namespace: this.namespace, gracePeriodSeconds: spec.stopGraceSeconds + ARCHIVE_GRACE_SECONDS }),
+          );
+          stopSentTo = seen.podName;
+        }
+        beat({ phase: stopReason ? 'stopping' : 'executing', containerId: seen.podName });
+      }
+      // A stopped pod can vanish before we see it end: its runner's report is then the only trace.
+      if (stopSentTo && (await this.agents.result(spec.runId))) {
+        return this.outcome(spec, { kind: 'ended', podName: stopSentTo, exitCode: undefined, reason: undefined, message: undefined }, stopReason);
+      }
+      await sleep(POLL_MS);
+    }
+  }
+
+  private async outcome(spec: RunSpec, ended: Extract<PodObservation, { kind: 'ended' }>, stopReason: StopReason | undefined): Promise<RunOutcome> {
+    let result = await this.agents.result(spec.runId);
+    const waitUntil = Date.now() + RESULT_WAIT_MS;
+    while (!result && Date.now() < waitUntil && ended.reason !== 'InitContainerFailed' && ended.reason !== 'JobFailed') {
+      await sleep(500);
+      result = await this.agents.result(spec.runId);
+    }
+    const oom = ended.reason === 'OOMKilled' ? ' (killed: out of memory)' : '';
+    if (!result) {
+      const why = [ended.reason, ended.message].filter(Boolean).join(': ') || 'no reason given';
+      if (ended.reason === 'OOMKilled') {
+        return { status: 'failed', reason: 'exit-code', exitCode: ended.exitCode, message: `template exited with code ${ended.exitCode ?? 137}${oom}`, warnings: ['/state could not be archived: the container ran out of memory'] };
+      }
+      if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled on request', warnings: [`/state was not archived (${why})`] };
+      return { status: 'failed', reason: 'infrastructure', message: `the pod ended without the pod-runner's report (${why})` };
+    }
+    const extras = {
+      exitCode: result.exitCode,
+      warnings: result.warnings,
+      ...(result.outputs ? { outputs: result.outputs } : {}),
+      ...(result.stateVersion !== undefined ? { stateVersion: result.stateVersion } : {}),
+    };
+    if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled on request', ...extras };
+    if (stopReason === 'timeout') {
+      return { status: 'failed', reason: 'timeout', message: `exceeded the run timeout of ${spec.timeoutSeconds}s`, ...extras };
+    }
+    if (result.exitCode === 0) return { status: 'succeeded', ...extras };
+    return { status: 'failed', reason: 'exit-code', message: `template exited with code ${result.exitCode}${oom}`, ...extras };
+  }
+
+  async cleanup(runId: string): Promise<void> {
+    const name = jobName(runId);
+    // Background: the Job goes at once, its pod and Secret follow through the garbage collector; the Secret is
+    // also deleted here in case it was never owned (an attempt that died before making the Job).
+    await orUndefinedIf404(this.batch.deleteNamespacedJob({ name, namespace: this.namespace, propagationPolicy: 'Background' }));
+    await orUndefinedIf404(this.core.deleteNamespacedSecret({ name, namespace: this.namespace }));
+  }
+
+  /** Leftover check for tests and operators: every object this adapter made that still exists. */
+  async leftovers(): Promise<{ jobs: string[]; pods: string[]; secrets: string[] }> {
+    const selector = 'glider-gun.io/managed=true';
+    const [jobs, pods, secrets] = await Promise.all([
+      this.batch.listNamespacedJob({ namespace: this.namespace, labelSelector: selector }),
+      this.core.listNamespacedPod({ namespace: this.namespace, labelSelector: selector }),
+      this.core.listNamespacedSecret({ namespace: this.namespace, labelSelector: selector }),
+    ]);
+    const names = (items: { metadata?: { name?: string } }[]) => items.map((i) => i.metadata?.name ?? '');
+    return { jobs: names(jobs.items), pods: names(pods.items), secrets: names(secrets.items) };
+  }
+}

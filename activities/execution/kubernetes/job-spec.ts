@@ -1,0 +1,131 @@
+import type { V1Job, V1Secret } from '@kubernetes/client-node';
+import type { RunSpec } from '../../../core/domain.js';
+import { SECRETS_FILE } from '../docker.js';
+
+/** Labels on every Job, pod and Secret of a run, so leftovers can be found and a retry finds its Job. */
+export const K8S_MANAGED_LABEL = 'glider-gun.io/managed';
+export const K8S_RUN_LABEL = 'glider-gun.io/run';
+export const K8S_DEPLOYMENT_LABEL = 'glider-gun.io/deployment';
+export const TEMPLATE_CONTAINER = 'template';
+
+/** Time the pod-runner gets after the template's grace period to archive /state and report. */
+export const ARCHIVE_GRACE_SECONDS = 300;
+const RUNNER_DIR = '/gg';
+const AGENT_DIR = '/var/run/glider-gun';
+
+export const jobName = (runId: string): string => `gg-${runId}`;
+export const runSelector = (runId: string): string => `${K8S_RUN_LABEL}=${runId}`;
+
+export interface JobSettings {
+  namespace: string;
+  /** The pod-runner image (infra/images/pod-runner), copied into the pod by an init container. */
+  runnerImage: string;
+  /** Where the pod-runner reaches the agent API. */
+  agentUrl: string;
+  /** Bounds on waiting for a node and for image pulls, part of the Job's backstop deadline. */
+  scheduleTimeoutSeconds: number;
+  pullTimeoutSeconds: number;
+}
+
+function labels(spec: RunSpec): Record<string, string> {
+  return { [K8S_MANAGED_LABEL]: 'true', [K8S_RUN_LABEL]: spec.runId, [K8S_DEPLOYMENT_LABEL]: spec.deploymentId };
+}
+
+/**
+ * The per-run Secret: the agent credential and the two files the template reads. The Job only names it, so
+ * neither the credential nor a sensitive value appears in the Job object; kubelet keeps Secret volumes in memory.
+ */
+export function runSecret(spec: RunSpec, s: JobSettings, credential: string, secrets: Record<string, unknown>): V1Secret {
+  return {
+    metadata: { name: jobName(spec.runId), namespace: s.namespace, labels: labels(spec) },
+    type: 'Opaque',
+    stringData: {
+      credential,
+      'template-parameters.json': `${JSON.stringify(spec.parameters, null, 2)}\n`,
+      [SECRETS_FILE]: `${JSON.stringify(secrets, null, 2)}\n`,
+    },
+  };
+}
+
+/**
+ * One Job per run: never retried by Kubernetes (backoffLimit 0, and no replacement pod before the first is
+ * gone), the template's entrypoint wrapped by the pod-runner, which restores /state, streams the log, and
+ * archives /state in every outcome. activeDeadlineSeconds is only a backstop behind the adapter's own timeout.
+ */
+export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entrypoint: string[] }): V1Job {
+  const name = jobName(spec.runId);
+  const env = [
+    ...Object.entries(spec.env).map(([n, value]) => ({ name: n, value })),
+    { name: 'GG_AGENT_URL', value: s.agentUrl },
+    { name: 'GG_RUN_ID', value: spec.runId },
+    { name: 'GG_STOP_GRACE_SECONDS', value: String(spec.stopGraceSeconds) },
+    { name: 'GG_LOG_MAX_BYTES', value: String(spec.logMaxBytes ?? 0) },
+    // Always: the runner's first call (204 when there is nothing to restore) is also what tells a retried
+    // attempt that the template may have started.
+    { name: 'GG_RESTORE', value: '1' },
+  ];
+  const limits: Record<string, string> = {};
+  if (spec.cpus) limits.cpu = `${Math.round(spec.cpus * 1000)}m`;
+  if (spec.memoryMb) limits.memory = `${spec.memoryMb}Mi`;
+  return {
+    metadata: { name, namespace: s.namespace, labels: labels(spec) },
+    spec: {
+      backoffLimit: 0,
+      completions: 1,
+      parallelism: 1,
+      podReplacementPolicy: 'Failed',
+      activeDeadlineSeconds:
+        spec.timeoutSeconds + spec.stopGraceSeconds + ARCHIVE_GRACE_SECONDS + s.scheduleTimeoutSeconds + s.pullTimeoutSeconds + 300,
+      template: {
+        metadata: { labels: labels(spec) },
+        spec: {
+          restartPolicy: 'Never',
+          automountServiceAccountToken: false,
+          enableServiceLinks: false,
+          terminationGracePeriodSeconds: spec.stopGraceSeconds + ARCHIVE_GRACE_SECONDS,
+          initContainers: [
+            {
+              name: 'install-runner',
+              image: s.runnerImage,
+              command: ['/pod-runner', 'install', `${RUNNER_DIR}/pod-runner`],
+              volumeMounts: [{ name: 'runner', mountPath: RUNNER_DIR }],
+            },
+          ],
+          containers: [
+            {
+              name: TEMPLATE_CONTAINER,
+              image: image.ref,
+              command: [`${RUNNER_DIR}/pod-runner`, 'run', '--', ...image.entrypoint, spec.action],
+              env,
+              ...(Object.keys(limits).length ? { resources: { limits, requests: limits } } : {}),
+              volumeMounts: [
+                { name: 'state', mountPath: '/state' },
+                { name: 'logs', mountPath: '/logs' },
+                { name: 'secrets', mountPath: '/secrets', readOnly: true },
+                { name: 'agent', mountPath: AGENT_DIR, readOnly: true },
+                { name: 'runner', mountPath: RUNNER_DIR, readOnly: true },
+              ],
+            },
+          ],
+          volumes: [
+            { name: 'state', emptyDir: {} },
+            { name: 'logs', emptyDir: {} },
+            { name: 'runner', emptyDir: {} },
+            { name: 'secrets', secret: { secretName: name, defaultMode: 0o444, items: [{ key: SECRETS_FILE, path: SECRETS_FILE }] } },
+            {
+              name: 'agent',
+              secret: {
+                secretName: name,
+                defaultMode: 0o444,
+                items: [
+                  { key: 'credential', path: 'credential' },
+                  { key: 'template-parameters.json', path: 'template-parameters.json' },
+                ],
+              },
+            },
+          ],
+        },
+      },
+    },
+  };
+}

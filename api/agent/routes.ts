@@ -1,0 +1,153 @@
+/**
+ * The agent API: what the pod-runner inside a run's container calls back (infra/images/pod-runner). Each call
+ * carries the run's own credential, valid only for that run and only while it is active, so a template
+ * that reads it can do no more than it already could: read its own state, add to its own log.
+ * Kept apart from the operator API: raw bodies (archives, log bytes) and no roles.
+ */
+import { pipeline } from 'node:stream/promises';
+import express, { Router, type NextFunction, type Request, type Response } from 'express';
+import { z } from 'zod';
+import type { SecretBox } from '../../core/crypto.js';
+import { appendLogChunk, storedLogLengths, type LogStream } from '../../core/db/logs.js';
+import type { Db } from '../../core/db/pool.js';
+import { markRunAgentStarted, recordAgentResult, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
+import { readStateVersion, writeStateVersion } from '../../core/db/state.js';
+import { AppError, ErrorCode } from '../../core/errors.js';
+
+export interface AgentDeps {
+  db: Db;
+  secrets: SecretBox;
+  stateVersionsKept?: number | undefined;
+  /** Per stream: the runner enforces the cap itself; this only bounds what a misbehaving one can store. */
+  logMaxBytes: number;
+}
+
+/** One upload of log bytes; the runner sends at most 256 KiB at a time. */
+const MAX_LOG_UPLOAD_BYTES = 8 * 1024 * 1024;
+/** The cap's marker line comes on top of the cap. */
+const LOG_MARKER_SLACK = 1024;
+const STREAM = /^(stdout|stderr|file:[!-~][ -~]{0,199})$/;
+
+export const AgentResultSchema = z.strictObject({
+  exitCode: z.number().int(),
+  signal: z.string().max(32).optional(),
+  stopped: z.boolean(),
+  outputs: z.record(z.string(), z.unknown()).optional(),
+  warnings: z.array(z.string().max(4096)).max(100).default([]),
+  stateVersion: z.number().int().min(1).optional(),
+});
+
+type AgentRequest = Request<{ runId: string }> & { grant?: RunAgentGrant };
+
+function grantOf(req: AgentRequest): RunAgentGrant {
+  if (!req.grant) throw new Error('agent route without authentication');
+  return req.grant;
+}
+
+export function agentRouter(deps: AgentDeps): Router {
+  const router = Router();
+
+  const authenticate = (req: AgentRequest, _res: Response, next: NextFunction) => {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    if (!m) {
+      next(new AppError(ErrorCode.Unauthenticated, 'agent calls need the run\'s credential (Authorization: Bearer …)'));
+      return;
+    }
+    verifyRunAgent(deps.db, req.params.runId, m[1]!).then(
+      (grant) => {
+        if (!grant) {
+          next(new AppError(ErrorCode.Unauthenticated, 'the credential is not valid for this run, or the run has ended'));
+          return;
+        }
+        req.grant = grant;
+        next();
+      },
+      (err: unknown) => next(err),
+    );
+  };
+
+  /** The archive to restore into /state before the template starts; 204 for a deployment's first run. */
+  router.get('/v1/agent/runs/:runId/state', authenticate, (req: AgentRequest, res, next) => {
+    const grant = grantOf(req);
+    markRunAgentStarted(deps.db, grant.runId)
+      .then(() => {
+        if (grant.restoreVersion === undefined) {
+          res.status(204).end();
+          return;
+        }
+        res.status(200).type('application/gzip');
+        return pipeline(readStateVersion(deps.db, deps.secrets, grant.deploymentId, grant.restoreVersion), res);
+      })
+      .catch((err: unknown) => {
+      // Headers are gone: the runner sees a cut stream (and a gzip error) and fails the run.
+      if (!res.headersSent) next(err);
+      else res.destroy(err instanceof Error ? err : new Error(String(err)));
+      });
+  });
+
+  /** The archive of /state after the template ended; idempotent per run, so a retried upload is harmless. */
+  router.put('/v1/agent/runs/:runId/state', authenticate, (req: AgentRequest, res, next) => {
+    const grant = grantOf(req);
+    if (!req.is('application/gzip')) {
+      next(new AppError(ErrorCode.UnsupportedMediaType, 'the state archive must be sent as application/gzip'));
+      return;
+    }
+    writeStateVersion(deps.db, deps.secrets, { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.stateVersionsKept }, req).then(
+      (v) => res.status(200).json({ version: v.version, sha256: v.sha256, sizeBytes: v.sizeBytes }),
+      (err: unknown) => next(err),
+    );
+  });
+
+  /** Log bytes (already masked by the runner) at an offset of a stream: exactly-once whatever is retried. */
+  router.put(
+    '/v1/agent/runs/:runId/logs',
+    authenticate,
+    express.raw({ type: 'application/octet-stream', limit: MAX_LOG_UPLOAD_BYTES }),
+    (req: AgentRequest, res, next) => {
+      const grant = grantOf(req);
+      const stream = typeof req.query.stream === 'string' ? req.query.stream : '';
+      const offset = typeof req.query.offset === 'string' && /^\d{1,15}$/.test(req.query.offset) ? Number(req.query.offset) : -1;
+      if (!STREAM.test(stream) || offset < 0 || !Buffer.isBuffer(req.body)) {
+        next(new AppError(ErrorCode.ValidationFailed, 'expected ?stream=stdout|stderr|file:<name>&offset=<bytes> and an application/octet-stream body'));
+        return;
+      }
+      const data = req.body;
+      (async () => {
+        const stored = (await storedLogLengths(deps.db, grant.runId))[stream as LogStream] ?? 0;
+        if (offset > stored) {
+          res.status(409).json({
+            code: ErrorCode.LogOffsetMismatch,
+            message: `stream ${stream} has ${stored} bytes stored; send from there`,
+            storedBytes: stored,
+            details: { storedBytes: stored },
+          });
+          return;
+        }
+        const fresh = data.subarray(stored - offset);
+        if (fresh.length > 0) {
+          if (stored + fresh.length > deps.logMaxBytes + LOG_MARKER_SLACK) {
+            throw new AppError(ErrorCode.PayloadTooLarge, `stream ${stream} would exceed the run's log cap of ${deps.logMaxBytes} bytes`);
+          }
+          await appendLogChunk(deps.db, { runId: grant.runId, stream: stream as LogStream, offset: stored, at: new Date(), data: fresh });
+        }
+        res.status(204).end();
+      })().catch(next);
+    },
+  );
+
+  /** The runner's report: the template's exit, its outputs, and the state version it archived. */
+  router.post('/v1/agent/runs/:runId/result', authenticate, express.json({ limit: 2 * 1024 * 1024 }), (req: AgentRequest, res, next) => {
+    const grant = grantOf(req);
+    const parsed = AgentResultSchema.safeParse(req.body);
+    if (!parsed.success) {
+      next(new AppError(ErrorCode.ValidationFailed, `invalid result: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`));
+      return;
+    }
+    recordAgentResult(deps.db, grant.runId, parsed.data).then(
+      () => res.status(204).end(),
+      (err: unknown) => next(err),
+    );
+  });
+
+  return router;
+}

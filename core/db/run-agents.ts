@@ -1,0 +1,71 @@
+import { timingSafeEqual } from 'node:crypto';
+import { ACTIVE_RUN_STATUSES } from '../domain.js';
+import { sha256 } from '../crypto.js';
+import type { Queryable } from './pool.js';
+
+/** What the pod-runner reports once the template has ended and /state is archived. */
+export interface AgentResult {
+  exitCode: number;
+  signal?: string | undefined;
+  /** The runner was told to stop (the pod was deleted: cancel or timeout). */
+  stopped: boolean;
+  outputs?: Record<string, unknown> | undefined;
+  warnings: string[];
+  stateVersion?: number | undefined;
+}
+
+export interface RunAgentGrant {
+  runId: string;
+  deploymentId: string;
+  restoreVersion: number | undefined;
+}
+
+/**
+ * Records the credential of a run's agent. Idempotent: the adapter derives the hash from the credential it
+ * keeps beside the Job, so a retried attempt writes the same row again.
+ */
+export async function grantRunAgent(
+  db: Queryable,
+  g: RunAgentGrant & { credential: string },
+): Promise<void> {
+  await db.query(
+    `INSERT INTO run_agents (run_id, deployment_id, credential_sha256, restore_version) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (run_id) DO UPDATE SET credential_sha256 = excluded.credential_sha256, restore_version = excluded.restore_version`,
+    [g.runId, g.deploymentId, sha256(g.credential), g.restoreVersion ?? null],
+  );
+}
+
+/** The grant for a run's credential, only while the run is active: a credential dies with its run. */
+export async function verifyRunAgent(db: Queryable, runId: string, credential: string): Promise<RunAgentGrant | undefined> {
+  const { rows } = await db.query<{ deployment_id: string; credential_sha256: Buffer; restore_version: number | null }>(
+    `SELECT a.deployment_id, a.credential_sha256, a.restore_version
+       FROM run_agents a JOIN runs r ON r.id = a.run_id
+      WHERE a.run_id = $1 AND r.status = ANY($2)`,
+    [runId, ACTIVE_RUN_STATUSES],
+  );
+  const row = rows[0];
+  if (!row) return undefined;
+  const presented = sha256(credential);
+  if (presented.length !== row.credential_sha256.length || !timingSafeEqual(presented, row.credential_sha256)) return undefined;
+  return { runId, deploymentId: row.deployment_id, restoreVersion: row.restore_version ?? undefined };
+}
+
+/** The runner has called in: a Job that vanishes after this must not be made again (the template may have run). */
+export async function markRunAgentStarted(db: Queryable, runId: string): Promise<void> {
+  await db.query(`UPDATE run_agents SET started_at = coalesce(started_at, now()) WHERE run_id = $1`, [runId]);
+}
+
+export async function runAgentStarted(db: Queryable, runId: string): Promise<boolean> {
+  const { rows } = await db.query<{ started: boolean }>(`SELECT started_at IS NOT NULL AS started FROM run_agents WHERE run_id = $1`, [runId]);
+  return rows[0]?.started ?? false;
+}
+
+/** The first report wins: a runner retrying after a lost answer cannot change what was recorded. */
+export async function recordAgentResult(db: Queryable, runId: string, result: AgentResult): Promise<void> {
+  await db.query(`UPDATE run_agents SET result = $2, result_at = now() WHERE run_id = $1 AND result IS NULL`, [runId, result]);
+}
+
+export async function getAgentResult(db: Queryable, runId: string): Promise<AgentResult | undefined> {
+  const { rows } = await db.query<{ result: AgentResult | null }>(`SELECT result FROM run_agents WHERE run_id = $1`, [runId]);
+  return rows[0]?.result ?? undefined;
+}

@@ -1,0 +1,32 @@
+import { KubeConfig } from '@kubernetes/client-node';
+import { RegistryClient } from '../activities/execution/image-config.js';
+import { KubernetesExecutor } from '../activities/execution/kubernetes/executor.js';
+import type { Config } from '../core/config.js';
+import type { Db } from '../core/db/pool.js';
+import { getAgentResult, grantRunAgent, runAgentStarted } from '../core/db/run-agents.js';
+
+/** The main cluster's execution adapter: one Job per run, in the configured namespace. */
+export function createKubernetesExecutor(config: Config, db: Db): KubernetesExecutor {
+  const k = config.kubernetes;
+  if (!k.runnerImage) throw new Error('GLIDERGUN_KUBERNETES_RUNNER_IMAGE is not set');
+  const kubeConfig = new KubeConfig();
+  if (k.kubeconfig) kubeConfig.loadFromFile(k.kubeconfig);
+  else if (process.env.KUBERNETES_SERVICE_HOST) kubeConfig.loadFromCluster();
+  else kubeConfig.loadFromDefault();
+  return new KubernetesExecutor(
+    kubeConfig,
+    {
+      namespace: k.namespace,
+      runnerImage: k.runnerImage,
+      agentUrl: k.agentUrl,
+      scheduleTimeoutSeconds: k.scheduleTimeoutSeconds,
+      pullTimeoutSeconds: k.pullTimeoutSeconds,
+    },
+    new RegistryClient(config.registries.insecure),
+    {
+      grant: (g) => grantRunAgent(db, g),
+      started: (runId) => runAgentStarted(db, runId),
+      result: (runId) => getAgentResult(db, runId),
+    },
+  );
+}
