@@ -19,6 +19,7 @@ import { ROLES, createToken, type Role } from '../../core/db/tokens.js';
 import { startApiServer, type ApiServer } from '../../workers/api.js';
 import { createClusterWorker } from '../../workers/cluster.js';
 import { createDockerClient, createNodeWorker } from '../../workers/node.js';
+import { freePort } from '../../infra/dev/ports.js';
 
 export function env(name: string): string {
   const value = process.env[name];
@@ -54,7 +55,29 @@ export interface TestSystem {
   /** Starts (again) the node worker; tests that simulate a node outage stop it. */
   startNodeWorker(): Promise<void>;
   stopNodeWorker(): Promise<void>;
+  /** The cluster worker hosts the workflows and, with Kubernetes configured, the `cluster` target's runs. */
+  startClusterWorker(): Promise<void>;
+  stopClusterWorker(): Promise<void>;
   stop(): Promise<void>;
+}
+
+/**
+ * The settings that make the cluster worker run the `cluster` target as Kubernetes Jobs on the test cluster
+ * (test/run.ts starts it): the worker uses the ServiceAccount of infra/k8s/rbac.yaml, and the API listens
+ * where pods can reach it.
+ */
+export async function kubernetesEnv(): Promise<Record<string, string>> {
+  const port = await freePort();
+  return {
+    GLIDERGUN_KUBERNETES: 'true',
+    GLIDERGUN_KUBECONFIG: env('GG_TEST_KUBECONFIG_WORKER'),
+    GLIDERGUN_KUBERNETES_NAMESPACE: env('GG_TEST_K8S_NAMESPACE'),
+    GLIDERGUN_KUBERNETES_RUNNER_IMAGE: env('GG_TEST_RUNNER_IMAGE'),
+    GLIDERGUN_INSECURE_REGISTRIES: env('GG_TEST_REGISTRY'),
+    GLIDERGUN_API_HOST: env('GG_TEST_HOST_ADDRESS'),
+    GLIDERGUN_API_PORT: String(port),
+    GLIDERGUN_KUBERNETES_AGENT_URL: `http://${env('GG_TEST_HOST_ADDRESS')}:${port}`,
+  };
 }
 
 export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorker?: boolean; env?: Record<string, string> } = {}): Promise<TestSystem> {
@@ -95,9 +118,17 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorke
     running.splice(running.indexOf(entry), 1);
   };
 
-  if (opts.clusterWorker !== false) {
-    start(await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }));
-  }
+  let clusterWorker: { worker: Worker; done: Promise<void> } | undefined;
+  const startClusterWorker = async () => {
+    clusterWorker ??= start(
+      await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }),
+    );
+  };
+  const stopClusterWorker = async () => {
+    if (clusterWorker) await halt(clusterWorker);
+    clusterWorker = undefined;
+  };
+  if (opts.clusterWorker !== false) await startClusterWorker();
   let nodeWorker: { worker: Worker; done: Promise<void> } | undefined;
   const startNodeWorker = async () => {
     if (!nodeWorker) {
@@ -113,7 +144,7 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorke
   };
   if (opts.nodeWorker !== false) await startNodeWorker();
 
-  const api = await startApiServer({ config, db, connection, docker, log: pino({ level: process.env.GG_TEST_API_LOG ?? 'silent' }), port: 0 });
+  const api = await startApiServer({ config, db, connection, docker, log: pino({ level: process.env.GG_TEST_API_LOG ?? 'silent' }), port: config.kubernetes.enabled ? config.api.port : 0 });
   const tokens = {} as Record<Role, string>;
   for (const role of ROLES) tokens[role] = (await createToken(db, { name: `${role}-${suffix}`, role, createdBy: 'test' })).secret;
 
@@ -128,6 +159,8 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorke
     call: apiClient(api.url, tokens.admin),
     startNodeWorker,
     stopNodeWorker,
+    startClusterWorker,
+    stopClusterWorker,
     async stop() {
       // A run's container is removed just after its outcome is recorded; a test that has seen the outcome
       // may get here first. Let the removal happen before the node worker goes.

@@ -1,0 +1,192 @@
+/**
+ * The template container contract (docs/template-contract.md), checked the same way on both execution
+ * adapters: a Docker container on a node, and a Kubernetes Job in the test cluster. Everything goes through
+ * the API, as a user would; the template images come from the test registry on both.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { EXAMPLE_PARAMETERS, uniqueName } from '../support/fixtures.js';
+import { scriptImage } from '../support/images.js';
+import { pushToRegistry } from '../support/registry.js';
+import { eventually, images, kubernetesEnv, startTestSystem, type TestSystem } from '../support/system.js';
+
+interface Run {
+  id: string;
+  status: string;
+  reason: string | null;
+  exitCode: number | null;
+  message: string | null;
+  outputs: Record<string, unknown> | null;
+  warnings: string[];
+  stateVersion: number | null;
+  stateVersionFrom: number | null;
+}
+
+const SECRET = 's3cr3t-value-for-conformance';
+
+for (const target of ['docker', 'kubernetes'] as const) {
+  describe(`the template contract on ${target === 'docker' ? 'a Docker node' : 'Kubernetes (one Job per run)'}`, () => {
+    let sys: TestSystem;
+    let example: string;
+    let images_: { example: string; leaky: string; stubborn: string };
+
+    const targetBody = () => (target === 'docker' ? { kind: 'node', node: sys.nodeId } : { kind: 'cluster' });
+
+    async function template(image: string, extra: Record<string, unknown> = {}): Promise<string> {
+      const name = uniqueName('conformance');
+      assert.equal((await sys.call('POST', '/v1/templates', { name })).status, 201);
+      const v = await sys.call('POST', `/v1/templates/${name}/versions`, {
+        image,
+        tfVars: true,
+        parameters: [...EXAMPLE_PARAMETERS, { name: 'api_key', type: 'string', required: false, sensitive: true }],
+        ...extra,
+      });
+      assert.equal(v.status, 201, JSON.stringify(v.body));
+      return name;
+    }
+
+    async function deployment(tpl: string, parameters: Record<string, unknown>, limits: Record<string, unknown> = {}): Promise<string> {
+      const res = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name: tpl }, parameters, target: targetBody(), limits });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      return res.body.id;
+    }
+
+    async function start(id: string, action = 'deploy'): Promise<string> {
+      const res = await sys.call<Run>('POST', `/v1/deployments/${id}/runs`, { action });
+      assert.equal(res.status, 202, JSON.stringify(res.body));
+      return res.body.id;
+    }
+
+    async function ended(runId: string, timeoutMs = 120_000): Promise<Run> {
+      return eventually(`run ${runId} to end`, async () => {
+        const r = await sys.call<Run>('GET', `/v1/runs/${runId}`);
+        return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+      }, timeoutMs);
+    }
+
+    async function log(runId: string, stream?: string): Promise<string> {
+      const res = await fetch(`${sys.api.url}/v1/runs/${runId}/logs${stream ? `?stream=${encodeURIComponent(stream)}` : ''}`, {
+        headers: { authorization: `Bearer ${sys.tokens.admin}` },
+      });
+      return res.text();
+    }
+
+    /** Until the template's own process runs: the container (or pod) exists and the template has printed. */
+    async function executing(runId: string): Promise<void> {
+      await eventually('the template to print', async () => ((await log(runId, 'stdout')).includes('example template') ? true : undefined), 120_000);
+    }
+
+    before(async () => {
+      sys = await startTestSystem(target === 'kubernetes' ? { nodeWorker: false, env: await kubernetesEnv() } : {});
+      images_ = {
+        example: await pushToRegistry(sys.docker, images.example),
+        leaky: await pushToRegistry(sys.docker, await scriptImage(sys.docker, '#!/bin/sh\necho "the key is $(cat /secrets/template-secrets.json)"\necho "key on stderr: $TF_VAR_message" >&2\n')),
+        stubborn: await pushToRegistry(
+          sys.docker,
+          await scriptImage(sys.docker, '#!/bin/sh\ntrap "echo ignoring TERM" TERM\necho "example template stubborn"\necho kept > /state/kept\nwhile true; do sleep 1; done\n'),
+        ),
+      };
+      example = await template(images_.example);
+    });
+    after(async () => {
+      await sys.stop();
+    });
+
+    it('gives the template its action, parameters file, environment and secrets file, and keeps its outputs and log', async () => {
+      const id = await deployment(example, { message: 'hello', api_key: SECRET });
+      const run = await ended(await start(id));
+      assert.equal(run.status, 'succeeded', run.message ?? '');
+      const out = run.outputs!;
+      assert.equal(out.action, 'deploy');
+      assert.equal(out.argv, 'deploy', 'the action is the only argument after the entrypoint');
+      assert.deepEqual(out.parameters, { message: 'hello', exit_code: 0, sleep_seconds: 0 }, 'sensitive values stay out of template-parameters.json');
+      assert.deepEqual(out.tfVars, { TF_VAR_message: 'hello', TF_VAR_exit_code: '0', TF_VAR_sleep_seconds: '0' });
+      assert.deepEqual(out.env, { GLIDERGUN_CONTRACT_VERSION: '1', GLIDERGUN_ACTION: 'deploy', GLIDERGUN_DEPLOYMENT_ID: id, GLIDERGUN_RUN_ID: run.id });
+      const secretsFile = `${JSON.stringify({ api_key: SECRET }, null, 2)}\n`;
+      assert.equal(out.secretsSha256, createHash('sha256').update(secretsFile).digest('hex'), '/secrets/template-secrets.json as documented');
+      const stdout = await log(run.id, 'stdout');
+      assert.match(stdout, new RegExp(`example template: action=deploy deployment=${id} run=${run.id} contract=1`));
+      assert.match(await log(run.id, 'file:history.log'), new RegExp(` deploy ${run.id}\\n$`), 'files written in /logs are kept');
+      assert.ok(!(await log(run.id)).includes(SECRET));
+    });
+
+    it('restores /state from the previous run and archives it after each one', async () => {
+      const id = await deployment(example, { message: 'twice' });
+      const first = await ended(await start(id));
+      assert.equal(first.status, 'succeeded', first.message ?? '');
+      assert.equal(first.outputs?.runCount, 1);
+      assert.equal(first.stateVersionFrom, null);
+      assert.ok(first.stateVersion, 'archived');
+      const second = await ended(await start(id, 'destroy'));
+      assert.equal(second.status, 'succeeded', second.message ?? '');
+      assert.equal(second.outputs?.runCount, 2, 'the second run saw the first run\'s /state');
+      assert.equal(second.stateVersionFrom, first.stateVersion);
+      assert.ok(second.stateVersion! > first.stateVersion!);
+      assert.equal((await sys.call<{ status: string }>('GET', `/v1/deployments/${id}`)).body.status, 'destroyed');
+    });
+
+    it('fails with reason exit-code and keeps the code and stderr when the template exits non-zero', async () => {
+      const id = await deployment(example, { message: 'boom', exit_code: 3 });
+      const run = await ended(await start(id));
+      assert.equal(run.status, 'failed');
+      assert.equal(run.reason, 'exit-code');
+      assert.equal(run.exitCode, 3);
+      assert.match(run.message ?? '', /exited with code 3/);
+      assert.match(await log(run.id, 'stderr'), /failing on purpose with exit code 3/);
+      assert.ok(run.stateVersion, '/state is archived after a failure too');
+    });
+
+    it('masks sensitive values in stdout and stderr', async () => {
+      const tpl = await template(images_.leaky);
+      const id = await deployment(tpl, { message: `msg-${SECRET}`, api_key: SECRET });
+      const run = await ended(await start(id));
+      assert.equal(run.status, 'succeeded', run.message ?? '');
+      const all = await log(run.id);
+      assert.ok(!all.includes(SECRET), all);
+      assert.match(await log(run.id, 'stdout'), /"api_key": "\*\*\*"/);
+      assert.match(await log(run.id, 'stderr'), /key on stderr: msg-\*\*\*/);
+    });
+
+    it('cancels a running template: SIGTERM, its log and /state kept, ended as cancelled', async () => {
+      const id = await deployment(example, { message: 'long', sleep_seconds: 120 });
+      const runId = await start(id);
+      await executing(runId);
+      const t0 = Date.now();
+      assert.equal((await sys.call('POST', `/v1/runs/${runId}/cancel`)).status, 202);
+      const run = await ended(runId);
+      assert.equal(run.status, 'cancelled', run.message ?? '');
+      assert.ok(Date.now() - t0 < 30_000, `cancel took ${Date.now() - t0} ms`);
+      assert.ok(run.stateVersion, '/state archived after a cancel');
+      assert.match(await log(runId, 'stdout'), /example template: action=deploy/);
+    });
+
+    it('kills a template that ignores SIGTERM after the grace period, and still archives /state', async () => {
+      const tpl = await template(images_.stubborn);
+      const id = await deployment(tpl, { message: 'stubborn' });
+      const runId = await start(id);
+      await executing(runId);
+      const t0 = Date.now();
+      assert.equal((await sys.call('POST', `/v1/runs/${runId}/cancel`)).status, 202);
+      const run = await ended(runId);
+      const took = Date.now() - t0;
+      assert.equal(run.status, 'cancelled');
+      assert.ok(took >= 2_000, `stopped after ${took} ms: before the 2 s grace`);
+      assert.ok(run.stateVersion);
+      const archive = await fetch(`${sys.api.url}/v1/deployments/${id}/state-versions/${run.stateVersion}/archive`, {
+        headers: { authorization: `Bearer ${sys.tokens.admin}` },
+      });
+      assert.equal(archive.status, 200);
+    });
+
+    it('stops a run at its timeout: failed with reason timeout, /state and log kept', async () => {
+      const id = await deployment(example, { message: 'slow', sleep_seconds: 120 }, { timeoutSeconds: 4 });
+      const run = await ended(await start(id));
+      assert.equal(run.status, 'failed');
+      assert.equal(run.reason, 'timeout');
+      assert.match(run.message ?? '', /timeout of 4s/);
+      assert.ok(run.stateVersion);
+      assert.match(await log(run.id, 'stdout'), /example template/);
+    });
+  });
+}
