@@ -122,7 +122,7 @@ for (const target of ['docker', 'kubernetes'] as const) {
       assert.equal(second.status, 'succeeded', second.message ?? '');
       assert.equal(second.outputs?.runCount, 2, 'the second run saw the first run\'s /state');
       assert.equal(second.stateVersionFrom, first.stateVersion);
-      assert.ok(second.stateVersion! > first.stateVersion!);
+      assert.ok(second.stateVersion! > first.stateVersion);
       assert.equal((await sys.call<{ status: string }>('GET', `/v1/deployments/${id}`)).body.status, 'destroyed');
     });
 

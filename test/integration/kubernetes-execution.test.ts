@@ -1,0 +1,212 @@
+/**
+ * What is particular to the Kubernetes adapter, on the test cluster (test/run.ts starts it): the Job's shape
+ * and what it must not hold, adoption of a running Job by a restarted worker, logs that outlive the kubelet's
+ * log rotation, and the failure modes that must end a run with a clear reason and leave nothing behind.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { BatchV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { K8S_MANAGED_LABEL, jobName, runSelector } from '../../activities/execution/kubernetes/job-spec.js';
+import { EXAMPLE_PARAMETERS, uniqueName } from '../support/fixtures.js';
+import { scriptImage } from '../support/images.js';
+import { pushToRegistry } from '../support/registry.js';
+import { env, eventually, images, kubernetesEnv, startTestSystem, type TestSystem } from '../support/system.js';
+
+interface Run {
+  id: string;
+  status: string;
+  reason: string | null;
+  exitCode: number | null;
+  message: string | null;
+  outputs: Record<string, unknown> | null;
+  stateVersion: number | null;
+}
+
+const SECRET = 'k8s-secret-value-never-in-the-job';
+
+describe('runs on Kubernetes', () => {
+  let sys: TestSystem;
+  let batch: BatchV1Api;
+  let core: CoreV1Api;
+  let namespace: string;
+  let example: string;
+  let exampleImage: string;
+
+  async function template(image: string): Promise<string> {
+    const name = uniqueName('k8s');
+    assert.equal((await sys.call('POST', '/v1/templates', { name })).status, 201);
+    const v = await sys.call('POST', `/v1/templates/${name}/versions`, {
+      image,
+      tfVars: true,
+      parameters: [...EXAMPLE_PARAMETERS, { name: 'api_key', type: 'string', required: false, sensitive: true }],
+    });
+    assert.equal(v.status, 201, JSON.stringify(v.body));
+    return name;
+  }
+
+  async function startRun(tpl: string, parameters: Record<string, unknown>, limits: Record<string, unknown> = {}, on = sys): Promise<string> {
+    const d = await on.call<{ id: string }>('POST', '/v1/deployments', { template: { name: tpl }, parameters, target: { kind: 'cluster' }, limits });
+    assert.equal(d.status, 201, JSON.stringify(d.body));
+    const r = await on.call<{ id: string }>('POST', `/v1/deployments/${d.body.id}/runs`, { action: 'deploy' });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    return r.body.id;
+  }
+
+  async function ended(runId: string, on = sys, timeoutMs = 120_000): Promise<Run> {
+    return eventually(`run ${runId} to end`, async () => {
+      const r = await on.call<Run>('GET', `/v1/runs/${runId}`);
+      return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+    }, timeoutMs);
+  }
+
+  async function stdout(runId: string, on = sys): Promise<string> {
+    const res = await fetch(`${on.api.url}/v1/runs/${runId}/logs?stream=stdout`, { headers: { authorization: `Bearer ${on.tokens.admin}` } });
+    return res.text();
+  }
+
+  /** Nothing of the run is left in the cluster: no Job, no pod, no Secret. */
+  async function nothingLeft(runId: string): Promise<void> {
+    await eventually(`run ${runId}'s Job, pod and Secret to be gone`, async () => {
+      const [jobs, pods, secrets] = await Promise.all([
+        batch.listNamespacedJob({ namespace, labelSelector: runSelector(runId) }),
+        core.listNamespacedPod({ namespace, labelSelector: runSelector(runId) }),
+        core.listNamespacedSecret({ namespace, labelSelector: runSelector(runId) }),
+      ]);
+      return jobs.items.length + pods.items.length + secrets.items.length === 0 ? true : undefined;
+    }, 60_000);
+  }
+
+  before(async () => {
+    sys = await startTestSystem({ nodeWorker: false, env: { ...(await kubernetesEnv()), GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS: '5' } });
+    // Assertions look with the admin's eyes; the system under test uses the worker's ServiceAccount.
+    const admin = new KubeConfig();
+    admin.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
+    batch = admin.makeApiClient(BatchV1Api);
+    core = admin.makeApiClient(CoreV1Api);
+    namespace = env('GG_TEST_K8S_NAMESPACE');
+    exampleImage = await pushToRegistry(sys.docker, images.example);
+    example = await template(exampleImage);
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  it('makes one Job per run that never retries, holds no credential or secret value, and is removed after the run', async () => {
+    const runId = await startRun(example, { message: 'shape', sleep_seconds: 30, api_key: SECRET });
+    const job = await eventually('the Job', async () => batch.readNamespacedJob({ name: jobName(runId), namespace }).catch(() => undefined));
+    assert.equal(job.metadata?.labels?.[K8S_MANAGED_LABEL], 'true');
+    assert.equal(job.spec?.backoffLimit, 0);
+    assert.equal(job.spec?.podReplacementPolicy, 'Failed');
+    assert.ok((job.spec?.activeDeadlineSeconds ?? 0) > 30, 'a deadline only as a backstop');
+    const pod = job.spec?.template.spec;
+    assert.equal(pod?.restartPolicy, 'Never');
+    assert.equal(pod?.automountServiceAccountToken, false);
+    assert.match(pod?.containers[0]?.image ?? '', /@sha256:[0-9a-f]{64}$/, 'the image is pinned by digest');
+    const text = JSON.stringify(job);
+    assert.ok(!text.includes(SECRET), 'no sensitive value in the Job');
+    const secret = await core.readNamespacedSecret({ name: jobName(runId), namespace });
+    const credential = Buffer.from(secret.data?.credential ?? '', 'base64').toString();
+    assert.match(credential, /^ggr_/);
+    assert.ok(!text.includes(credential), 'the credential is not in the Job');
+    assert.equal(secret.metadata?.ownerReferences?.[0]?.uid, job.metadata?.uid, 'the Secret goes with its Job');
+
+    await eventually('the template to run', async () => ((await stdout(runId)).includes('example template') ? true : undefined), 120_000);
+    const pods = await core.listNamespacedPod({ namespace, labelSelector: runSelector(runId) });
+    assert.equal(pods.items.length, 1);
+    assert.ok(!JSON.stringify(pods.items[0]).includes(SECRET), 'no sensitive value in the pod');
+
+    assert.equal((await sys.call('POST', `/v1/runs/${runId}/cancel`)).status, 202);
+    assert.equal((await ended(runId)).status, 'cancelled');
+    await nothingLeft(runId);
+  });
+
+  it('adopts its running Job when the worker restarts mid-run: one pod, the template ran once', async () => {
+    const runId = await startRun(example, { message: 'adopt', sleep_seconds: 8 });
+    await eventually('the template to run', async () => ((await stdout(runId)).includes('example template') ? true : undefined), 120_000);
+    const before_ = await batch.readNamespacedJob({ name: jobName(runId), namespace });
+    await sys.stopClusterWorker();
+    await new Promise((r) => setTimeout(r, 1_000));
+    await sys.startClusterWorker();
+    const run = await ended(runId);
+    assert.equal(run.status, 'succeeded', run.message ?? '');
+    assert.equal(run.outputs?.runCount, 1);
+    assert.equal((await stdout(runId)).match(/example template: action/g)?.length, 1, 'the template ran once');
+    const after_ = await batch.readNamespacedJob({ name: jobName(runId), namespace }).catch(() => undefined);
+    assert.ok(!after_ || after_.metadata?.uid === before_.metadata?.uid, 'the same Job, never a second one');
+    await nothingLeft(runId);
+  });
+
+  it('keeps every byte of a log larger than the kubelet keeps before rotating', async () => {
+    const image = await pushToRegistry(sys.docker, await scriptImage(sys.docker, '#!/bin/sh\necho "example template big"\nseq 1 400000\n'));
+    const runId = await startRun(await template(image), { message: 'big' });
+    const run = await ended(runId);
+    assert.equal(run.status, 'succeeded', run.message ?? '');
+    let expected = 'example template big\n';
+    for (let i = 1; i <= 400_000; i++) expected += `${i}\n`;
+    const got = await stdout(runId);
+    assert.equal(got.length, expected.length);
+    assert.equal(createHash('sha256').update(got).digest('hex'), createHash('sha256').update(expected).digest('hex'));
+    await nothingLeft(runId);
+  });
+
+  it('fails a pod that no node can take as unschedulable after the bounded wait, leaving nothing behind', async () => {
+    const runId = await startRun(example, { message: 'too big' }, { memoryMb: 64 * 1024 * 1024 });
+    const run = await ended(runId);
+    assert.equal(run.status, 'failed');
+    assert.equal(run.reason, 'unschedulable');
+    assert.match(run.message ?? '', /Insufficient memory|nodes are available/);
+    await nothingLeft(runId);
+  });
+
+  it('fails at once with image-unavailable when the template image is not in the registry', async () => {
+    const tpl = await template(`${env('GG_TEST_REGISTRY')}/glider-gun/no-such-template:1`);
+    const runId = await startRun(tpl, { message: 'missing' });
+    const run = await ended(runId);
+    assert.equal(run.status, 'failed');
+    assert.equal(run.reason, 'image-unavailable');
+    assert.match(run.message ?? '', /not in registry/);
+    await nothingLeft(runId);
+  });
+});
+
+describe('runs on Kubernetes whose images the node cannot pull', () => {
+  let sys: TestSystem;
+
+  before(async () => {
+    sys = await startTestSystem({
+      nodeWorker: false,
+      env: {
+        ...(await kubernetesEnv()),
+        GLIDERGUN_KUBERNETES_RUNNER_IMAGE: `${env('GG_TEST_REGISTRY')}/glider-gun/no-such-runner:1`,
+        GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS: '5',
+      },
+    });
+  });
+  after(async () => {
+    await sys.stop();
+  });
+
+  it('fails the run with image-unavailable after the bounded wait, and removes the Job', async () => {
+    const name = uniqueName('k8s-pull');
+    assert.equal((await sys.call('POST', '/v1/templates', { name })).status, 201);
+    const image = await pushToRegistry(sys.docker, images.example);
+    assert.equal((await sys.call('POST', `/v1/templates/${name}/versions`, { image, tfVars: true, parameters: EXAMPLE_PARAMETERS })).status, 201);
+    const d = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name }, parameters: { message: 'x' }, target: { kind: 'cluster' } });
+    const r = await sys.call<{ id: string }>('POST', `/v1/deployments/${d.body.id}/runs`, { action: 'deploy' });
+    const run = await eventually('the run to end', async () => {
+      const got = await sys.call<Run>('GET', `/v1/runs/${r.body.id}`);
+      return ['succeeded', 'failed', 'cancelled'].includes(got.body.status) ? got.body : undefined;
+    }, 120_000);
+    assert.equal(run.status, 'failed');
+    assert.equal(run.reason, 'image-unavailable');
+    assert.match(run.message ?? '', /no-such-runner/);
+    const admin = new KubeConfig();
+    admin.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
+    const batch = admin.makeApiClient(BatchV1Api);
+    await eventually('the Job to be gone', async () => {
+      const jobs = await batch.listNamespacedJob({ namespace: env('GG_TEST_K8S_NAMESPACE'), labelSelector: runSelector(r.body.id) });
+      return jobs.items.length === 0 ? true : undefined;
+    });
+  });
+});
