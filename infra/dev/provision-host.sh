@@ -2,7 +2,9 @@
 # Makes a Debian machine (as root) ready to run Glider Gun's tests and its node worker:
 # installs Debian's docker.io (dockerd, containerd, runc, tini) and busybox-static (for the locally made
 # base images), starts dockerd if it is not answering, and starts the machine's Postgres if it is
-# installed but down. Idempotent: on a ready machine it only checks. Progress goes to stderr.
+# installed but down. For the Kubernetes test cluster (infra/dev/kubernetes.ts) it installs the CNI
+# plugins, the image registry, openssl and iptables, and gcc for the pause image.
+# Idempotent: on a ready machine it only checks. Progress goes to stderr.
 set -euo pipefail
 
 say() { echo "[provision] $*" >&2; }
@@ -30,6 +32,11 @@ fi
 packages=()
 command -v dockerd >/dev/null || packages+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
+# The Kubernetes test cluster: pod networking (bridge, host-local, loopback, portmap, firewall in /usr/lib/cni),
+# the registry its node pulls from, its certificates, the firewall plugin's iptables, and a static pause binary.
+for pkg in containernetworking-plugins docker-registry openssl iptables gcc libc6-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || packages+=("$pkg")
+done
 if ((${#packages[@]})); then
   say "installing ${packages[*]} from Debian"
   apt-get update -qq
@@ -64,5 +71,11 @@ fi
 
 if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
   say "note: Go is at /usr/local/go/bin but not on PATH; the Temporal CLI build needs it there"
+fi
+k8s_bin=${GLIDERGUN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/glider-gun}/kubernetes-${K8S_VERSION:-1.34.4}/bin
+if [ -x "$k8s_bin/kubelet" ]; then
+  say "the Kubernetes components are built ($k8s_bin)"
+else
+  say "note: the Kubernetes components are not built yet: the first test run builds them (infra/k8s/build.sh, minutes)"
 fi
 say "host ready"
