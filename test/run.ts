@@ -5,6 +5,7 @@
  *
  *   DATABASE_URL   use this Postgres server (a fresh database is made on it); otherwise an embedded one
  *   DOCKER_HOST    the Docker engine (default socket otherwise)
+ *   GG_TEST_KUBERNETES=0   skip the Kubernetes test cluster (quick local runs; its tests are skipped then)
  *   npm test -- test/unit   runs only the files under the given paths
  */
 import { spawn } from 'node:child_process';
@@ -31,7 +32,14 @@ async function main(): Promise<number> {
   if (files.length === 0) throw new Error(`no test files under ${selected.join(' ')}`);
   let services: TestServices | undefined;
   try {
-    services = await startTestServices('test');
+    // A Ctrl-C (or a CI timeout's SIGTERM) still stops the services: the cluster's pods and mounts included.
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      process.once(signal, () => {
+        say(`${signal}: stopping the test services`);
+        void (services?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
+      });
+    }
+    services = await startTestServices('test', { kubernetes: process.env.GG_TEST_KUBERNETES !== '0' });
     const { docker, scratch, env } = services;
     const tapFile = path.join(scratch, 'results.tap');
     say(`running ${files.length} test files`);

@@ -1,7 +1,8 @@
 /**
  * The services the tests and the benchmarks run against, started afresh with ephemeral ports: a Temporal
  * dev server in memory, a new database (on DATABASE_URL's server, else an embedded Postgres), the Docker
- * engine's base images and the workflow bundle. Exposed to the code under test as GG_TEST_* variables.
+ * engine's base images, the workflow bundle and, when asked, a single-node Kubernetes cluster with the base
+ * images in its registry. Exposed to the code under test as GG_TEST_* variables.
  */
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -12,6 +13,7 @@ import { migrate } from '../../core/db/migrate.js';
 import { WORKFLOWS_PATH } from '../../workers/cluster.js';
 import { createDockerClient } from '../../workers/node.js';
 import { ensureBaseImages } from './images.js';
+import { startTestCluster, type TestCluster } from './kubernetes.js';
 import { freePort } from './ports.js';
 import { adminUrlOf, dropDatabase, ensureDatabase, startEmbeddedPostgres, withDatabase } from './postgres.js';
 import { say, step } from './progress.js';
@@ -22,10 +24,35 @@ export interface TestServices {
   scratch: string;
   /** GG_TEST_* variables describing these services. */
   env: Record<string, string>;
+  /** The Kubernetes test cluster, when asked for. */
+  kubernetes: TestCluster | undefined;
   stop(): Promise<void>;
 }
 
-export async function startTestServices(purpose: string): Promise<TestServices> {
+/**
+ * The variables a test file finds when the Kubernetes cluster runs (all unset otherwise):
+ *   GG_TEST_KUBECONFIG_WORKER  kubeconfig of the ServiceAccount glider-gun-worker (infra/k8s/rbac.yaml's Role only)
+ *   GG_TEST_KUBECONFIG_ADMIN   kubeconfig of a cluster admin (for test set-up and checks, not for the code under test)
+ *   GG_TEST_K8S_NAMESPACE      the namespace runs go to
+ *   GG_TEST_REGISTRY           host:port of the registry the node pulls from (`docker push` to it works)
+ *   GG_TEST_HOST_ADDRESS       an address of this host pods can reach: listen there for pods to call back
+ *   GG_TEST_K8S_IMAGE_BUSYBOX, GG_TEST_K8S_IMAGE_EXAMPLE   the base images, already in that registry
+ *   GG_TEST_KUBECTL            kubectl of the cluster's version
+ */
+function kubernetesEnv(cluster: TestCluster, images: { busybox: string; example: string }): Record<string, string> {
+  return {
+    GG_TEST_KUBECONFIG_WORKER: cluster.workerKubeconfig,
+    GG_TEST_KUBECONFIG_ADMIN: cluster.adminKubeconfig,
+    GG_TEST_K8S_NAMESPACE: cluster.namespace,
+    GG_TEST_REGISTRY: cluster.registry,
+    GG_TEST_HOST_ADDRESS: cluster.hostAddress,
+    GG_TEST_K8S_IMAGE_BUSYBOX: images.busybox,
+    GG_TEST_K8S_IMAGE_EXAMPLE: images.example,
+    GG_TEST_KUBECTL: path.join(cluster.binDir, 'kubectl'),
+  };
+}
+
+export async function startTestServices(purpose: string, opts: { kubernetes?: boolean } = {}): Promise<TestServices> {
   const scratch = await mkdtemp(path.join(os.tmpdir(), `glider-gun-${purpose}-`));
   // The embedded Postgres runs as its own user when we are root; it must be able to reach its folder.
   await chmod(scratch, 0o755);
@@ -41,6 +68,15 @@ export async function startTestServices(purpose: string): Promise<TestServices> 
       });
     });
     const images = await step('making the base images', () => ensureBaseImages(docker));
+
+    // The cluster comes up (a minute at most once built) while the other services do.
+    let cluster: Promise<TestCluster> | undefined;
+    if (opts.kubernetes) {
+      cluster = startTestCluster({ dir: path.join(scratch, 'k8s') });
+      const starting = cluster;
+      cleanups.push(async () => (await starting.catch(() => undefined))?.stop());
+      starting.catch(() => undefined); // awaited below; a failure must not be unhandled meanwhile
+    }
 
     const binary = await ensureTemporalCli();
     const temporal = await step('starting a Temporal dev server (in memory)', async () => startTemporalServer({ binary, port: await freePort() }));
@@ -73,10 +109,24 @@ export async function startTestServices(purpose: string): Promise<TestServices> 
       await writeFile(bundlePath, code);
     });
 
+    let kubernetes: TestCluster | undefined;
+    let k8sEnv: Record<string, string> = {};
+    if (cluster) {
+      kubernetes = await cluster;
+      const started = kubernetes;
+      const pushed = await step('pushing the base images to the cluster\'s registry', async () => ({
+        busybox: await started.pushImage(images.busybox),
+        example: await started.pushImage(images.example),
+      }));
+      k8sEnv = kubernetesEnv(kubernetes, pushed);
+    }
+
     return {
       docker,
       scratch,
+      kubernetes,
       env: {
+        ...k8sEnv,
         GG_TEST_DATABASE_URL: databaseUrl,
         GG_TEST_TEMPORAL_ADDRESS: temporal.address,
         GG_TEST_TEMPORAL_CLI: binary,
