@@ -1,0 +1,3 @@
+module glider-gun.local/pod-runner
+
+go 1.24
