@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -91,9 +92,14 @@ func TestSecretStrings(t *testing.T) {
 	}
 }
 
-type memoryUploader struct{ stored map[string][]byte }
+type memoryUploader struct {
+	mu     sync.Mutex
+	stored map[string][]byte
+}
 
 func (m *memoryUploader) putLog(_ context.Context, stream string, offset int64, data []byte) uploadResult {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.stored[stream] = append(m.stored[stream][:offset], data...)
 	return uploadResult{stored: offset + int64(len(data))}
 }

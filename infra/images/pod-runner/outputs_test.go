@@ -1,0 +1,45 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// The cases of test/unit/outputs.test.ts, with the exact texts of outputs.ts.
+func TestReadOutputs(t *testing.T) {
+	stateWith := func(write func(file string) error) string {
+		dir := t.TempDir()
+		must(t, write(filepath.Join(dir, "outputs.json")))
+		return dir
+	}
+	writeText := func(text string) func(string) error {
+		return func(f string) error { return os.WriteFile(f, []byte(text), 0o644) }
+	}
+	check := func(dir, wantRaw string, wantWarnings ...string) {
+		t.Helper()
+		raw, warnings := readOutputs(dir)
+		if string(raw) != wantRaw || strings.Join(warnings, "|") != strings.Join(wantWarnings, "|") {
+			t.Errorf("got %q %q, want %q %q", raw, warnings, wantRaw, wantWarnings)
+		}
+	}
+	check(stateWith(writeText(`{"url":"https://x","n":1}`)), `{"url":"https://x","n":1}`)
+	check(stateWith(func(string) error { return nil }), "")
+	check(stateWith(writeText("{not json")), "", "outputs.json is not valid JSON (Expected property name or '}' in JSON at position 1 (line 1 column 2)); outputs ignored")
+	check(stateWith(writeText("")), "", "outputs.json is not valid JSON (Unexpected end of JSON input); outputs ignored")
+	for _, notObject := range []string{"[1,2]", `"text"`, "null", " 1 "} {
+		check(stateWith(writeText(notObject)), "", "outputs.json must hold a JSON object; outputs ignored")
+	}
+	secret := filepath.Join(t.TempDir(), "host-secret.json")
+	must(t, os.WriteFile(secret, []byte(`{"password":"hunter2"}`), 0o644))
+	check(stateWith(func(f string) error { return os.Symlink(secret, f) }), "", "outputs.json is a symbolic link; outputs ignored")
+	check(stateWith(func(f string) error { return syscall.Mkfifo(f, 0o644) }), "", "outputs.json is not a regular file; outputs ignored")
+	check(stateWith(func(f string) error { return os.Mkdir(f, 0o755) }), "", "outputs.json is not a regular file; outputs ignored")
+	big := `{"x":"` + strings.Repeat("a", maxOutputsBytes) + `"}`
+	check(stateWith(writeText(big)), "", "outputs.json is 1048584 bytes, over the 1048576-byte limit; outputs ignored")
+	if os.Getuid() != 0 {
+		check(stateWith(func(f string) error { return os.WriteFile(f, []byte("{}"), 0) }), "", "outputs.json could not be read (EACCES); outputs ignored")
+	}
+}
