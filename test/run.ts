@@ -33,8 +33,16 @@ async function main(): Promise<number> {
   let services: TestServices | undefined;
   try {
     // A Ctrl-C (or a CI timeout's SIGTERM) still stops the services: the cluster's pods and mounts included.
+    // One Ctrl-C arrives several times (npm and tsx pass it on too): the first stops the services; another,
+    // seconds later, is someone who does not want to wait: quit.
+    let firstSignal: number | undefined;
     for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-      process.once(signal, () => {
+      process.on(signal, () => {
+        if (firstSignal !== undefined) {
+          if (Date.now() - firstSignal > 2000) process.exit(130);
+          return;
+        }
+        firstSignal = Date.now();
         say(`${signal}: stopping the test services`);
         void (services?.stop() ?? Promise.resolve()).finally(() => process.exit(130));
       });

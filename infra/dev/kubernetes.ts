@@ -548,10 +548,10 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
   const PHASES = ['pods and kubelet', 'controllers', 'containerd', 'mounts and cgroups', 'apiserver', 'etcd and registry', 'network'] as const;
   const cleanups: { phase: number; what: string; fn: () => Promise<unknown> }[] = [];
   const later = (phase: (typeof PHASES)[number], what: string, fn: () => Promise<unknown>) => cleanups.push({ phase: PHASES.indexOf(phase), what, fn });
-  let stopped = false;
-  const stop = async () => {
-    if (stopped) return;
-    stopped = true;
+  // Every caller of stop() waits for the one teardown (a signal handler and the normal path may both call it).
+  let stopping: Promise<void> | undefined;
+  const stop = () => (stopping ??= teardown());
+  const teardown = async () => {
     const started = Date.now();
     for (let phase = 0; phase < PHASES.length; phase++) {
       await Promise.all(

@@ -57,9 +57,12 @@ export async function startTestServices(purpose: string, opts: { kubernetes?: bo
   // The embedded Postgres runs as its own user when we are root; it must be able to reach its folder.
   await chmod(scratch, 0o755);
   const cleanups: (() => Promise<unknown>)[] = [() => rm(scratch, { recursive: true, force: true })];
-  const stop = async () => {
-    for (const c of cleanups.reverse()) await c().catch((err: unknown) => say(`cleanup: ${String(err)}`));
-  };
+  // Once, however often called (a signal handler and the normal path may both stop the services).
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      for (const c of [...cleanups].reverse()) await c().catch((err: unknown) => say(`cleanup: ${String(err)}`));
+    })());
   try {
     const docker = createDockerClient(process.env.DOCKER_HOST);
     await step('checking the Docker engine', async () => {
