@@ -1,15 +1,18 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFile, readdir } from 'node:fs/promises';
+import { access, mkdir, readFile, readdir, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type Docker from 'dockerode';
 import tar from 'tar-stream';
+import { cacheDir } from './cache.js';
 import { say as defaultSay, step, type Say } from './progress.js';
 
 const IMAGES_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'images');
+/** The Go module of the pod-runner, the static binary a Kubernetes run's template container runs under. */
+export const POD_RUNNER_DIR = path.join(IMAGES_DIR, 'pod-runner');
 /** Debian's busybox-static: a self-contained userland for base images, since no image registry can be reached. */
 export const BUSYBOX_PATH = process.env.GLIDERGUN_BUSYBOX ?? '/bin/busybox';
 
@@ -100,4 +103,42 @@ export async function ensureBaseImages(docker: Docker, out: Say = defaultSay): P
   await docker.getImage(example).tag({ repo: 'glider-gun/example-template', tag: 'latest' });
   await docker.getImage(busybox).tag({ repo: 'glider-gun/busybox', tag: 'latest' });
   return { busybox, example };
+}
+
+/** The environment for `go`: found on PATH or where infra/dev/provision-host.sh installs it; no toolchain download. */
+export function goEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/local/go/bin`, GOTOOLCHAIN: 'local', CGO_ENABLED: '0' };
+}
+
+/**
+ * The pod-runner as an image of one file, `/pod-runner` (FROM scratch), tagged by a hash of its Go sources.
+ * The static binary is built once per hash into the cache, so an unchanged runner costs one image lookup.
+ */
+export async function ensurePodRunnerImage(docker: Docker, out: Say = defaultSay): Promise<string> {
+  const files = (await readdir(POD_RUNNER_DIR)).filter((f) => f === 'go.mod' || (f.endsWith('.go') && !f.endsWith('_test.go'))).sort();
+  const contents = await Promise.all(files.map((f) => readFile(path.join(POD_RUNNER_DIR, f))));
+  const version = hash(...files.flatMap((f, i) => [f, '\0', contents[i]!, '\0']));
+  const ref = `glider-gun/pod-runner:${version}`;
+  if (await imageExists(docker, ref)) return ref;
+  const binary = path.join(cacheDir('pod-runner', version), 'pod-runner');
+  if (!(await access(binary).then(() => true, () => false))) {
+    await step(`building the pod-runner (go build, ${version})`, async () => {
+      await mkdir(path.dirname(binary), { recursive: true });
+      const partial = `${binary}.${process.pid}.tmp`;
+      await promisify(execFile)('go', ['build', '-trimpath', '-ldflags=-s -w', '-o', partial, '.'], { cwd: POD_RUNNER_DIR, env: goEnv() }).catch(
+        (err: Error & { stderr?: string }) => {
+          throw new Error(`go build of ${POD_RUNNER_DIR} failed (is Go installed?): ${err.stderr?.trim() || err.message}`);
+        },
+      );
+      await rename(partial, binary);
+    }, out);
+  }
+  await step(`making image ${ref}`, async () => {
+    const pack = tar.pack();
+    pack.entry({ name: 'pod-runner', mode: 0o755 }, await readFile(binary));
+    pack.finalize();
+    const [repo, tag] = ref.split(':') as [string, string];
+    await drain(docker, await docker.importImage(Readable.from(pack), { repo, tag, changes: ['ENTRYPOINT ["/pod-runner"]'] } as object));
+  }, out);
+  return ref;
 }
