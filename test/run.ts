@@ -13,6 +13,7 @@ import { readFile, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { MANAGED_LABEL } from '../activities/execution/adapter.js';
+import { POD_RUNNER_DIR, goEnv } from '../infra/dev/images.js';
 import { say } from '../infra/dev/progress.js';
 import { startTestServices, type TestServices } from '../infra/dev/test-services.js';
 import { SECRETS_ROOT } from './support/system.js';
@@ -26,10 +27,32 @@ async function findTestFiles(dir: string): Promise<string[]> {
     .sort();
 }
 
+/** The pod-runner's own tests (Go, infra/images/pod-runner): a few seconds, before anything is started. */
+async function podRunnerTests(): Promise<boolean> {
+  const started = Date.now();
+  say('pod-runner (Go): go vet + go test ...');
+  const go = (args: string[]) =>
+    new Promise<boolean>((resolve) => {
+      const child = spawn('go', args, { cwd: POD_RUNNER_DIR, env: goEnv(), stdio: ['ignore', 'inherit', 'inherit'] });
+      child.on('error', (err) => {
+        say(`cannot run 'go' (${err.message}): install Go 1.24+ (https://go.dev/dl) or put it on PATH`);
+        resolve(false);
+      });
+      child.on('exit', (code) => resolve(code === 0));
+    });
+  const ok = (await go(['vet', './...'])) && (await go(['test', './...']));
+  say(`pod-runner (Go): ${ok ? 'ok' : 'FAILED'} in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+  return ok;
+}
+
 async function main(): Promise<number> {
   const selected = process.argv.slice(2);
   const files = (await Promise.all((selected.length ? selected : ['test']).map((p) => findTestFiles(p)))).flat();
   if (files.length === 0) throw new Error(`no test files under ${selected.join(' ')}`);
+  if (!(await podRunnerTests())) {
+    console.log('the pod-runner\'s Go tests failed: nothing else was run');
+    return 1;
+  }
   let services: TestServices | undefined;
   try {
     // A Ctrl-C (or a CI timeout's SIGTERM) still stops the services: the cluster's pods and mounts included.
