@@ -101,6 +101,9 @@ func TestLogsSurviveAnAgentOutage(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	defer srv.Close()
+	oldMax := maxUnacknowledged
+	maxUnacknowledged = 4096 // the source has to wait for the agent
+	t.Cleanup(func() { maxUnacknowledged = oldMax })
 	c := NewLogCollector(newAgentClient(srv.URL, "run-1", testToken), []string{"hunter2"}, 0, nil)
 	var want bytes.Buffer
 	for i := 0; i < 2000; i++ {
@@ -111,6 +114,8 @@ func TestLogsSurviveAnAgentOutage(t *testing.T) {
 	if warnings := c.End(10 * time.Second); len(warnings) > 0 {
 		t.Fatal(warnings)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if !bytes.Equal(stored["stdout"], want.Bytes()) {
 		t.Errorf("stored %d bytes, want %d", len(stored["stdout"]), want.Len())
 	}

@@ -16,8 +16,8 @@ import (
 var (
 	flushBytes    = 256 * 1024
 	flushInterval = 250 * time.Millisecond
-	// Bytes of a stream kept while the agent has not acknowledged them; past it the source waits.
-	maxUnacknowledged = 32 * 1024 * 1024
+	// Bytes kept (all streams together) while the agent has not acknowledged them; past it a source waits.
+	maxUnacknowledged int64 = 64 * 1024 * 1024
 )
 
 // logUploader stores a piece of a stream at an offset; see agent.go.
@@ -42,7 +42,6 @@ type logStream struct {
 	echo     io.Writer
 
 	mu      sync.Mutex
-	changed *sync.Cond
 	buf     []byte // the bytes at [acked, acked+len(buf))
 	acked   int64  // what the agent holds
 	ended   bool
@@ -63,6 +62,10 @@ type LogCollector struct {
 	order   []string
 	ctx     context.Context // cancelled when waiting for the agent is given up
 	cancel  context.CancelFunc
+
+	budgetMu sync.Mutex
+	room     *sync.Cond // signalled when unacked goes down or waiting is given up
+	unacked  int64
 }
 
 func NewLogCollector(up logUploader, secrets []string, maxBytes int64, echo map[string]io.Writer) *LogCollector {
@@ -70,7 +73,20 @@ func NewLogCollector(up logUploader, secrets []string, maxBytes int64, echo map[
 		maxBytes = math.MaxInt64
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &LogCollector{up: up, secrets: secrets, maxBytes: maxBytes, echo: echo, streams: map[string]*logStream{}, ctx: ctx, cancel: cancel}
+	c := &LogCollector{up: up, secrets: secrets, maxBytes: maxBytes, echo: echo, streams: map[string]*logStream{}, ctx: ctx, cancel: cancel}
+	c.room = sync.NewCond(&c.budgetMu)
+	return c
+}
+
+// release gives back room for n bytes the agent acknowledged (or that will never be sent).
+func (c *LogCollector) release(n int64) {
+	if n <= 0 {
+		return
+	}
+	c.budgetMu.Lock()
+	c.unacked -= n
+	c.room.Broadcast()
+	c.budgetMu.Unlock()
 }
 
 func (c *LogCollector) stream(name string) *logStream {
@@ -81,7 +97,6 @@ func (c *LogCollector) stream(name string) *logStream {
 	}
 	s := &logStream{name: name, masker: NewMasker(c.secrets), maxBytes: c.maxBytes, echo: c.echo[name],
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
-	s.changed = sync.NewCond(&s.mu)
 	c.streams[name] = s
 	c.order = append(c.order, name)
 	go c.upload(s)
@@ -119,16 +134,21 @@ func (c *LogCollector) emit(s *logStream, masked []byte) {
 	}
 	start := s.produced
 	s.produced += int64(len(data))
+	// Back-pressure: a source waits (and with it the template's writes) rather than bytes being dropped.
+	c.budgetMu.Lock()
+	for c.unacked >= maxUnacknowledged && c.ctx.Err() == nil {
+		c.room.Wait()
+	}
+	c.unacked += int64(len(data))
+	c.budgetMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// Back-pressure: a source waits (and with it the template's writes) rather than bytes being dropped.
-	for len(s.buf) >= maxUnacknowledged && s.failure == nil && c.ctx.Err() == nil {
-		s.changed.Wait()
-	}
 	if s.failure != nil {
+		c.release(int64(len(data)))
 		return
 	}
 	if skip := s.acked - start; skip > 0 { // the agent already holds these (a resent stream)
+		c.release(min(skip, int64(len(data))))
 		if skip >= int64(len(data)) {
 			return
 		}
@@ -170,20 +190,21 @@ func (c *LogCollector) upload(s *logStream) {
 			s.mu.Unlock()
 			res := c.up.putLog(c.ctx, s.name, offset, chunk)
 			s.mu.Lock()
+			var freed int64
 			switch {
 			case res.fatal != nil:
 				s.failure = res.fatal
-				s.buf = nil
+				freed, s.buf = int64(len(s.buf)), nil
 			case res.stored < s.acked:
 				s.failure = fmt.Errorf("the agent holds %d bytes, fewer than the %d it acknowledged", res.stored, s.acked)
-				s.buf = nil
+				freed, s.buf = int64(len(s.buf)), nil
 			default:
-				drop := min(res.stored-s.acked, int64(len(s.buf)))
-				s.buf = s.buf[drop:]
+				freed = min(res.stored-s.acked, int64(len(s.buf)))
+				s.buf = s.buf[freed:]
 				s.acked = res.stored
 			}
-			s.changed.Broadcast()
 			s.mu.Unlock()
+			c.release(freed)
 			if c.ctx.Err() != nil {
 				return
 			}
@@ -203,11 +224,9 @@ func (c *LogCollector) End(wait time.Duration) []string {
 	c.mu.Unlock()
 	giveUp := func() {
 		c.cancel()
-		for _, s := range streams { // wakes a source waiting for room
-			s.mu.Lock()
-			s.changed.Broadcast()
-			s.mu.Unlock()
-		}
+		c.budgetMu.Lock()
+		c.room.Broadcast() // wakes a source waiting for room
+		c.budgetMu.Unlock()
 	}
 	timer := time.AfterFunc(wait, giveUp)
 	defer timer.Stop()

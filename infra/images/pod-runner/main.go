@@ -239,16 +239,14 @@ func run(argv []string) int {
 		return fatal("writing %s: %v", parametersFile, err)
 	}
 
-	res := result{}
 	if r.stopped.Load() {
-		// Like the Docker adapter: a run stopped before its container started still archives /state as restored.
+		// Like the Docker adapter: a run stopped before its container started still archives /state as
+		// restored (and has no outputs).
 		say("stopped before the template started")
 		r.warn("stopped before the template started")
-		res = result{ExitCode: 128 + int(syscall.SIGTERM), Stopped: true}
-	} else {
-		res = r.runTemplate(argv, reaper, secretValues)
+		return r.finish(result{ExitCode: 128 + int(syscall.SIGTERM), Stopped: true}, false)
 	}
-	return r.finish(res)
+	return r.finish(r.runTemplate(argv, reaper, secretValues), true)
 }
 
 // restore unpacks the state to restore, retrying while the agent cannot be reached.
@@ -465,14 +463,16 @@ func (r *runner) runTemplate(argv []string, reaper *reaper, secretValues []strin
 	return res
 }
 
-// finish reads the outputs, archives /state, reports the result and gives the runner's exit code.
-func (r *runner) finish(res result) int {
+// finish reads the outputs (when the template was started), archives /state, reports the result and gives the runner's exit code.
+func (r *runner) finish(res result, started bool) int {
 	failed := false
-	raw, outputWarnings := readOutputs(r.cfg.stateDir)
-	for _, w := range outputWarnings {
-		r.warn(w)
+	if started {
+		raw, outputWarnings := readOutputs(r.cfg.stateDir)
+		for _, w := range outputWarnings {
+			r.warn(w)
+		}
+		res.Outputs = raw
 	}
-	res.Outputs = raw
 
 	var archiveWarnings []string
 	version, err := r.agent.putState(context.Background(), archiveRetryFor, func(w io.Writer) error {

@@ -47,6 +47,7 @@ type fakeAgent struct {
 	archives                 [][]byte
 	results                  []map[string]any
 	marks                    map[string]string // a log stream containing the key creates the file
+	stateAsked               chan struct{}     // closed when the state is asked for (then answered a second later)
 	srv                      *httptest.Server
 }
 
@@ -62,6 +63,14 @@ func newFakeAgent(t *testing.T, setup func(a *fakeAgent)) *fakeAgent {
 }
 
 func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	asked := a.stateAsked
+	a.stateAsked = nil
+	a.mu.Unlock()
+	if r.Method == http.MethodGet && asked != nil {
+		close(asked) // the test signals the runner while the answer is slow
+		time.Sleep(time.Second)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r.Header.Get("Authorization") != "Bearer "+testToken {
@@ -513,5 +522,36 @@ func TestInstall(t *testing.T) {
 	self, _ := os.Stat(os.Args[0])
 	if info.Mode().Perm() != 0o755 || info.Size() != self.Size() {
 		t.Errorf("mode %o, %d bytes", info.Mode().Perm(), info.Size())
+	}
+}
+
+func TestStoppedBeforeTheTemplateStarted(t *testing.T) {
+	requireShell(t)
+	asked := make(chan struct{})
+	a := newFakeAgent(t, func(a *fakeAgent) {
+		a.restore = archiveOf(t, map[string]string{"outputs.json": `{"old":true}`, "kept": "k"}, nil)
+		a.stateAsked = asked
+	})
+	d := newRunDirs(t)
+	marker := filepath.Join(t.TempDir(), "started")
+	r := startRunner(t, a, d, []string{"GG_RESTORE=1"}, "/bin/sh", "-c", "touch "+marker)
+	<-asked
+	must(t, r.cmd.Process.Signal(syscall.SIGTERM))
+	if code := r.wait(t); code != 143 {
+		t.Errorf("exit code %d; stderr:\n%s", code, r.stderr)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the template was started")
+	}
+	results, archives, _ := a.reported()
+	want := `{"exitCode":143,"stateVersion":7,"stopped":true,"warnings":["stopped before the template started"]}`
+	if len(results) != 1 || len(archives) != 1 {
+		t.Fatalf("results %v, %d archives", results, len(archives))
+	}
+	if got, _ := json.Marshal(results[0]); string(got) != want {
+		t.Errorf("result %s, want %s", got, want)
+	}
+	if files := archiveFiles(t, archives[0]); files["kept"] != "k" || files["template-parameters.json"] == "" {
+		t.Errorf("archive %q", files)
 	}
 }
