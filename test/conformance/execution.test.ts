@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { EXAMPLE_PARAMETERS, uniqueName } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
 import { pushToRegistry } from '../support/registry.js';
-import { eventually, images, kubernetesEnv, startTestSystem, type TestSystem } from '../support/system.js';
+import { eventually, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
 interface Run {
   id: string;
@@ -26,7 +26,8 @@ interface Run {
 const SECRET = 's3cr3t-value-for-conformance';
 
 for (const target of ['docker', 'kubernetes'] as const) {
-  describe(`the template contract on ${target === 'docker' ? 'a Docker node' : 'Kubernetes (one Job per run)'}`, () => {
+  const skip = target === 'kubernetes' ? noCluster : false;
+  describe(`the template contract on ${target === 'docker' ? 'a Docker node' : 'Kubernetes (one Job per run)'}`, { skip }, () => {
     let sys: TestSystem;
     let example: string;
     let images_: { example: string; leaky: string; stubborn: string };

@@ -11,7 +11,7 @@ import { K8S_MANAGED_LABEL, jobName, runSelector } from '../../activities/execut
 import { EXAMPLE_PARAMETERS, uniqueName } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
 import { pushToRegistry } from '../support/registry.js';
-import { env, eventually, images, kubernetesEnv, startTestSystem, type TestSystem } from '../support/system.js';
+import { env, eventually, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
 interface Run {
   id: string;
@@ -25,7 +25,7 @@ interface Run {
 
 const SECRET = 'k8s-secret-value-never-in-the-job';
 
-describe('runs on Kubernetes', () => {
+describe('runs on Kubernetes', { skip: noCluster }, () => {
   let sys: TestSystem;
   let batch: BatchV1Api;
   let core: CoreV1Api;
@@ -170,7 +170,7 @@ describe('runs on Kubernetes', () => {
   });
 });
 
-describe('runs on Kubernetes whose images the node cannot pull', () => {
+describe('runs on Kubernetes whose images the node cannot pull', { skip: noCluster }, () => {
   let sys: TestSystem;
 
   before(async () => {

@@ -6,6 +6,8 @@ import { env } from './system.js';
  * the form both adapters run, a Docker node pulling it and a Kubernetes node likewise.
  */
 export async function pushToRegistry(docker: Docker, localRef: string): Promise<string> {
+  // Without the test cluster (GG_TEST_KUBERNETES=0) there is no registry: a Docker node runs the local image.
+  if (!process.env.GG_TEST_REGISTRY) return localRef;
   const registry = env('GG_TEST_REGISTRY');
   const colon = localRef.lastIndexOf(':');
   const [repo, tag] = colon > localRef.lastIndexOf('/') ? [localRef.slice(0, colon), localRef.slice(colon + 1)] : [localRef, 'latest'];

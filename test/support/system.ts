@@ -61,6 +61,9 @@ export interface TestSystem {
   stop(): Promise<void>;
 }
 
+/** Set unless the suite was started with GG_TEST_KUBERNETES=0 (no test cluster): Kubernetes suites skip then. */
+export const noCluster: string | false = !process.env.GG_TEST_KUBECONFIG_WORKER && 'GG_TEST_KUBERNETES=0: no test cluster started';
+
 /**
  * The settings that make the cluster worker run the `cluster` target as Kubernetes Jobs on the test cluster
  * (test/run.ts starts it): the worker uses the ServiceAccount of infra/k8s/rbac.yaml, and the API listens
