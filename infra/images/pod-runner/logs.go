@@ -103,6 +103,17 @@ func (c *LogCollector) stream(name string) *logStream {
 	return s
 }
 
+func (c *LogCollector) kickAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.streams {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // Entry is one piece of a stream as its source delivered it; data may be reused by the caller afterwards.
 func (c *LogCollector) Entry(name string, data []byte) {
 	s := c.stream(name)
@@ -137,6 +148,12 @@ func (c *LogCollector) emit(s *logStream, masked []byte) {
 	// Back-pressure: a source waits (and with it the template's writes) rather than bytes being dropped.
 	c.budgetMu.Lock()
 	for c.unacked >= maxUnacknowledged && c.ctx.Err() == nil {
+		c.budgetMu.Unlock()
+		c.kickAll() // sends now what is waiting, rather than at the next tick
+		c.budgetMu.Lock()
+		if c.unacked < maxUnacknowledged {
+			break
+		}
 		c.room.Wait()
 	}
 	c.unacked += int64(len(data))

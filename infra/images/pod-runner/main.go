@@ -224,6 +224,12 @@ func run(argv []string) int {
 		return fatal("reading the template parameters: %v", err)
 	}
 
+	// Like the Docker adapter's prepare: /state and /logs start empty, even in a restarted container.
+	for _, dir := range []string{cfg.stateDir, cfg.logsDir} {
+		if err := emptyDir(dir); err != nil {
+			return fatal("emptying %s: %v", dir, err)
+		}
+	}
 	if cfg.restore {
 		if err := r.restore(); err != nil {
 			if r.stopped.Load() {
