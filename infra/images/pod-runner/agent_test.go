@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -60,6 +61,8 @@ func TestRestoreRetriesUntilTheAgentAnswers(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(r.cfg.stateDir, "kept")); len(b) != 300_000 {
 		t.Errorf("restored %d bytes", len(b))
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if calls != 4 {
 		t.Errorf("%d calls", calls)
 	}
@@ -155,9 +158,9 @@ func TestLogRefusedForGoodIsAWarning(t *testing.T) {
 
 func TestPutStateDoesNotRetryAPackFailure(t *testing.T) {
 	shortRetries(t)
-	calls := 0
+	var calls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls++
+		calls.Add(1)
 		_, _ = io.Copy(io.Discard, r.Body)
 		http.Error(w, "bad", http.StatusBadRequest)
 	}))
@@ -167,7 +170,7 @@ func TestPutStateDoesNotRetryAPackFailure(t *testing.T) {
 		_, _ = w.Write([]byte("partial"))
 		return os.ErrPermission
 	})
-	if err == nil || !strings.Contains(err.Error(), "permission denied") || calls > 1 {
-		t.Errorf("err %v after %d calls", err, calls)
+	if err == nil || !strings.Contains(err.Error(), "permission denied") || calls.Load() > 1 {
+		t.Errorf("err %v after %d calls", err, calls.Load())
 	}
 }
