@@ -38,5 +38,8 @@ export async function createClusterWorker(opts: {
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     activities,
     shutdownGraceTime: '10 seconds',
+    // A cancel reaches a running activity only in a heartbeat's answer: the SDK's default throttle (80% of the
+    // heartbeat timeout) would hold a Kubernetes run's cancel back by up to 16 s.
+    maxHeartbeatThrottleInterval: '1 second',
   });
 }

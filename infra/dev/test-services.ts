@@ -12,7 +12,7 @@ import type Docker from 'dockerode';
 import { migrate } from '../../core/db/migrate.js';
 import { WORKFLOWS_PATH } from '../../workers/cluster.js';
 import { createDockerClient } from '../../workers/node.js';
-import { ensureBaseImages } from './images.js';
+import { ensureBaseImages, ensurePodRunnerImage } from './images.js';
 import { startTestCluster, type TestCluster } from './kubernetes.js';
 import { freePort } from './ports.js';
 import { adminUrlOf, dropDatabase, ensureDatabase, startEmbeddedPostgres, withDatabase } from './postgres.js';
@@ -37,9 +37,10 @@ export interface TestServices {
  *   GG_TEST_REGISTRY           host:port of the registry the node pulls from (`docker push` to it works)
  *   GG_TEST_HOST_ADDRESS       an address of this host pods can reach: listen there for pods to call back
  *   GG_TEST_K8S_IMAGE_BUSYBOX, GG_TEST_K8S_IMAGE_EXAMPLE   the base images, already in that registry
+ *   GG_TEST_RUNNER_IMAGE       the pod-runner image (infra/images/pod-runner), in that registry
  *   GG_TEST_KUBECTL            kubectl of the cluster's version
  */
-function kubernetesEnv(cluster: TestCluster, images: { busybox: string; example: string }): Record<string, string> {
+function kubernetesEnv(cluster: TestCluster, images: { busybox: string; example: string; runner: string }): Record<string, string> {
   return {
     GG_TEST_KUBECONFIG_WORKER: cluster.workerKubeconfig,
     GG_TEST_KUBECONFIG_ADMIN: cluster.adminKubeconfig,
@@ -48,6 +49,7 @@ function kubernetesEnv(cluster: TestCluster, images: { busybox: string; example:
     GG_TEST_HOST_ADDRESS: cluster.hostAddress,
     GG_TEST_K8S_IMAGE_BUSYBOX: images.busybox,
     GG_TEST_K8S_IMAGE_EXAMPLE: images.example,
+    GG_TEST_RUNNER_IMAGE: images.runner,
     GG_TEST_KUBECTL: path.join(cluster.binDir, 'kubectl'),
   };
 }
@@ -117,9 +119,11 @@ export async function startTestServices(purpose: string, opts: { kubernetes?: bo
     if (cluster) {
       kubernetes = await cluster;
       const started = kubernetes;
-      const pushed = await step('pushing the base images to the cluster\'s registry', async () => ({
+      const runner = await step('building the pod-runner image', () => ensurePodRunnerImage(docker));
+      const pushed = await step('pushing the base images and the pod-runner to the cluster\'s registry', async () => ({
         busybox: await started.pushImage(images.busybox),
         example: await started.pushImage(images.example),
+        runner: await started.pushImage(runner),
       }));
       k8sEnv = kubernetesEnv(kubernetes, pushed);
     }
