@@ -137,13 +137,20 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     await nothingLeft(runId);
   });
 
-  it('keeps every byte of a log larger than the kubelet keeps before rotating', async () => {
-    const image = await pushToRegistry(sys.docker, await scriptImage(sys.docker, '#!/bin/sh\necho "example template big"\nseq 1 400000\n'));
+  it('keeps every byte of a log that the kubelet rotated away (it keeps 2 files of 1 MiB here)', async () => {
+    // 4.4 MB over 6 s, so the kubelet's log monitor (every 3 s) rotates it, then a pause to look at what it kept.
+    const script = '#!/bin/sh\necho "example template big"\nfor i in 0 1 2 3 4 5; do seq $((i * 100000 + 1)) $((i * 100000 + 100000)); sleep 1; done\necho done-printing\nsleep 5\n';
+    const image = await pushToRegistry(sys.docker, await scriptImage(sys.docker, script));
     const runId = await startRun(await template(image), { message: 'big' });
+    await eventually('the template to finish printing', async () => ((await stdout(runId)).includes('done-printing') ? true : undefined), 120_000);
+    const [pod] = (await core.listNamespacedPod({ namespace, labelSelector: runSelector(runId) })).items;
+    const kubeletLog = await core.readNamespacedPodLog({ name: pod!.metadata!.name!, namespace, container: 'template' });
+    let expected = 'example template big\n';
+    for (let i = 1; i <= 600_000; i++) expected += `${i}\n`;
+    expected += 'done-printing\n';
+    assert.ok(kubeletLog.length < expected.length / 2, `the kubelet kept ${kubeletLog.length} of ${expected.length} bytes: it did not rotate`);
     const run = await ended(runId);
     assert.equal(run.status, 'succeeded', run.message ?? '');
-    let expected = 'example template big\n';
-    for (let i = 1; i <= 400_000; i++) expected += `${i}\n`;
     const got = await stdout(runId);
     assert.equal(got.length, expected.length);
     assert.equal(createHash('sha256').update(got).digest('hex'), createHash('sha256').update(expected).digest('hex'));
@@ -151,7 +158,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
   });
 
   it('fails a pod that no node can take as unschedulable after the bounded wait, leaving nothing behind', async () => {
-    const runId = await startRun(example, { message: 'too big' }, { memoryMb: 64 * 1024 * 1024 });
+    const runId = await startRun(example, { message: 'too big' }, { memoryMb: 1024 * 1024 });
     const run = await ended(runId);
     assert.equal(run.status, 'failed');
     assert.equal(run.reason, 'unschedulable');
