@@ -30,6 +30,7 @@ const RBAC_FILE = path.join(K8S_DIR, 'rbac.yaml');
 const BINARIES = ['kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'kubelet', 'kubectl', 'etcd'];
 /** Debian's containernetworking-plugins. */
 const CNI_BIN_DIR = '/usr/lib/cni';
+const CNI_RESULTS = '/var/lib/cni/results';
 const SERVICE_CIDR = '10.96.0.0/16';
 const SERVICE_IP = '10.96.0.1';
 const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -678,8 +679,7 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
       await writeFile(path.join(cniConfDir, '10-glider-gun.conflist'), cniConfig(network, ipamDir, cniNetwork));
       // libcni caches each attachment's result there; a pod the kubelet could not tear down leaves one.
       later('mounts and cgroups', 'removing cached CNI results', async () => {
-        const results = '/var/lib/cni/results';
-        for (const f of await readdir(results).catch(() => [])) if (f.startsWith(`${cniNetwork}-`)) await rm(path.join(results, f), { force: true });
+        for (const f of await readdir(CNI_RESULTS).catch(() => [])) if (f.startsWith(`${cniNetwork}-`)) await rm(path.join(CNI_RESULTS, f), { force: true });
       });
       await writeFile(
         path.join(registryHosts, registry, 'hosts.toml'),
@@ -912,9 +912,11 @@ async function runningTasks(ctr: Ctr): Promise<string[]> {
 
 /** Deletes every pod at once and waits (briefly) until the kubelet has stopped their containers and sandboxes. */
 async function removeAllPods(kubectl: Kubectl, ctr: Ctr, ipamDir: string, out: Say): Promise<void> {
-  // Jobs and other owners would make their pods again: they go first, then the pods without waiting.
-  await kubectl(['delete', 'jobs,replicasets,daemonsets,statefulsets,deployments', '--all', '--all-namespaces', '--wait=false', '--request-timeout', '10s']).catch(() => undefined);
-  await kubectl(['delete', 'pods', '--all', '--all-namespaces', '--grace-period=0', '--force', '--wait=false', '--request-timeout', '10s']).catch(() => undefined);
+  // Jobs and other owners would make their pods again: they go first, leaving their pods to us (orphan), since
+  // the garbage collector would delete them with their own grace period (30s by default).
+  await kubectl(['delete', 'jobs,replicasets,daemonsets,statefulsets,deployments', '--all', '--all-namespaces', '--cascade=orphan', '--wait=false', '--request-timeout', '10s']).catch(() => undefined);
+  // A grace period of 1s, not a forced deletion: the kubelet would then give each pod its own.
+  await kubectl(['delete', 'pods', '--all', '--all-namespaces', '--grace-period=1', '--wait=false', '--request-timeout', '10s']).catch(() => undefined);
   await waitFor('the pods\' containers to stop', async () => {
     const left = await runningTasks(ctr);
     if (left.length > 0) throw new Error(`${left.length} containers still running`);
@@ -944,6 +946,8 @@ async function killRemainingContainers(ctr: Ctr, out: Say): Promise<void> {
     await run('umount', [ns]).catch(() => undefined);
     await rm(ns, { force: true }).catch(() => undefined);
   }
+  // libcni's cached results of sandboxes torn down without CNI DEL (ours are also removed by network name).
+  for (const id of containers) await rm(path.join(CNI_RESULTS, `cni-loopback-${id}-lo`), { force: true });
 }
 
 /** containerd's shims outlive it by design: those serving our containerd go too. */
