@@ -12,7 +12,8 @@ import { spawn } from 'node:child_process';
 import { readFile, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { MANAGED_LABEL } from '../activities/execution/adapter.js';
+import { MANAGED_LABEL, WORKDIR_LABEL } from '../activities/execution/adapter.js';
+import { K8S_MANAGED_LABEL } from '../activities/execution/kubernetes/job-spec.js';
 import { POD_RUNNER_DIR, goEnv } from '../infra/dev/images.js';
 import { say } from '../infra/dev/progress.js';
 import { startTestServices, type TestServices } from '../infra/dev/test-services.js';
@@ -96,7 +97,11 @@ async function main(): Promise<number> {
     });
 
     // Every test cleans up after itself; a container left behind is a bug in the product or in a test.
-    const leftovers = await docker.listContainers({ all: true, filters: { label: [MANAGED_LABEL] } });
+    // Only this run's: every test's node keeps its run folders under the scratch folder (another `npm test`
+    // running beside this one has its own).
+    const leftovers = (await docker.listContainers({ all: true, filters: { label: [MANAGED_LABEL] } })).filter((c) =>
+      c.Labels[WORKDIR_LABEL]?.startsWith(`${scratch}/`),
+    );
     for (const c of leftovers) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
     const tap = await readFile(tapFile, 'utf8').catch(() => '');
     const count = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
@@ -108,6 +113,24 @@ async function main(): Promise<number> {
     } else {
       passed += 1;
       say('ok: no container left behind');
+    }
+    // Likewise no Job, pod or Secret of a run in the cluster (a pod goes a moment after its Job: wait a little).
+    const cluster = services.kubernetes;
+    if (cluster) {
+      const objects = () =>
+        cluster.kubectl(['get', 'jobs,pods,secrets', '-n', cluster.namespace, '-l', K8S_MANAGED_LABEL + '=true', '-o', 'name']).then((o) => o.trim());
+      let left = await objects();
+      for (let i = 0; left && i < 30; i++) {
+        await new Promise((r) => setTimeout(r, 1_000));
+        left = await objects();
+      }
+      if (left) {
+        failed += 1;
+        say(`FAIL: left behind in the cluster: ${left.split('\n').join(' ')}`);
+      } else {
+        passed += 1;
+        say('ok: no Job, pod or Secret left behind in the cluster');
+      }
     }
     await rm(SECRETS_ROOT, { recursive: true, force: true });
     await services.stop();

@@ -841,6 +841,10 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
             nodeStatusUpdateFrequency: '4s',
             syncFrequency: '10s',
             logging: { format: 'text' },
+            // Rotate container logs early (default 10 Mi): the tests show a run's log survives rotation whole.
+            containerLogMaxSize: '1Mi',
+            containerLogMaxFiles: 2,
+            containerLogMonitorInterval: '3s',
           },
           null,
           2,

@@ -28,6 +28,8 @@ describe('the Kubernetes test cluster', { skip: !enabled && 'GG_TEST_KUBERNETES=
   let batch: BatchV1Api;
   let core: CoreV1Api;
   let apps: AppsV1Api;
+  /** The worker may not read logs (its runs' logs come through the pod-runner): checks read them as admin. */
+  let adminCore: CoreV1Api;
   const jobs: string[] = [];
 
   before(() => {
@@ -37,6 +39,9 @@ describe('the Kubernetes test cluster', { skip: !enabled && 'GG_TEST_KUBERNETES=
     batch = kc.makeApiClient(BatchV1Api);
     core = kc.makeApiClient(CoreV1Api);
     apps = kc.makeApiClient(AppsV1Api);
+    const admin = new KubeConfig();
+    admin.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
+    adminCore = admin.makeApiClient(CoreV1Api);
   });
 
   after(async () => {
@@ -77,7 +82,7 @@ describe('the Kubernetes test cluster', { skip: !enabled && 'GG_TEST_KUBERNETES=
     const name = created.metadata!.name!;
     const pod = await finishedPod(name);
     assert.equal(pod.status?.phase, 'Succeeded', JSON.stringify(pod.status));
-    const log = await core.readNamespacedPodLog({ name: pod.metadata!.name!, namespace });
+    const log = await adminCore.readNamespacedPodLog({ name: pod.metadata!.name!, namespace });
     assert.match(log, new RegExp(`hello from ${pod.metadata!.name}`));
     assert.match(log, /to stderr/);
     const status = await eventually('the Job to complete', async () => {
@@ -91,6 +96,9 @@ describe('the Kubernetes test cluster', { skip: !enabled && 'GG_TEST_KUBERNETES=
     assert.equal(await statusOf(core.listNode()), 403, 'nodes are cluster-scoped');
     assert.equal(await statusOf(core.listNamespacedSecret({ namespace: 'kube-system' })), 403, 'other namespaces');
     assert.equal(await statusOf(core.listNamespacedSecret({ namespace })), 403, 'secrets: no list, only by name');
+    assert.equal(await statusOf(batch.listNamespacedJob({ namespace })), 403, 'Jobs: only by name');
+    const [somePod] = (await core.listNamespacedPod({ namespace })).items;
+    if (somePod) assert.equal(await statusOf(core.readNamespacedPodLog({ name: somePod.metadata!.name!, namespace })), 403, 'no pod logs');
     assert.equal(await statusOf(core.createNamespacedPod({ namespace, body: { metadata: { name: 'bare' }, spec: { containers: [{ name: 'c', image: 'x' }] } } })), 403, 'pods only through Jobs');
     assert.equal(
       await statusOf(
@@ -124,7 +132,7 @@ describe('the Kubernetes test cluster', { skip: !enabled && 'GG_TEST_KUBERNETES=
       const { port } = server.address() as AddressInfo;
       const created = await batch.createNamespacedJob({ namespace, body: job(`wget -q -O - http://${env('GG_TEST_HOST_ADDRESS')}:${port}/ping`) });
       const pod = await finishedPod(created.metadata!.name!);
-      const log = await core.readNamespacedPodLog({ name: pod.metadata!.name!, namespace });
+      const log = await adminCore.readNamespacedPodLog({ name: pod.metadata!.name!, namespace });
       assert.equal(pod.status?.phase, 'Succeeded', log);
       assert.match(log, /pong from the host/);
       assert.deepEqual(seen, ['/ping']);

@@ -16,8 +16,9 @@ describe('loadConfig', () => {
 
   it('parses booleans strictly instead of treating any string as true', () => {
     assert.equal(loadConfig({ GLIDERGUN_KUBERNETES: 'false' }).kubernetes.enabled, false);
-    assert.equal(loadConfig({ GLIDERGUN_KUBERNETES: 'true' }).kubernetes.enabled, true);
+    assert.equal(loadConfig({ GLIDERGUN_KUBERNETES: 'true', GLIDERGUN_KUBERNETES_RUNNER_IMAGE: 'r/pod-runner:1' }).kubernetes.enabled, true);
     assert.throws(() => loadConfig({ GLIDERGUN_KUBERNETES: 'maybe' }), ConfigError);
+    assert.throws(() => loadConfig({ GLIDERGUN_KUBERNETES: 'true' }), /GLIDERGUN_KUBERNETES_RUNNER_IMAGE: required/);
   });
 
   it('lists every problem at once', () => {

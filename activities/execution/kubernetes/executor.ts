@@ -252,16 +252,4 @@ export class KubernetesExecutor implements ExecutionAdapter {
     await orUndefinedIf404(this.batch.deleteNamespacedJob({ name, namespace: this.namespace, propagationPolicy: 'Background' }));
     await orUndefinedIf404(this.core.deleteNamespacedSecret({ name, namespace: this.namespace }));
   }
-
-  /** Leftover check for tests and operators: every object this adapter made that still exists. */
-  async leftovers(): Promise<{ jobs: string[]; pods: string[]; secrets: string[] }> {
-    const selector = 'glider-gun.io/managed=true';
-    const [jobs, pods, secrets] = await Promise.all([
-      this.batch.listNamespacedJob({ namespace: this.namespace, labelSelector: selector }),
-      this.core.listNamespacedPod({ namespace: this.namespace, labelSelector: selector }),
-      this.core.listNamespacedSecret({ namespace: this.namespace, labelSelector: selector }),
-    ]);
-    const names = (items: { metadata?: { name?: string } }[]) => items.map((i) => i.metadata?.name ?? '');
-    return { jobs: names(jobs.items), pods: names(pods.items), secrets: names(secrets.items) };
-  }
 }
