@@ -3,6 +3,7 @@
  * Postgres (DATABASE_URL, or an embedded one), migrations, the base images, the cluster worker, the node
  * worker of the built-in node `local` and the HTTP API. Ctrl-C stops everything.
  */
+import http from 'node:http';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, makeTelemetryFilterString } from '@temporalio/worker';
@@ -18,6 +19,7 @@ import { createClusterWorker } from '../../workers/cluster.js';
 import { createLogger } from '../../workers/logger.js';
 import { startReconciler } from '../../workers/reconciler.js';
 import { createDockerClient, createNodeWorker } from '../../workers/node.js';
+import { startDevCluster, type DevCluster } from './dev-cluster.js';
 import { ensureBaseImages } from './images.js';
 import { isPortInUse } from './ports.js';
 import { startEmbeddedPostgres, type Postgres } from './postgres.js';
@@ -95,8 +97,17 @@ async function main(): Promise<void> {
     onStop('the Temporal client', () => connection.close());
     onStop('the worker connection', () => nativeConnection.close());
 
+    const docker = createDockerClient(config.docker.host);
+    // GLIDERGUN_DEV_KUBERNETES=true: a single-node Kubernetes of our own (the tests' one) for the `cluster` target.
+    let devCluster: DevCluster | undefined;
+    if (process.env.GLIDERGUN_DEV_KUBERNETES === 'true') {
+      devCluster = await startDevCluster(config, docker, path.join(config.dataDir, 'kubernetes'));
+      onStop('the Kubernetes cluster', () => devCluster!.cluster.stop());
+    }
+    const workerConfig = devCluster?.config ?? config;
+
     const clusterWorker = await step('bundling workflows and starting the cluster worker', () =>
-      createClusterWorker({ connection: nativeConnection, config, db }),
+      createClusterWorker({ connection: nativeConnection, config: workerConfig, db }),
     );
     const clusterDone = clusterWorker.run();
     onStop('the cluster worker', async () => {
@@ -104,7 +115,6 @@ async function main(): Promise<void> {
       await clusterDone;
     });
 
-    const docker = createDockerClient(config.docker.host);
     let dockerReady = false;
     try {
       await docker.ping();
@@ -144,8 +154,14 @@ async function main(): Promise<void> {
     );
     onStop('the run reconciler', () => reconciler.stop());
 
-    const api = await startApiServer({ config, db, connection, docker: dockerReady ? docker : undefined, log });
+    const api = await startApiServer({ config: workerConfig, db, connection, docker: dockerReady ? docker : undefined, log });
     onStop('the API', () => api.close());
+    if (devCluster) {
+      // Pods reach this host only on their bridge: the agent API (and the rest) also listens there.
+      const forPods = http.createServer(api.app);
+      await new Promise<void>((resolve, reject) => forPods.once('error', reject).listen(devCluster.agentPort, devCluster.cluster.hostAddress, resolve));
+      onStop('the API for pods', () => new Promise((resolve) => forPods.close(resolve)));
+    }
 
     say('');
     say(`API          ${api.url}   (try: curl ${api.url}/healthz; browse ${api.url}/docs)`);
@@ -155,6 +171,10 @@ async function main(): Promise<void> {
     say(`Temporal     ${config.temporal.address}   (temporal workflow list --address ${config.temporal.address})`);
     say(`data         ${config.dataDir}`);
     if (exampleImage) say(`example image glider-gun/example-template:latest (see docs/operators-guide.md for a first deployment)`);
+    if (devCluster) {
+      say(`Kubernetes   target {"kind":"cluster"} runs Jobs in namespace ${devCluster.cluster.namespace}; image ${devCluster.exampleImage}`);
+      say(`             kubectl: ${devCluster.cluster.binDir}/kubectl --kubeconfig ${devCluster.cluster.adminKubeconfig} -n ${devCluster.cluster.namespace} get jobs,pods`);
+    }
     say('Ctrl-C stops everything.');
   } catch (err) {
     say(`start-up failed: ${err instanceof Error ? err.message : String(err)}`);

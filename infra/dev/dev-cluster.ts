@@ -1,0 +1,55 @@
+/**
+ * `GLIDERGUN_DEV_KUBERNETES=true npm start`: the dev stack with the test suite's single-node Kubernetes, so the
+ * `cluster` target can be tried on one machine. The cluster is made afresh at every start (its data is not
+ * kept) and the pod-runner and example images are pushed to its registry.
+ */
+import { rm } from 'node:fs/promises';
+import type Docker from 'dockerode';
+import type { Config } from '../../core/config.js';
+import { ensureBaseImages, ensurePodRunnerImage } from './images.js';
+import { startTestCluster, type TestCluster } from './kubernetes.js';
+import { freePort } from './ports.js';
+import { step } from './progress.js';
+
+export interface DevCluster {
+  cluster: TestCluster;
+  /** The configuration with Kubernetes execution turned on against this cluster. */
+  config: Config;
+  /** Where pods call the agent API back (on the cluster's host address). */
+  agentPort: number;
+  exampleImage: string;
+}
+
+export async function startDevCluster(config: Config, docker: Docker, dir: string): Promise<DevCluster> {
+  await rm(dir, { recursive: true, force: true });
+  const cluster = await step('starting a single-node Kubernetes (GLIDERGUN_DEV_KUBERNETES)', () => startTestCluster({ dir }));
+  try {
+    const images = await ensureBaseImages(docker);
+    const runner = await step('building the pod-runner image', () => ensurePodRunnerImage(docker));
+    const [runnerImage, exampleImage] = await step('pushing the pod-runner and example images to its registry', async () => [
+      await cluster.pushImage(runner),
+      await cluster.pushImage(images.example),
+    ]);
+    const agentPort = config.api.port === 0 ? await freePort() : config.api.port;
+    return {
+      cluster,
+      agentPort,
+      exampleImage,
+      config: {
+        ...config,
+        kubernetes: {
+          ...config.kubernetes,
+          enabled: true,
+          kubeconfig: cluster.workerKubeconfig,
+          namespace: cluster.namespace,
+          agentUrl: `http://${cluster.hostAddress}:${agentPort}`,
+          runnerImage,
+        },
+        registries: { insecure: [...config.registries.insecure, cluster.registry] },
+      },
+    };
+  } catch (err) {
+    await cluster.stop();
+    throw err;
+  }
+}
