@@ -81,10 +81,9 @@ for (const target of ['docker', 'kubernetes'] as const) {
     before(async () => {
       sys = await startTestSystem(target === 'kubernetes' ? { nodeWorker: false, env: await kubernetesEnv() } : {});
       images_ = {
-        example: await pushToRegistry(sys.docker, images.example),
-        leaky: await pushToRegistry(sys.docker, await scriptImage(sys.docker, '#!/bin/sh\necho "the key is $(cat /secrets/template-secrets.json)"\necho "key on stderr: $TF_VAR_message" >&2\n')),
+        example: await pushToRegistry(images.example),
+        leaky: await pushToRegistry(await scriptImage(sys.docker, '#!/bin/sh\necho "the key is $(cat /secrets/template-secrets.json)"\necho "key on stderr: $TF_VAR_message" >&2\n')),
         stubborn: await pushToRegistry(
-          sys.docker,
           await scriptImage(sys.docker, '#!/bin/sh\ntrap "echo ignoring TERM" TERM\necho "example template stubborn"\necho kept > /state/kept\nwhile true; do sleep 1; done\n'),
         ),
       };

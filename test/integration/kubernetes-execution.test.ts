@@ -85,7 +85,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     batch = admin.makeApiClient(BatchV1Api);
     core = admin.makeApiClient(CoreV1Api);
     namespace = env('GG_TEST_K8S_NAMESPACE');
-    exampleImage = await pushToRegistry(sys.docker, images.example);
+    exampleImage = await pushToRegistry(images.example);
     example = await template(exampleImage);
   });
   after(async () => {
@@ -140,7 +140,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
   it('keeps every byte of a log that the kubelet rotated away (it keeps 2 files of 1 MiB here)', async () => {
     // 4.4 MB over 6 s, so the kubelet's log monitor (every 3 s) rotates it, then a pause to look at what it kept.
     const script = '#!/bin/sh\necho "example template big"\nfor i in 0 1 2 3 4 5; do seq $((i * 100000 + 1)) $((i * 100000 + 100000)); sleep 1; done\necho done-printing\nsleep 5\n';
-    const image = await pushToRegistry(sys.docker, await scriptImage(sys.docker, script));
+    const image = await pushToRegistry(await scriptImage(sys.docker, script));
     const runId = await startRun(await template(image), { message: 'big' });
     await eventually('the template to finish printing', async () => ((await stdout(runId)).includes('done-printing') ? true : undefined), 120_000);
     const [pod] = (await core.listNamespacedPod({ namespace, labelSelector: runSelector(runId) })).items;
@@ -197,7 +197,7 @@ describe('runs on Kubernetes whose images the node cannot pull', { skip: noClust
   it('fails the run with image-unavailable after the bounded wait, and removes the Job', async () => {
     const name = uniqueName('k8s-pull');
     assert.equal((await sys.call('POST', '/v1/templates', { name })).status, 201);
-    const image = await pushToRegistry(sys.docker, images.example);
+    const image = await pushToRegistry(images.example);
     assert.equal((await sys.call('POST', `/v1/templates/${name}/versions`, { image, tfVars: true, parameters: EXAMPLE_PARAMETERS })).status, 201);
     const d = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name }, parameters: { message: 'x' }, target: { kind: 'cluster' } });
     const r = await sys.call<{ id: string }>('POST', `/v1/deployments/${d.body.id}/runs`, { action: 'deploy' });
