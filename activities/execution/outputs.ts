@@ -1,9 +1,8 @@
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
+import { MAX_OUTPUTS_BYTES, OUTPUTS_FILE, parseOutputs } from '../../core/outputs.js';
 
-export const OUTPUTS_FILE = 'outputs.json';
-export const MAX_OUTPUTS_BYTES = 1024 * 1024;
 
 /**
  * Reads /state/outputs.json as the template left it. The file is the template's to write, so it is
@@ -27,17 +26,7 @@ export async function readOutputs(stateDir: string): Promise<{ outputs?: Record<
     if (info.size > MAX_OUTPUTS_BYTES) {
       return { warnings: [`${OUTPUTS_FILE} is ${info.size} bytes, over the ${MAX_OUTPUTS_BYTES}-byte limit; outputs ignored`] };
     }
-    const text = await handle.readFile('utf8');
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (err) {
-      return { warnings: [`${OUTPUTS_FILE} is not valid JSON (${(err as Error).message}); outputs ignored`] };
-    }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-      return { warnings: [`${OUTPUTS_FILE} must hold a JSON object; outputs ignored`] };
-    }
-    return { outputs: parsed as Record<string, unknown>, warnings: [] };
+    return parseOutputs(await handle.readFile('utf8'));
   } finally {
     await handle.close();
   }

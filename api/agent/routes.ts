@@ -13,6 +13,7 @@ import type { Db } from '../../core/db/pool.js';
 import { markRunAgentStarted, recordAgentResult, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
 import { readStateVersion, writeStateVersion } from '../../core/db/state.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
+import { MAX_OUTPUTS_BYTES, parseOutputs } from '../../core/outputs.js';
 
 export interface AgentDeps {
   db: Db;
@@ -32,7 +33,8 @@ export const AgentResultSchema = z.strictObject({
   exitCode: z.number().int(),
   signal: z.string().max(32).optional(),
   stopped: z.boolean(),
-  outputs: z.record(z.string(), z.unknown()).optional(),
+  /** outputs.json's bytes, base64: parsed here with the Docker adapter's own code, so both agree. */
+  outputsFile: z.base64().max(Math.ceil((MAX_OUTPUTS_BYTES * 4) / 3) + 4).optional(),
   warnings: z.array(z.string().max(4096)).max(100).default([]),
   stateVersion: z.number().int().min(1).optional(),
 });
@@ -143,7 +145,10 @@ export function agentRouter(deps: AgentDeps): Router {
       next(new AppError(ErrorCode.ValidationFailed, `invalid result: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`));
       return;
     }
-    recordAgentResult(deps.db, grant.runId, parsed.data).then(
+    const { outputsFile, ...report } = parsed.data;
+    const outputs = outputsFile === undefined ? { warnings: [] } : parseOutputs(Buffer.from(outputsFile, 'base64').toString('utf8'));
+    const result = { ...report, warnings: [...report.warnings, ...outputs.warnings], ...(outputs.outputs ? { outputs: outputs.outputs } : {}) };
+    recordAgentResult(deps.db, grant.runId, result).then(
       () => res.status(204).end(),
       (err: unknown) => next(err),
     );

@@ -87,12 +87,30 @@ describe('the agent API', () => {
     assert.deepEqual(Buffer.from(await get.arrayBuffer()), archive);
   });
 
+  it('parses outputs.json as the Docker adapter does: a bad file is a warning, never a failure', async () => {
+    const other = await sys.call<{ id: string }>('POST', '/v1/deployments', {
+      template: { name: (await sys.call<{ template: { name: string } }>('GET', `/v1/deployments/${deploymentId}`)).body.template.name },
+      parameters: { message: 'x' },
+      target: { kind: 'node', node: sys.nodeId },
+    });
+    const run = await sys.call<{ id: string }>('POST', `/v1/deployments/${other.body.id}/runs`, { action: 'deploy' });
+    await grantRunAgent(sys.db, { runId: run.body.id, deploymentId: other.body.id, restoreVersion: undefined, credential });
+    const res = await agent('POST', `/v1/agent/runs/${run.body.id}/result`, JSON.stringify({ exitCode: 0, stopped: false, outputsFile: Buffer.from('[1,2]').toString('base64') }), {
+      'content-type': 'application/json',
+    });
+    assert.equal(res.status, 204);
+    assert.deepEqual(await getAgentResult(sys.db, run.body.id), { exitCode: 0, stopped: false, warnings: ['outputs.json must hold a JSON object; outputs ignored'] });
+    assert.equal((await sys.call('POST', `/v1/runs/${run.body.id}/cancel`)).status, 202);
+  });
+
   it('records the first report only, validates it, and stops accepting the credential once the run ended', async () => {
     const post = (body: unknown) => agent('POST', `/v1/agent/runs/${runId}/result`, JSON.stringify(body), { 'content-type': 'application/json' });
     assert.equal((await post({ exitCode: 'zero' })).status, 400);
-    assert.equal((await post({ exitCode: 0, stopped: false, warnings: [], stateVersion: 1, outputs: { a: 1 } })).status, 204);
+    assert.equal((await post({ exitCode: 0, stopped: false, outputsFile: 'not base64!' })).status, 400);
+    const file = (text: string) => Buffer.from(text).toString('base64');
+    assert.equal((await post({ exitCode: 0, stopped: false, warnings: ['w'], stateVersion: 1, outputsFile: file('{"a":1}') })).status, 204);
     assert.equal((await post({ exitCode: 9, stopped: true, warnings: [] })).status, 204);
-    assert.deepEqual(await getAgentResult(sys.db, runId), { exitCode: 0, stopped: false, warnings: [], stateVersion: 1, outputs: { a: 1 } });
+    assert.deepEqual(await getAgentResult(sys.db, runId), { exitCode: 0, stopped: false, warnings: ['w'], stateVersion: 1, outputs: { a: 1 } });
 
     assert.equal((await sys.call('POST', `/v1/runs/${runId}/cancel`)).status, 202);
     await eventually('the run to end', async () => {

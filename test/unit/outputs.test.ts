@@ -4,7 +4,8 @@ import { mkdtemp, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { MAX_OUTPUTS_BYTES, readOutputs } from '../../activities/execution/outputs.js';
+import { readOutputs } from '../../activities/execution/outputs.js';
+import { MAX_OUTPUTS_BYTES } from '../../core/outputs.js';
 
 describe('readOutputs', () => {
   let root: string;

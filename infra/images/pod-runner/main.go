@@ -167,12 +167,14 @@ func templateEnv() []string {
 
 // result is what POST /result carries (api/agent/routes.ts: ResultBody).
 type result struct {
-	ExitCode     int             `json:"exitCode"`
-	Signal       string          `json:"signal,omitempty"`
-	Stopped      bool            `json:"stopped"`
-	Outputs      json.RawMessage `json:"outputs,omitempty"`
-	Warnings     []string        `json:"warnings"`
-	StateVersion int             `json:"stateVersion,omitempty"`
+	ExitCode int    `json:"exitCode"`
+	Signal   string `json:"signal,omitempty"`
+	Stopped  bool   `json:"stopped"`
+	// outputs.json's bytes (base64 in JSON); the server parses them as the Docker adapter does.
+	// A pointer, so an empty file is sent as "" (invalid JSON there, as with Docker) rather than left out.
+	OutputsFile  *[]byte  `json:"outputsFile,omitempty"`
+	Warnings     []string `json:"warnings"`
+	StateVersion int      `json:"stateVersion,omitempty"`
 }
 
 // runner holds one run's progress.
@@ -477,7 +479,9 @@ func (r *runner) finish(res result, started bool) int {
 		for _, w := range outputWarnings {
 			r.warn(w)
 		}
-		res.Outputs = raw
+		if raw != nil {
+			res.OutputsFile = &raw
+		}
 	}
 
 	var archiveWarnings []string
@@ -512,12 +516,6 @@ func (r *runner) report(res result, retryFor time.Duration) bool {
 	res.Warnings = boundWarnings(r.warnings)
 	r.warnMu.Unlock()
 	body, err := json.Marshal(res)
-	if err != nil && res.Outputs != nil {
-		// Valid for JSON.parse but not for Go's encoder (nesting deeper than 10000).
-		res.Outputs = nil
-		res.Warnings = boundWarnings(append(res.Warnings, fmt.Sprintf("%s could not be sent (%v); outputs ignored", outputsFile, err)))
-		body, err = json.Marshal(res)
-	}
 	if err == nil {
 		err = r.agent.postResult(context.Background(), retryFor, body)
 	}

@@ -14,10 +14,10 @@ const (
 	maxOutputsBytes = 1024 * 1024
 )
 
-// readOutputs reads <state>/outputs.json exactly like readOutputs in activities/execution/outputs.ts,
-// with the same warnings. The file is opened without following links (a link to another file must not
-// leak it) and bounded in size; a missing file means no outputs. The object comes back as the file's
-// own text, which is what JSON.parse accepted, so the agent parses exactly what the Docker adapter would.
+// readOutputs reads <state>/outputs.json like readOutputs in activities/execution/outputs.ts, with the same
+// warnings. The file is opened without following links (a link to another file must not leak it) and
+// bounded in size; a missing file means no outputs. Its bytes go to the agent as they are: the server parses
+// them with the Docker adapter's own code (parseOutputs), so both give the same outputs and warnings.
 func readOutputs(stateDir string) (raw []byte, warnings []string) {
 	fd, err := syscall.Open(filepath.Join(stateDir, outputsFile), syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
@@ -48,22 +48,10 @@ func readOutputs(stateDir string) (raw []byte, warnings []string) {
 	if len(data) > 2*maxOutputsBytes { // it grew after being measured: still bounded
 		return nil, []string{fmt.Sprintf("%s is %d bytes, over the %d-byte limit; outputs ignored", outputsFile, len(data), maxOutputsBytes)}
 	}
-	if msg := jsonParseError(decodeUTF8(data)); msg != "" {
-		return nil, []string{fmt.Sprintf("%s is not valid JSON (%s); outputs ignored", outputsFile, msg)}
-	}
-	if first := firstNonSpace(data); first != '{' {
-		return nil, []string{outputsFile + " must hold a JSON object; outputs ignored"}
+	if data == nil {
+		data = []byte{} // an empty file is sent (and is invalid JSON there), not taken for no file
 	}
 	return data, nil
-}
-
-func firstNonSpace(data []byte) byte {
-	for _, c := range data {
-		if c != ' ' && c != '\t' && c != '\n' && c != '\r' {
-			return c
-		}
-	}
-	return 0
 }
 
 // errnoCode names an error like Node's err.code (EACCES, ...).

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// The cases of test/unit/outputs.test.ts, with the exact texts of outputs.ts.
+// The cases of test/unit/outputs.test.ts that are about the file, with the exact texts of outputs.ts.
 func TestReadOutputs(t *testing.T) {
 	stateWith := func(write func(file string) error) string {
 		dir := t.TempDir()
@@ -27,11 +27,9 @@ func TestReadOutputs(t *testing.T) {
 	}
 	check(stateWith(writeText(`{"url":"https://x","n":1}`)), `{"url":"https://x","n":1}`)
 	check(stateWith(func(string) error { return nil }), "")
-	check(stateWith(writeText("{not json")), "", "outputs.json is not valid JSON (Expected property name or '}' in JSON at position 1 (line 1 column 2)); outputs ignored")
-	check(stateWith(writeText("")), "", "outputs.json is not valid JSON (Unexpected end of JSON input); outputs ignored")
-	for _, notObject := range []string{"[1,2]", `"text"`, "null", " 1 "} {
-		check(stateWith(writeText(notObject)), "", "outputs.json must hold a JSON object; outputs ignored")
-	}
+	// Whether it is a JSON object is for the server to say (parseOutputs): the bytes go as they are.
+	check(stateWith(writeText("{not json")), "{not json")
+	check(stateWith(writeText("[1,2]")), "[1,2]")
 	secret := filepath.Join(t.TempDir(), "host-secret.json")
 	must(t, os.WriteFile(secret, []byte(`{"password":"hunter2"}`), 0o644))
 	check(stateWith(func(f string) error { return os.Symlink(secret, f) }), "", "outputs.json is a symbolic link; outputs ignored")

@@ -348,7 +348,7 @@ exit 3
 		t.Fatalf("results: %v", results)
 	}
 	res := results[0]
-	want := `{"exitCode":3,"outputs":{"n":1,"url":"https://x"},"stateVersion":7,"stopped":false,"warnings":[]}`
+	want := `{"exitCode":3,"outputsFile":"eyJ1cmwiOiJodHRwczovL3giLCJuIjoxfQ==","stateVersion":7,"stopped":false,"warnings":[]}`
 	if got, _ := json.Marshal(res); string(got) != want {
 		t.Errorf("result %s\nwant   %s", got, want)
 	}
