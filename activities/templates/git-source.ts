@@ -64,6 +64,7 @@ export async function fetchGitSource(source: GitSource, opts: GitFetchOptions): 
       watch: { dir: checkout, maxBytes, maxFiles, pollMs: opts.pollMs ?? DEFAULT_POLL_MS },
       url: checked.url,
       ref: checked.ref.value,
+      scratch,
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
     });
@@ -78,6 +79,9 @@ export async function fetchGitSource(source: GitSource, opts: GitFetchOptions): 
       await git.run(checkout, ['checkout', '--quiet', 'FETCH_HEAD']);
     }
     const commit = (await git.run(checkout, ['rev-parse', '--verify', 'HEAD^{commit}'])).trim();
+    if (checked.ref.kind === 'commit' && commit !== checked.ref.value) {
+      throw new SourceRejectedError('GIT_CLONE_FAILED', `asked for commit ${checked.ref.value}, git checked out ${commit}`);
+    }
     const dir = await subdirOf(checkout, checked.subdir);
     opts.signal?.throwIfAborted();
     const normalized = await normalizeDirectory(dir, { maxBytes, maxFiles });
@@ -145,6 +149,8 @@ interface RunnerOptions {
   watch: { dir: string; maxBytes: number; maxFiles: number; pollMs: number };
   url: string;
   ref: string;
+  /** The worker's own temp folder: not shown in progress lines ("Cloning into '<scratch>/checkout'"). */
+  scratch: string;
   signal?: AbortSignal;
   onProgress?: (line: string) => void;
 }
@@ -192,7 +198,7 @@ class GitRunner {
     const lines: string[] = [];
     let partial = '';
     const line = (text: string) => {
-      const shown = redactIn(text.trimEnd(), opts.url);
+      const shown = redactIn(text.trimEnd(), opts.url).split(opts.scratch + path.sep).join('');
       if (!shown) return;
       lines.push(shown);
       if (lines.length > ERROR_LINES) lines.shift();

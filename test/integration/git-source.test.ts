@@ -149,6 +149,7 @@ describe('git sources (fetchGitSource)', () => {
     });
     assert.equal(source.files, 7);
     assert.ok(progress.some((l) => /Cloning into|Receiving objects|remote:/.test(l)), progress.join('\n'));
+    assert.ok(!progress.some((l) => l.includes(workDir)), 'the worker\'s temp folder is not shown');
     // The same commit always gives the same archive.
     assert.equal((await fetch({ url: url('repo.git'), ref: 'main' })).sha256, source.sha256);
   });
