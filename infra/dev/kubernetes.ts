@@ -501,6 +501,50 @@ export async function pushImageTo(registry: string, localRef: string): Promise<s
   return target;
 }
 
+export interface ImageRegistry {
+  /** host:port on 127.0.0.1, plain HTTP (the Docker engine pushes there without configuration). */
+  address: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Debian's docker-registry (distribution) on 127.0.0.1, storing under `dir`: the test cluster's registry,
+ * and one a test starts for itself (`readOnly`: one that refuses pushes).
+ */
+export async function startImageRegistry(opts: { dir: string; logDir?: string; port?: number; readOnly?: boolean; say?: Say }): Promise<ImageRegistry> {
+  const out = opts.say ?? defaultSay;
+  const address = `127.0.0.1:${opts.port ?? (await freePort())}`;
+  await mkdir(opts.dir, { recursive: true });
+  const config = path.join(opts.dir, 'registry.yml');
+  await writeFile(
+    config,
+    [
+      'version: 0.1',
+      'log:',
+      '  level: warn',
+      '  accesslog:',
+      '    disabled: true',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${JSON.stringify(path.join(opts.dir, 'data'))}`,
+      '  delete:',
+      '    enabled: true',
+      ...(opts.readOnly ? ['  maintenance:', '    readonly:', '      enabled: true'] : []),
+      'http:',
+      `  addr: ${address}`,
+      '',
+    ].join('\n'),
+  );
+  const daemon = startDaemon('registry', 'docker-registry', ['serve', config], opts.logDir ?? opts.dir);
+  try {
+    await waitForDaemon(daemon, `the registry at ${address}`, () => get(`http://${address}/v2/`), 30_000, out);
+  } catch (err) {
+    await daemon.stop();
+    throw err;
+  }
+  return { address, stop: () => daemon.stop() };
+}
+
 export interface TestCluster {
   /** kubeconfig of a cluster admin (system:masters). */
   adminKubeconfig: string;
@@ -608,31 +652,11 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
       });
 
     // The registry and etcd first (the pause image goes to the registry meanwhile).
-    const registryConfig = path.join(dir, 'registry.yml');
-    await writeFile(
-      registryConfig,
-      [
-        'version: 0.1',
-        'log:',
-        '  level: warn',
-        '  accesslog:',
-        '    disabled: true',
-        'storage:',
-        '  filesystem:',
-        `    rootdirectory: ${JSON.stringify(path.join(dir, 'registry'))}`,
-        '  delete:',
-        '    enabled: true',
-        'http:',
-        `  addr: ${registry}`,
-        '',
-      ].join('\n'),
-    );
     const pushImage = (localRef: string) => pushImageTo(registry, localRef);
 
     const startRegistry = step('Kubernetes: starting the image registry', async () => {
-      const daemon = startDaemon('registry', 'docker-registry', ['serve', registryConfig], logDir);
+      const daemon = await startImageRegistry({ dir: path.join(dir, 'registry'), logDir, port: registryPort, say: out });
       later('etcd and registry', 'stopping the registry', () => daemon.stop());
-      await waitForDaemon(daemon, `the registry at ${registry}`, () => get(`http://${registry}/v2/`), 30_000, out);
       const pause = await ensurePauseImage(dir);
       return pushImage(pause);
     }, out);
