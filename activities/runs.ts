@@ -64,7 +64,11 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
       const version = await getTemplateVersion(db, deployment.template.name, deployment.template.version);
       if (!version) throw missing('template version', `${deployment.template.name}@${deployment.template.version}`);
       const sensitive = new Set(version.parameters.filter((p) => p.sensitive).map((p) => p.name));
-      const parameters = Object.fromEntries(Object.entries(deployment.parameters).filter(([k]) => !sensitive.has(k)));
+      // Values the template fixed for its type's parameters come first; deployments cannot set those.
+      const parameters = {
+        ...(version.origin?.fixedParameters ?? {}),
+        ...Object.fromEntries(Object.entries(deployment.parameters).filter(([k]) => !sensitive.has(k))),
+      };
       const env: Record<string, string> = {
         GLIDERGUN_CONTRACT_VERSION: CONTRACT_VERSION,
         GLIDERGUN_ACTION: run.action,
@@ -82,6 +86,7 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
         parameters,
         env,
         restoreStateVersion: run.stateVersionFrom ?? undefined,
+        ...(version.origin?.adhoc ? { templateFiles: { sourceId: version.origin.source.sourceId, sha256: version.origin.source.sha256 } } : {}),
         ...effectiveLimits(deployment.limits, version.limits, deps.runs),
         stopGraceSeconds: deps.runs.stopGraceSeconds,
         logMaxBytes: deps.runs.logMaxBytes,

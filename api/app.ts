@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import express, { type Express } from 'express';
 import { agentRouter } from './agent/routes.js';
+import { sourceRouter } from './sources/routes.js';
 import type { ApiDeps } from './deps.js';
 import { errorHandler, notFoundRoute, requireJson } from './errors.js';
 import { mountRoutes } from './http/mount.js';
@@ -12,6 +13,8 @@ import { healthRoutes } from './routes/health.js';
 import { runRoutes } from './routes/runs.js';
 import { stateRoutes } from './routes/state.js';
 import { templateRoutes } from './routes/templates.js';
+import { templateTypeRoutes } from './routes/template-types.js';
+import { buildRoutes } from './routes/builds.js';
 import { tokenRoutes } from './routes/tokens.js';
 import { z } from './zod.js';
 
@@ -22,7 +25,9 @@ export function apiRoutes(deps: ApiDeps, document: () => object): AnyRoute[] {
     ...specRoutes(document),
     ...healthRoutes(deps),
     ...tokenRoutes(deps),
+    ...templateTypeRoutes(deps),
     ...templateRoutes(deps),
+    ...buildRoutes(deps),
     ...deploymentRoutes(deps),
     ...runRoutes(deps),
     ...stateRoutes(deps),
@@ -85,6 +90,7 @@ export function createApp(deps: ApiDeps): Express {
       logMaxBytes: deps.logMaxBytes ?? Number.MAX_SAFE_INTEGER,
     }),
   );
+  app.use(sourceRouter({ db: deps.db, uploadMaxBytes: deps.builds.uploadMaxBytes }));
   app.use(requireJson);
   app.use(express.json({ limit: MAX_BODY_BYTES, strict: true, type: 'application/json' }));
   app.use(mountRoutes(deps.db, routes));

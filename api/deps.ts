@@ -15,6 +15,8 @@ export interface ApiDeps {
   stateVersionsKept?: number;
   /** Per run and stream: the most log an agent may store. */
   logMaxBytes?: number;
+  /** Template builds: where images go, limits on sources. */
+  builds: { registry: string | undefined; timeoutSeconds: number; uploadMaxBytes: number; allowFileGitUrls: boolean };
   /** Encrypts sensitive parameter values at rest. */
   secrets: SecretBox;
   /** Reachability checks reported by /healthz; each throws when its dependency is down. */

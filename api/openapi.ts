@@ -1,7 +1,8 @@
 import { OpenAPIRegistry, OpenApiGeneratorV31, extendZodWithOpenApi } from '@asteasolutions/zod-to-openapi';
 import { z } from 'zod';
 import { ErrorCode } from '../core/errors.js';
-import { registerAgentPaths } from './agent/openapi.js';
+import { registerAgentPaths, registerSourcePaths } from './agent/openapi.js';
+import { StoredSourceSchema } from './template-schemas.js';
 import { HTTP_STATUS } from './errors.js';
 import type { AnyRoute } from './http/route.js';
 
@@ -29,6 +30,7 @@ const STATUS_TEXT: Record<number, string> = {
 export function openApiDocument(routes: readonly AnyRoute[], version: string): object {
   const registry = new OpenAPIRegistry();
   registerAgentPaths(registry, ErrorBodySchema);
+  registerSourcePaths(registry, ErrorBodySchema, StoredSourceSchema);
   registry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer', description: 'ggt_… token' });
   for (const route of routes) {
     const codes = new Set<ErrorCode>([...route.errors, ...(route.roles === 'public' ? [] : COMMON_ERRORS), ...(route.body ? BODY_ERRORS : [])]);

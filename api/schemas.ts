@@ -67,6 +67,14 @@ export const CreateDeploymentBody = z.strictObject({
   limits: LimitsSchema.default({}).openapi({ description: 'overrides the template version\'s limits' }),
 });
 
+export const UpgradeDeploymentBody = z.strictObject({
+  version: z.number().int().min(1).optional().openapi({ description: 'the template version; the latest when left out' }),
+  parameters: z
+    .record(z.string(), z.unknown())
+    .optional()
+    .openapi({ description: 'all parameter values for the new version; when left out, the current values (sensitive ones included)' }),
+});
+
 export const ListDeploymentsQuery = z.strictObject({
   status: z.enum(DEPLOYMENT_STATUSES).optional(),
   template: Name.optional(),
@@ -142,6 +150,16 @@ export const TemplateVersionSchema = z
     actions: z.array(z.string()),
     tfVars: z.boolean(),
     limits: LimitsSchema,
+    origin: z
+      .object({
+        type: z.object({ name: Name, version: z.number().int() }),
+        source: z.record(z.string(), z.unknown()).openapi({ description: 'upload (sourceId, format, sha256) or git (url, ref, subdir, commit, sha256)' }),
+        buildId: z.string().nullable(),
+        adhoc: z.boolean(),
+        fixedParameters: z.record(z.string(), z.unknown()),
+      })
+      .nullable()
+      .openapi({ description: 'for a version made from a template type: how; null for a version naming an image' }),
     createdBy: z.string(),
     createdAt: Timestamp,
   })

@@ -32,6 +32,15 @@ const ConfigSchema = z.object({
   GLIDERGUN_KUBERNETES_RUNNER_IMAGE: z.string().min(1).optional(),
   GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(300),
   GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(120),
+  /** Where template builds push images: `<host[:port]>/<path>`. Unset: builds are refused (BUILDS_UNAVAILABLE). */
+  GLIDERGUN_REGISTRY: z.string().regex(/^[a-z0-9][a-z0-9.-]*(:\d+)?(\/[a-z0-9._-]+)*$/, 'must be <host[:port]>/<path>').optional(),
+  GLIDERGUN_REGISTRY_USERNAME: z.string().optional(),
+  GLIDERGUN_REGISTRY_PASSWORD: z.string().optional(),
+  GLIDERGUN_BUILD_TIMEOUT_SECONDS: z.coerce.number().int().min(10).default(1800),
+  /** Uploaded .zip/.tgz sources, compressed. */
+  GLIDERGUN_TEMPLATE_UPLOAD_MAX_BYTES: z.coerce.number().int().min(1024).default(50 * 1024 * 1024),
+  /** Lets builds clone file:// URLs (a repository on the builder's own disk): off, as it reads local files. */
+  GLIDERGUN_GIT_ALLOW_FILE_URLS: booleanFromEnv.default(false),
   /** Registries read over plain HTTP (comma-separated host:port), besides localhost. */
   GLIDERGUN_INSECURE_REGISTRIES: z.string().default(''),
   GLIDERGUN_RUN_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(3600),
@@ -70,6 +79,13 @@ export interface Config {
     pullTimeoutSeconds: number;
   };
   registries: { insecure: string[] };
+  builds: {
+    registry: string | undefined;
+    registryAuth: { username: string; password: string } | undefined;
+    timeoutSeconds: number;
+    uploadMaxBytes: number;
+    allowFileGitUrls: boolean;
+  };
   runs: { timeoutSeconds: number; maxTimeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number; logMaxBytes: number };
   state: { versionsKept: number };
   logLevel: z.infer<typeof ConfigSchema>['GLIDERGUN_LOG_LEVEL'];
@@ -130,6 +146,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       pullTimeoutSeconds: e.GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS,
     },
     registries: { insecure: e.GLIDERGUN_INSECURE_REGISTRIES.split(',').map((r) => r.trim()).filter(Boolean) },
+    builds: {
+      registry: e.GLIDERGUN_REGISTRY,
+      registryAuth:
+        e.GLIDERGUN_REGISTRY_USERNAME && e.GLIDERGUN_REGISTRY_PASSWORD
+          ? { username: e.GLIDERGUN_REGISTRY_USERNAME, password: e.GLIDERGUN_REGISTRY_PASSWORD }
+          : undefined,
+      timeoutSeconds: e.GLIDERGUN_BUILD_TIMEOUT_SECONDS,
+      uploadMaxBytes: e.GLIDERGUN_TEMPLATE_UPLOAD_MAX_BYTES,
+      allowFileGitUrls: e.GLIDERGUN_GIT_ALLOW_FILE_URLS,
+    },
     runs: {
       timeoutSeconds: Math.min(e.GLIDERGUN_RUN_TIMEOUT_SECONDS, e.GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS),
       maxTimeoutSeconds: e.GLIDERGUN_RUN_TIMEOUT_MAX_SECONDS,

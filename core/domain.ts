@@ -70,6 +70,11 @@ export function targetTaskQueue(target: Target, clusterQueue: string): string {
   return target.kind === 'cluster' ? clusterQueue : `node-${target.node}`;
 }
 
+/** The builder worker's task queue (template image builds), beside the cluster worker's. */
+export function builderTaskQueue(clusterQueue: string): string {
+  return `${clusterQueue}-builds`;
+}
+
 /** A short label for a target, used in search attributes and logs. */
 export function targetLabel(target: Target): string {
   return target.kind === 'cluster' ? 'cluster' : `node:${target.node}`;
@@ -95,6 +100,8 @@ export interface RunSpec {
   /** Container limits; unset means none. */
   cpus?: number | undefined;
   memoryMb?: number | undefined;
+  /** An ad-hoc template's files (a stored source): unpacked read-only at /template for the run. */
+  templateFiles?: { sourceId: string; sha256: string } | undefined;
   /** The state version to restore into /state first (none for a deployment's first run). */
   restoreStateVersion?: number | undefined;
   /** Sensitive values sealed to the executing node's key (core/crypto.ts): opaque in Temporal's history. */

@@ -11,6 +11,18 @@ export enum ErrorCode {
   TemplateNotFound = 'TEMPLATE_NOT_FOUND',
   TemplateVersionNotFound = 'TEMPLATE_VERSION_NOT_FOUND',
   TemplateExists = 'TEMPLATE_EXISTS',
+  TemplateTypeNotFound = 'TEMPLATE_TYPE_NOT_FOUND',
+  TemplateTypeVersionNotFound = 'TEMPLATE_TYPE_VERSION_NOT_FOUND',
+  TemplateTypeExists = 'TEMPLATE_TYPE_EXISTS',
+  /** A type version used by a template version cannot change. */
+  TemplateTypeVersionInUse = 'TEMPLATE_TYPE_VERSION_IN_USE',
+  /** An upload or a git source was refused (details.reason says why: SOURCE_PATH_ESCAPES, GIT_URL_REFUSED, …). */
+  SourceRejected = 'SOURCE_REJECTED',
+  SourceNotFound = 'SOURCE_NOT_FOUND',
+  BuildNotFound = 'BUILD_NOT_FOUND',
+  BuildNotActive = 'BUILD_NOT_ACTIVE',
+  /** Builds need a registry to push to (GLIDERGUN_REGISTRY). */
+  BuildsUnavailable = 'BUILDS_UNAVAILABLE',
   TokenExists = 'TOKEN_EXISTS',
   TokenNotFound = 'TOKEN_NOT_FOUND',
   Unauthenticated = 'UNAUTHENTICATED',

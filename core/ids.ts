@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
  */
 const ALPHABET = 'abcdefghijklmnopqrstuvwxyz0123456789';
 
-export type IdKind = 'dep' | 'run';
+export type IdKind = 'dep' | 'run' | 'bld' | 'src';
 
 export function newId(kind: IdKind): string {
   const bytes = randomBytes(12);

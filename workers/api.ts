@@ -58,6 +58,7 @@ export async function startApiServer(opts: {
     maxRunTimeoutSeconds: config.runs.maxTimeoutSeconds,
     stateVersionsKept: config.state.versionsKept,
     logMaxBytes: config.runs.logMaxBytes,
+    builds: config.builds,
     secrets,
     probes,
     log: opts.log,

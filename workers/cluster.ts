@@ -4,6 +4,7 @@ import type { NativeConnection} from '@temporalio/worker';
 import { Worker, type WorkflowBundleOption } from '@temporalio/worker';
 import { createNodeActivities } from '../activities/node.js';
 import { createRunActivities } from '../activities/runs.js';
+import { createBuildActivities } from '../activities/templates/build-activities.js';
 import type { Config } from '../core/config.js';
 import { SecretBox } from '../core/crypto.js';
 import { loadEncryptionKey, loadNodeKey } from '../core/keys.js';
@@ -25,7 +26,7 @@ export async function createClusterWorker(opts: {
 }): Promise<Worker> {
   const { config } = opts;
   const secrets = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
-  let activities: object = createRunActivities({ db: opts.db, runs: config.runs, secrets });
+  let activities: object = { ...createRunActivities({ db: opts.db, runs: config.runs, secrets }), ...createBuildActivities({ db: opts.db }) };
   if (config.kubernetes.enabled) {
     // The cluster is a target like a node: it gets each run's secrets sealed to its own key.
     const nodePrivateKeyPem = await loadNodeKey(path.join(config.dataDir, 'cluster'));

@@ -2,7 +2,7 @@ import type { NativeConnection} from '@temporalio/worker';
 import { Worker } from '@temporalio/worker';
 import Docker from 'dockerode';
 import { DockerExecutor } from '../activities/execution/docker.js';
-import type { StateStore } from '../activities/execution/adapter.js';
+import type { StateStore, TemplateFileStore } from '../activities/execution/adapter.js';
 import type { LogSink } from '../activities/execution/logs.js';
 import { createNodeActivities } from '../activities/node.js';
 import type { Config } from '../core/config.js';
@@ -28,6 +28,7 @@ export async function createNodeWorker(opts: {
   docker: Docker;
   logSink: LogSink;
   stateStore: StateStore;
+  templateFiles?: TemplateFileStore;
 }): Promise<Worker> {
   const { config } = opts;
   const nodePrivateKeyPem = await loadNodeKey(config.node.workDir);
@@ -36,7 +37,7 @@ export async function createNodeWorker(opts: {
     namespace: config.temporal.namespace,
     taskQueue: nodeTaskQueue(config.node.id),
     activities: createNodeActivities({
-      adapter: new DockerExecutor(opts.docker, config.node.workDir, config.node.secretsDir, opts.logSink, opts.stateStore),
+      adapter: new DockerExecutor(opts.docker, config.node.workDir, config.node.secretsDir, opts.logSink, opts.stateStore, opts.templateFiles),
       nodePrivateKeyPem,
     }),
     // Runs are long and mostly waiting; the limit is about how many containers one node should carry.

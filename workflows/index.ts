@@ -1,1 +1,2 @@
 export { deploymentWorkflow } from './deployment.js';
+export { templateBuildWorkflow } from './build.js';

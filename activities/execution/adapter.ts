@@ -33,6 +33,11 @@ export interface StateStore {
   read(deploymentId: string, version: number): AsyncIterable<Buffer>;
 }
 
+/** Where an ad-hoc template's files come from (a stored, normalized tar.gz; core/template-sources). */
+export interface TemplateFileStore {
+  read(sourceId: string): Promise<Buffer>;
+}
+
 /** ApplicationFailure types thrown by adapters, matching FailureReason where a run ends with one. */
 export const ExecutionFailure = {
   ImageUnavailable: 'image-unavailable',

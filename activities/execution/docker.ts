@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { chmod, mkdir, open, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { ApplicationFailure } from '@temporalio/common';
 import type Docker from 'dockerode';
 import type { RunOutcome, RunSpec } from '../../core/domain.js';
@@ -19,6 +21,7 @@ import {
   type ExecutionAdapter,
   type ExecutionContext,
   type StateStore,
+  type TemplateFileStore,
 } from './adapter.js';
 
 const HEARTBEAT_MS = 2_000;
@@ -55,6 +58,8 @@ export class DockerExecutor implements ExecutionAdapter {
     private readonly secretsDir: string,
     private readonly logSink: LogSink,
     private readonly stateStore: StateStore,
+    /** For ad-hoc templates, whose files are mounted at /template. */
+    private readonly templateFiles?: TemplateFileStore,
   ) {}
 
   runDir(runId: string): string {
@@ -277,6 +282,7 @@ export class DockerExecutor implements ExecutionAdapter {
       ctx.heartbeat({ phase: 'restoring' });
       await unpackState(stateDir, this.stateStore.read(spec.deploymentId, spec.restoreStateVersion));
     }
+    if (spec.templateFiles) await this.unpackTemplateFiles(path.join(dir, 'template'), spec.templateFiles);
     // The restored file may be anything the template left (even a link to a host file): replace, never follow.
     const paramsFile = path.join(stateDir, 'template-parameters.json');
     await rm(paramsFile, { recursive: true, force: true });
@@ -286,6 +292,19 @@ export class DockerExecutor implements ExecutionAdapter {
     } finally {
       await handle.close();
     }
+  }
+
+  /** An ad-hoc template's files, checked against the digest the run was given, then read-only for the container. */
+  private async unpackTemplateFiles(target: string, files: NonNullable<RunSpec['templateFiles']>): Promise<void> {
+    if (!this.templateFiles) {
+      throw ApplicationFailure.create({ type: 'infrastructure', message: 'this node cannot fetch ad-hoc template files', nonRetryable: true });
+    }
+    const archive = await this.templateFiles.read(files.sourceId);
+    if (createHash('sha256').update(archive).digest('hex') !== files.sha256) {
+      throw ApplicationFailure.create({ type: 'infrastructure', message: `template files ${files.sourceId} do not match their digest`, nonRetryable: true });
+    }
+    await mkdir(target, { recursive: true });
+    await unpackState(target, Readable.from([archive]));
   }
 
   private async ensureImage(image: string, ctx: ExecutionContext): Promise<void> {
@@ -325,7 +344,12 @@ export class DockerExecutor implements ExecutionAdapter {
           ...(spec.cpus ? { NanoCpus: Math.round(spec.cpus * 1e9) } : {}),
           // No swap on top of the memory limit: the limit is what the template gets.
           ...(spec.memoryMb ? { Memory: spec.memoryMb * 1024 * 1024, MemorySwap: spec.memoryMb * 1024 * 1024 } : {}),
-          Binds: [`${path.join(dir, 'state')}:/state`, `${path.join(dir, 'logs')}:/logs`, `${this.secretsPath(spec.runId)}:/secrets:ro`],
+          Binds: [
+            `${path.join(dir, 'state')}:/state`,
+            `${path.join(dir, 'logs')}:/logs`,
+            `${this.secretsPath(spec.runId)}:/secrets:ro`,
+            ...(spec.templateFiles ? [`${path.join(dir, 'template')}:/template:ro`] : []),
+          ],
         },
       });
     } catch (err) {

@@ -10,8 +10,9 @@ import { z } from 'zod';
 import type { SecretBox } from '../../core/crypto.js';
 import { appendLogChunk, storedLogLengths, type LogStream } from '../../core/db/logs.js';
 import type { Db } from '../../core/db/pool.js';
-import { markRunAgentStarted, recordAgentResult, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
+import { markRunAgentStarted, recordAgentResult, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
 import { readStateVersion, writeStateVersion } from '../../core/db/state.js';
+import { readSourceArchive } from '../../core/db/template-sources.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
 import { MAX_OUTPUTS_BYTES, parseOutputs } from '../../core/outputs.js';
 
@@ -85,6 +86,17 @@ export function agentRouter(deps: AgentDeps): Router {
       if (!res.headersSent) next(err);
       else res.destroy(err instanceof Error ? err : new Error(String(err)));
       });
+  });
+
+  /** An ad-hoc template's files (tar+gzip), unpacked by the runner at /template; 404 for a built template. */
+  router.get('/v1/agent/runs/:runId/template', authenticate, (req: AgentRequest, res, next) => {
+    const grant = grantOf(req);
+    (async () => {
+      const sourceId = await runTemplateSource(deps.db, grant.runId);
+      const archive = sourceId ? await readSourceArchive(deps.db, sourceId) : undefined;
+      if (!archive) throw new AppError(ErrorCode.SourceNotFound, 'this run\'s template has no files to mount (it is not ad-hoc)');
+      res.status(200).type('application/gzip').send(archive);
+    })().catch(next);
   });
 
   /** The archive of /state after the template ended; idempotent per run, so a retried upload is harmless. */

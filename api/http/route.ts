@@ -17,7 +17,7 @@ type AnyObject = z.ZodType<Record<string, unknown>>;
  * and produces the operation's entry in /openapi.json, so the document cannot drift from the router.
  */
 export interface RouteDef<P extends AnyObject | undefined, Q extends AnyObject | undefined, B extends z.ZodType | undefined> {
-  method: 'get' | 'post' | 'patch' | 'delete';
+  method: 'get' | 'post' | 'put' | 'patch' | 'delete';
   /** OpenAPI style: /v1/runs/{id} */
   path: string;
   operationId: string;

@@ -1,4 +1,4 @@
-import { getDeployment, insertDeployment, listDeployments, purgeDeployment, type Deployment } from '../../core/db/deployments.js';
+import { getDeployment, getSealedSecrets, insertDeployment, listDeployments, purgeDeployment, upgradeDeployment, type Deployment } from '../../core/db/deployments.js';
 import { deploymentWorkflowId } from '../../workflows/messages.js';
 import type { Db } from '../../core/db/pool.js';
 import { getRun, getRuns, runSummary, type Run } from '../../core/db/runs.js';
@@ -9,7 +9,7 @@ import { resolveParameters } from '../../core/parameters.js';
 import type { ApiDeps } from '../deps.js';
 import { checkTimeout } from './templates.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
-import { CreateDeploymentBody, CursorPage, DeploymentParams, DeploymentSchema, ListDeploymentsQuery, decodeCursor, encodeCursor } from '../schemas.js';
+import { CreateDeploymentBody, UpgradeDeploymentBody, CursorPage, DeploymentParams, DeploymentSchema, ListDeploymentsQuery, decodeCursor, encodeCursor } from '../schemas.js';
 
 export const READERS = ['admin', 'author', 'operator', 'viewer'] as const;
 export const OPERATORS = ['admin', 'operator'] as const;
@@ -149,6 +149,54 @@ export function deploymentRoutes(deps: ApiDeps): AnyRoute[] {
           .terminate('deployment purged')
           .catch(() => undefined);
         return { status: 204 };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: '/v1/deployments/{id}/upgrade',
+      operationId: 'upgradeDeployment',
+      summary: 'Move a deployment to another version of its template (the latest by default)',
+      description:
+        'A deployment stays on the version it was created with until upgraded. Its parameters (the given ones, else its current values, sensitive ones included) are validated against the new version; nothing changes if they do not fit. Refused while a run is active.',
+      tag: 'deployments',
+      roles: OPERATORS,
+      params: DeploymentParams,
+      body: UpgradeDeploymentBody,
+      responses: { 200: { description: 'upgraded; the next run uses the new version', schema: DeploymentSchema } },
+      errors: [ErrorCode.DeploymentNotFound, ErrorCode.TemplateVersionNotFound, ErrorCode.InvalidParameters, ErrorCode.RunInProgress],
+      async handler({ params, body }) {
+        const deployment = await loadDeployment(db, params.id);
+        const template = await getTemplate(db, deployment.template.name);
+        const versionNumber = body.version ?? template?.latestVersion;
+        const version = versionNumber ? await getTemplateVersion(db, deployment.template.name, versionNumber) : undefined;
+        if (!version) throw notFound(ErrorCode.TemplateVersionNotFound, 'template version', `${deployment.template.name}@${versionNumber ?? 'latest'}`);
+        let values = body.parameters;
+        if (!values) {
+          const sealed = await getSealedSecrets(db, deployment.id);
+          const secrets = sealed ? (JSON.parse(deps.secrets.open(sealed, deployment.id).toString('utf8')) as Record<string, unknown>) : {};
+          values = { ...deployment.parameters, ...secrets };
+        }
+        const resolved = resolveParameters(version.parameters, values);
+        if (!resolved.ok) {
+          throw new AppError(
+            ErrorCode.InvalidParameters,
+            `parameters do not match ${deployment.template.name}@${version.version}: ${resolved.problems.map((p) => `${p.parameter} ${p.problem}`).join('; ')}`,
+            { problems: resolved.problems },
+          );
+        }
+        const sensitive = new Set(version.parameters.filter((p) => p.sensitive).map((p) => p.name));
+        const secret = Object.fromEntries(Object.entries(resolved.values).filter(([k]) => sensitive.has(k)));
+        const result = await upgradeDeployment(db, deployment.id, {
+          version: version.version,
+          parameters: Object.fromEntries(Object.entries(resolved.values).filter(([k]) => !sensitive.has(k))),
+          sensitiveParameters: Object.keys(secret).sort(),
+          sealedSecrets: Object.keys(secret).length > 0 ? deps.secrets.seal(Buffer.from(JSON.stringify(secret)), deployment.id) : null,
+        });
+        if (result === 'not-found') throw notFound(ErrorCode.DeploymentNotFound, 'deployment', params.id);
+        if (result === 'run-active') {
+          throw new AppError(ErrorCode.RunInProgress, `deployment '${params.id}' has an active run; it keeps its version until the run ends`, { deploymentId: params.id });
+        }
+        return { status: 200, body: await deploymentView(db, result) };
       },
     }),
     defineRoute({

@@ -1,8 +1,13 @@
-import { addTemplateVersion, createTemplate, getTemplate, getTemplateVersion, listTemplateVersions, listTemplates } from '../../core/db/templates.js';
+import { addTemplateVersion, insertTemplateVersion, createTemplate, getTemplate, getTemplateVersion, listTemplateVersions, listTemplates } from '../../core/db/templates.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import type { RunLimits } from '../../core/domain.js';
 import { checkDeclarations } from '../../core/parameters.js';
+import { inTransaction } from '../../core/db/pool.js';
+import { getSource } from '../../core/db/template-sources.js';
+import { lockTypeVersion } from '../../core/db/template-types.js';
 import type { ApiDeps } from '../deps.js';
+import { AdhocVersionBody } from '../template-schemas.js';
+import { planOrThrow } from './builds.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import {
   CreateTemplateBody,
@@ -99,6 +104,49 @@ export function templateRoutes(deps: Pick<ApiDeps, 'db' | 'maxRunTimeoutSeconds'
         }
         checkTimeout(body.limits, deps.maxRunTimeoutSeconds);
         return { status: 201, body: await addTemplateVersion(db, { templateName: params.name, ...body, createdBy: principal!.name }) };
+      },
+    }),
+    defineRoute({
+      method: 'post',
+      path: '/v1/templates/{name}/adhoc-versions',
+      operationId: 'createAdhocTemplateVersion',
+      summary: 'Add a version made of uploaded files run by an ad-hoc type\'s generic image (no build)',
+      description:
+        'The files (a source from POST /v1/template-sources) are mounted read-only at /template in a container of the type\'s image at every run, on Docker nodes and on Kubernetes alike.',
+      tag: 'templates',
+      roles: AUTHORS,
+      params: NameParams,
+      body: AdhocVersionBody,
+      idempotent: true,
+      responses: { 201: { description: 'created', schema: TemplateVersionSchema } },
+      errors: [ErrorCode.TemplateNotFound, ErrorCode.TemplateTypeVersionNotFound, ErrorCode.SourceNotFound, ErrorCode.InvalidParameters, ErrorCode.IdempotencyKeyReused, ErrorCode.IdempotencyKeyInUse],
+      async handler({ params, body, principal }) {
+        const source = await getSource(db, body.source.sourceId);
+        if (!source) throw notFound(ErrorCode.SourceNotFound, 'source', body.source.sourceId);
+        const version = await inTransaction(db, async (tx) => {
+          const type = await lockTypeVersion(tx, body.type.name, body.type.version);
+          if (!type.adhoc) {
+            throw new AppError(ErrorCode.ValidationFailed, `template type ${type.typeName}@${type.version} is not ad-hoc: build its templates with POST /v1/templates/{name}/builds`);
+          }
+          const plan = planOrThrow(type.parameters, body.parameters);
+          return insertTemplateVersion(tx, {
+            templateName: params.name,
+            image: type.image,
+            parameters: plan.parameters,
+            actions: type.actions,
+            tfVars: type.tfVars,
+            limits: {},
+            createdBy: principal!.name,
+            origin: {
+              type: body.type,
+              source: { kind: 'upload', sourceId: source.id, format: source.format === 'zip' ? 'zip' : 'tgz', sha256: source.sha256 },
+              buildId: null,
+              adhoc: true,
+              fixedParameters: plan.fixed,
+            },
+          });
+        });
+        return { status: 201, body: version };
       },
     }),
     defineRoute({

@@ -154,3 +154,26 @@ export async function purgeDeployment(db: Db, id: string): Promise<'purged' | 'r
     return 'purged';
   });
 }
+
+/**
+ * Moves a deployment to another version of its template with parameters already validated against it.
+ * Refused while a run is active: a run keeps the version it started with.
+ */
+export async function upgradeDeployment(
+  db: Db,
+  id: string,
+  u: { version: number; parameters: Record<string, unknown>; sensitiveParameters: string[]; sealedSecrets: Buffer | null },
+): Promise<Deployment | 'run-active' | 'not-found'> {
+  return inTransaction(db, async (tx) => {
+    const locked = await tx.query('SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE', [id]);
+    if (locked.rowCount === 0) return 'not-found';
+    const active = await tx.query(`SELECT 1 FROM runs WHERE deployment_id = $1 AND status IN ('pending', 'running', 'cancelling')`, [id]);
+    if (active.rowCount) return 'run-active';
+    const { rows } = await tx.query<DeploymentRow>(
+      `UPDATE deployments SET template_version = $2, parameters = $3, secret_parameter_names = $4, secret_parameters = $5, updated_at = now()
+        WHERE id = $1 RETURNING *`,
+      [id, u.version, JSON.stringify(u.parameters), u.sensitiveParameters, u.sealedSecrets],
+    );
+    return toDeployment(rows[0]!);
+  });
+}

@@ -69,3 +69,14 @@ export async function getAgentResult(db: Queryable, runId: string): Promise<Agen
   const { rows } = await db.query<{ result: AgentResult | null }>(`SELECT result FROM run_agents WHERE run_id = $1`, [runId]);
   return rows[0]?.result ?? undefined;
 }
+
+/** The ad-hoc template files of a run's template version (deployments cannot change version while a run is active). */
+export async function runTemplateSource(db: Queryable, runId: string): Promise<string | undefined> {
+  const { rows } = await db.query<{ source_id: string | null }>(
+    `SELECT tv.source_id FROM runs r JOIN deployments d ON d.id = r.deployment_id
+       JOIN template_versions tv ON tv.template_name = d.template_name AND tv.version = d.template_version
+      WHERE r.id = $1 AND tv.adhoc`,
+    [runId],
+  );
+  return rows[0]?.source_id ?? undefined;
+}

@@ -19,6 +19,21 @@ export interface Template {
   latestVersion: number | null;
 }
 
+/** Where a version made from a type came from: an upload, or a git repository at a resolved commit. */
+export type TemplateSourceInfo =
+  | { kind: 'upload'; sourceId: string; format: 'zip' | 'tgz'; sha256: string }
+  | { kind: 'git'; sourceId: string; url: string; ref: string; subdir?: string | undefined; commit: string; sha256: string };
+
+export interface TemplateVersionOrigin {
+  type: { name: string; version: number };
+  source: TemplateSourceInfo;
+  /** The build that made its image; none for an ad-hoc version (its files are mounted at run time). */
+  buildId: string | null;
+  adhoc: boolean;
+  /** Values of the type's parameters the template fixed: every run gets them, deployments cannot set them. */
+  fixedParameters: Record<string, unknown>;
+}
+
 export interface TemplateVersion {
   templateName: string;
   version: number;
@@ -27,6 +42,8 @@ export interface TemplateVersion {
   actions: string[];
   tfVars: boolean;
   limits: RunLimits;
+  /** Set for versions made from a template type (built or ad-hoc); null for a version naming an image. */
+  origin: TemplateVersionOrigin | null;
   createdBy: string;
   createdAt: string;
 }
@@ -49,6 +66,12 @@ interface TemplateVersionRow {
   timeout_seconds: number | null;
   cpus: string | null;
   memory_mb: number | null;
+  type_name: string | null;
+  type_version: number | null;
+  source: TemplateSourceInfo | null;
+  build_id: string | null;
+  adhoc: boolean;
+  fixed_parameters: Record<string, unknown>;
   created_by: string;
   created_at: Date;
 }
@@ -69,6 +92,10 @@ const toVersion = (r: TemplateVersionRow): TemplateVersion => ({
   actions: r.actions,
   tfVars: r.tf_vars,
   limits: limitsOf(r),
+  origin:
+    r.type_name && r.type_version && r.source
+      ? { type: { name: r.type_name, version: r.type_version }, source: r.source, buildId: r.build_id, adhoc: r.adhoc, fixedParameters: r.fixed_parameters }
+      : null,
   createdBy: r.created_by,
   createdAt: r.created_at.toISOString(),
 });
@@ -110,34 +137,54 @@ export async function listTemplates(db: Queryable): Promise<Template[]> {
 /** Adds the next version; versions are numbered 1, 2, … per template without gaps. */
 export async function addTemplateVersion(
   db: Db,
-  v: Omit<TemplateVersion, 'version' | 'createdAt'>,
+  v: Omit<TemplateVersion, 'version' | 'createdAt' | 'origin'> & { origin?: TemplateVersionOrigin | null },
 ): Promise<TemplateVersion> {
-  return inTransaction(db, async (tx) => {
-    // Serialises concurrent additions to one template so they get distinct numbers.
-    const locked = await tx.query('SELECT 1 FROM templates WHERE name = $1 FOR UPDATE', [v.templateName]);
-    if (locked.rowCount === 0) {
-      throw new AppError(ErrorCode.TemplateNotFound, `template '${v.templateName}' does not exist`, {
-        name: v.templateName,
-      });
-    }
-    const { rows } = await tx.query<TemplateVersionRow>(
-      `INSERT INTO template_versions (template_name, version, image, parameters, actions, tf_vars, created_by, timeout_seconds, cpus, memory_mb)
-       VALUES ($1::text, (SELECT coalesce(max(version), 0) + 1 FROM template_versions WHERE template_name = $1::text), $2, $3, $4, $5, $6, $7, $8, $9)
-       RETURNING *`,
-      [
-        v.templateName,
-        v.image,
-        JSON.stringify(v.parameters),
-        v.actions,
-        v.tfVars,
-        v.createdBy,
-        v.limits.timeoutSeconds ?? null,
-        v.limits.cpus ?? null,
-        v.limits.memoryMb ?? null,
-      ],
-    );
-    return toVersion(rows[0]!);
-  });
+  return inTransaction(db, (tx) => insertTemplateVersion(tx, v));
+}
+
+/** addTemplateVersion inside the caller's transaction (a build records its version and its own end at once). */
+export async function insertTemplateVersion(
+  tx: Queryable,
+  v: Omit<TemplateVersion, 'version' | 'createdAt' | 'origin'> & {
+    origin?: TemplateVersionOrigin | null;
+    /** The number a build reserved; otherwise the next one. */
+    version?: number;
+  },
+): Promise<TemplateVersion> {
+  // Serialises concurrent additions to one template so they get distinct numbers.
+  const locked = await tx.query('SELECT 1 FROM templates WHERE name = $1 FOR UPDATE', [v.templateName]);
+  if (locked.rowCount === 0) {
+    throw new AppError(ErrorCode.TemplateNotFound, `template '${v.templateName}' does not exist`, { name: v.templateName });
+  }
+  const { rows } = await tx.query<TemplateVersionRow>(
+    `INSERT INTO template_versions (template_name, version, image, parameters, actions, tf_vars, created_by, timeout_seconds, cpus, memory_mb,
+                                    type_name, type_version, source_id, source, build_id, adhoc, fixed_parameters)
+     VALUES ($1::text, coalesce($17::integer, greatest(
+               (SELECT coalesce(max(version), 0) FROM template_versions WHERE template_name = $1::text),
+               (SELECT coalesce(max(version), 0) FROM template_builds WHERE template_name = $1::text)) + 1),
+             $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+     RETURNING *`,
+    [
+      v.templateName,
+      v.image,
+      JSON.stringify(v.parameters),
+      v.actions,
+      v.tfVars,
+      v.createdBy,
+      v.limits.timeoutSeconds ?? null,
+      v.limits.cpus ?? null,
+      v.limits.memoryMb ?? null,
+      v.origin?.type.name ?? null,
+      v.origin?.type.version ?? null,
+      v.origin?.source.sourceId ?? null,
+      v.origin ? JSON.stringify(v.origin.source) : null,
+      v.origin?.buildId ?? null,
+      v.origin?.adhoc ?? false,
+      JSON.stringify(v.origin?.fixedParameters ?? {}),
+      v.version ?? null,
+    ],
+  );
+  return toVersion(rows[0]!);
 }
 
 export async function getTemplateVersion(

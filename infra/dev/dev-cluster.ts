@@ -46,6 +46,8 @@ export async function startDevCluster(config: Config, docker: Docker, dir: strin
           runnerImage,
         },
         registries: { insecure: [...config.registries.insecure, cluster.registry] },
+        // Builds push where the cluster pulls from, unless the operator named a registry.
+        builds: { ...config.builds, registry: config.builds.registry ?? `${cluster.registry}/glider-gun/templates` },
       },
     };
   } catch (err) {

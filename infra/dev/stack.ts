@@ -12,9 +12,11 @@ import { migrate } from '../../core/db/migrate.js';
 import { createPool } from '../../core/db/pool.js';
 import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
 import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
+import { PostgresTemplateFiles } from '../../activities/storage/postgres-template-files.js';
 import { SecretBox } from '../../core/crypto.js';
 import { loadEncryptionKey } from '../../core/keys.js';
 import { startApiServer } from '../../workers/api.js';
+import { createBuilderWorker } from '../../workers/builder.js';
 import { createClusterWorker } from '../../workers/cluster.js';
 import { createLogger } from '../../workers/logger.js';
 import { startReconciler } from '../../workers/reconciler.js';
@@ -139,6 +141,7 @@ async function main(): Promise<void> {
         docker,
         logSink: new PostgresLogSink(db),
         stateStore: new PostgresStateStore(db, box, config.state.versionsKept),
+        templateFiles: new PostgresTemplateFiles(db),
       });
       const nodeDone = nodeWorker.run();
       onStop(`the node worker '${config.node.id}'`, async () => {
@@ -146,6 +149,17 @@ async function main(): Promise<void> {
         await nodeDone;
       });
       say(`node worker '${config.node.id}' polls task queue node-${config.node.id}`);
+      if (workerConfig.builds.registry) {
+        const builder = await createBuilderWorker({ connection: nativeConnection, config: workerConfig, db, docker });
+        const builderDone = builder.run();
+        onStop('the builder worker', async () => {
+          builder.shutdown();
+          await builderDone;
+        });
+        say(`builder worker pushes template images to ${workerConfig.builds.registry}`);
+      } else {
+        say('no GLIDERGUN_REGISTRY: template builds are refused (BUILDS_UNAVAILABLE); GLIDERGUN_DEV_KUBERNETES=true brings a registry');
+      }
     }
 
     const reconciler = startReconciler(

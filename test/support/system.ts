@@ -11,12 +11,14 @@ import pino from 'pino';
 import { WORKDIR_LABEL } from '../../activities/execution/adapter.js';
 import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
 import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
+import { PostgresTemplateFiles } from '../../activities/storage/postgres-template-files.js';
 import { SecretBox } from '../../core/crypto.js';
 import { loadEncryptionKey } from '../../core/keys.js';
 import { loadConfig, type Config } from '../../core/config.js';
 import { createPool, type Db } from '../../core/db/pool.js';
 import { ROLES, createToken, type Role } from '../../core/db/tokens.js';
 import { startApiServer, type ApiServer } from '../../workers/api.js';
+import { createBuilderWorker } from '../../workers/builder.js';
 import { createClusterWorker } from '../../workers/cluster.js';
 import { createDockerClient, createNodeWorker } from '../../workers/node.js';
 import { freePort } from '../../infra/dev/ports.js';
@@ -83,7 +85,9 @@ export async function kubernetesEnv(): Promise<Record<string, string>> {
   };
 }
 
-export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorker?: boolean; env?: Record<string, string> } = {}): Promise<TestSystem> {
+export async function startTestSystem(
+  opts: { nodeWorker?: boolean; clusterWorker?: boolean; env?: Record<string, string>; /** The template builder worker; needs GG_TEST_REGISTRY. */ builder?: boolean } = {},
+): Promise<TestSystem> {
   if (!runtimeInstalled) {
     Runtime.install({ logger: new DefaultLogger((process.env.GG_TEST_WORKER_LOG_LEVEL as 'WARN' | undefined) ?? 'ERROR'), shutdownSignals: [] });
     runtimeInstalled = true;
@@ -99,6 +103,7 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorke
     GLIDERGUN_SECRETS_DIR: `${SECRETS_ROOT}/${suffix}`,
     GLIDERGUN_LOG_LEVEL: 'warn',
     GLIDERGUN_STOP_GRACE_SECONDS: '2',
+    ...(process.env.GG_TEST_REGISTRY ? { GLIDERGUN_REGISTRY: `${process.env.GG_TEST_REGISTRY}/glider-gun/templates` } : {}),
     ...(process.env.DOCKER_HOST ? { DOCKER_HOST: process.env.DOCKER_HOST } : {}),
     ...opts.env,
   });
@@ -137,7 +142,7 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorke
     if (!nodeWorker) {
       const box = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
       nodeWorker = start(
-        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box, config.state.versionsKept) }),
+        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box, config.state.versionsKept), templateFiles: new PostgresTemplateFiles(db) }),
       );
     }
   };
@@ -146,6 +151,7 @@ export async function startTestSystem(opts: { nodeWorker?: boolean; clusterWorke
     nodeWorker = undefined;
   };
   if (opts.nodeWorker !== false) await startNodeWorker();
+  if (opts.builder) start(await createBuilderWorker({ connection: nativeConnection, config, db, docker }));
 
   const api = await startApiServer({ config, db, connection, docker, log: pino({ level: process.env.GG_TEST_API_LOG ?? 'silent' }), port: config.kubernetes.enabled ? config.api.port : 0 });
   const tokens = {} as Record<Role, string>;

@@ -63,6 +63,7 @@ export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entr
     // Always: the runner's first call (204 when there is nothing to restore) is also what tells a retried
     // attempt that the template may have started.
     { name: 'GG_RESTORE', value: '1' },
+    ...(spec.templateFiles ? [{ name: 'GG_TEMPLATE_FILES', value: '1' }] : []),
   ];
   const limits: Record<string, string> = {};
   if (spec.cpus) limits.cpu = `${Math.round(spec.cpus * 1000)}m`;
@@ -104,6 +105,7 @@ export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entr
                 { name: 'secrets', mountPath: '/secrets', readOnly: true },
                 { name: 'agent', mountPath: AGENT_DIR, readOnly: true },
                 { name: 'runner', mountPath: RUNNER_DIR, readOnly: true },
+                ...(spec.templateFiles ? [{ name: 'template', mountPath: '/template' }] : []),
               ],
             },
           ],
@@ -111,6 +113,7 @@ export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entr
             { name: 'state', emptyDir: {} },
             { name: 'logs', emptyDir: {} },
             { name: 'runner', emptyDir: {} },
+            ...(spec.templateFiles ? [{ name: 'template', emptyDir: {} }] : []),
             { name: 'secrets', secret: { secretName: name, defaultMode: 0o444, items: [{ key: SECRETS_FILE, path: SECRETS_FILE }] } },
             {
               name: 'agent',

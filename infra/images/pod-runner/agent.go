@@ -174,6 +174,15 @@ func (a *agentClient) getState(ctx context.Context) (io.ReadCloser, error) {
 	return res.Body, nil
 }
 
+// getTemplate opens the archive of an ad-hoc template's files.
+func (a *agentClient) getTemplate(ctx context.Context) (io.ReadCloser, error) {
+	res, err := a.do(ctx, http.MethodGet, "template", nil, "", nil, http.StatusOK)
+	if err != nil {
+		return nil, err
+	}
+	return res.Body, nil
+}
+
 // putLog stores data at offset of a stream, retrying until it is stored, the agent says it holds a
 // different length (resent from there by the caller), the stream is refused for good, or ctx ends.
 func (a *agentClient) putLog(ctx context.Context, stream string, offset int64, data []byte) uploadResult {

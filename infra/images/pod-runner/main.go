@@ -110,6 +110,9 @@ type config struct {
 	logMaxBytes                           int64
 	restore                               bool
 	runnerDir, stateDir, logsDir, secrets string
+	// An ad-hoc template's files are fetched into templateDir (/template) before it starts.
+	templateFiles bool
+	templateDir   string
 }
 
 func envOr(name, fallback string) string {
@@ -128,6 +131,9 @@ func loadConfig() (*config, error) {
 		stateDir:  envOr("GG_STATE_DIR", "/state"),
 		logsDir:   envOr("GG_LOGS_DIR", "/logs"),
 		secrets:   envOr("GG_SECRETS_DIR", "/secrets"),
+
+		templateFiles: os.Getenv("GG_TEMPLATE_FILES") == "1",
+		templateDir:   envOr("GG_TEMPLATE_DIR", "/template"),
 	}
 	if u, err := url.Parse(c.agentURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("GG_AGENT_URL must be an http(s) URL, not %q", c.agentURL)
@@ -243,6 +249,14 @@ func run(argv []string) int {
 			return fatal("restoring /state: %v", err)
 		}
 	}
+	if cfg.templateFiles {
+		if err := emptyDir(cfg.templateDir); err != nil {
+			return fatal("emptying %s: %v", cfg.templateDir, err)
+		}
+		if err := r.download("the template's files", cfg.templateDir, r.agent.getTemplate); err != nil {
+			return fatal("fetching the template's files: %v", err)
+		}
+	}
 	if err := writeParameters(cfg.stateDir, parameters); err != nil {
 		return fatal("writing %s: %v", parametersFile, err)
 	}
@@ -260,13 +274,19 @@ func run(argv []string) int {
 // restore unpacks the state to restore, retrying while the agent cannot be reached.
 func (r *runner) restore() error {
 	say("restoring /state")
+	return r.download("the state to restore", r.cfg.stateDir, r.agent.getState)
+}
+
+// download unpacks an archive the agent serves into dir (like unpackState: nothing outside dir, never
+// through a link), retrying while the agent cannot be reached or the download is cut.
+func (r *runner) download(what, dir string, get func(context.Context) (io.ReadCloser, error)) error {
 	ctx := context.Background()
 	deadline := time.Now().Add(restoreRetryFor)
 	for {
 		var body io.ReadCloser
-		err := r.agent.retry(ctx, "fetching the state to restore", time.Until(deadline), r.stopped.Load, func() error {
+		err := r.agent.retry(ctx, "fetching "+what, time.Until(deadline), r.stopped.Load, func() error {
 			var err error
-			body, err = r.agent.getState(ctx)
+			body, err = get(ctx)
 			return err
 		})
 		if err != nil {
@@ -275,15 +295,15 @@ func (r *runner) restore() error {
 		if body == nil {
 			return nil // nothing to restore
 		}
-		err = unpackState(r.cfg.stateDir, &netReader{body}, r.warn)
+		err = unpackState(dir, &netReader{body}, r.warn)
 		body.Close()
 		var ne *netError
 		if err == nil || !errors.As(err, &ne) || time.Now().After(deadline) || r.stopped.Load() {
 			return err
 		}
 		// The download was cut: start again in an empty folder.
-		r.agent.notice("the state download was cut (%v); starting it again", ne.err)
-		if err := emptyDir(r.cfg.stateDir); err != nil {
+		r.agent.notice("the download of %s was cut (%v); starting it again", what, ne.err)
+		if err := emptyDir(dir); err != nil {
 			return err
 		}
 		time.Sleep(retryMin)
