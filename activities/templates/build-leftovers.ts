@@ -14,14 +14,15 @@ function statusCode(err: unknown): number | undefined {
   return typeof err === 'object' && err !== null && 'statusCode' in err && typeof err.statusCode === 'number' ? err.statusCode : undefined;
 }
 
-/** Gone already (404) or in use (409): left be. */
+/** Gone already (404): fine. */
 function ignoreGone(err: unknown): void {
-  if (statusCode(err) !== 404 && statusCode(err) !== 409) throw err;
+  if (statusCode(err) !== 404) throw err;
 }
 
 /**
  * What a classic build's output says it made: the image committed after each step (the " ---> <id>"
- * after a step other than FROM) and its intermediate containers ("Running in <id>" until removed).
+ * after a step other than FROM) and its intermediate containers ("Running in <id>"; kept after the
+ * engine says "Removing intermediate container", as it may not have managed).
  */
 export class BuildTrace {
   readonly images: string[] = [];
@@ -32,7 +33,6 @@ export class BuildTrace {
     let m: RegExpExecArray | null;
     if ((m = /^Step \d+\/\d+ : (\w+)/.exec(text))) this.instruction = m[1]!.toUpperCase();
     else if ((m = /^ ---> Running in ([0-9a-f]{12,64})$/.exec(text))) this.containers.add(m[1]!);
-    else if ((m = /^Removing intermediate container ([0-9a-f]{12,64})$/.exec(text))) this.containers.delete(m[1]!);
     else if ((m = /^ ---> ([0-9a-f]{12,64})$/.exec(text)) && this.instruction !== 'FROM') this.images.push(m[1]!);
   }
 }
@@ -54,12 +54,12 @@ const UNTAGGED = '<none>:<none>';
 
 /**
  * The images of this build on the engine, each before its parent, and the length of their longest chain
- * (the number of steps committed). The roots are the images its output showed and those with its labels
- * made between its start and `until`: a later build of the same template from the same source has the
- * same labels, and the window keeps its images out. What grew on a root is this build's too, whenever
- * made, since nothing else builds on it (no cache).
+ * (the number of steps committed). The roots are the images its output showed and, when `labelledUntil`
+ * is given, those with its labels made between its start and then: a later build of the same template
+ * from the same source has the same labels, and the window keeps its images out. What grew on a root is
+ * this build's too, whenever made, since nothing else builds on it (no cache).
  */
-async function buildImages(docker: Docker, trace: BuildTrace, id: BuildIdentity, until: number): Promise<{ images: string[]; chain: number }> {
+async function buildImages(docker: Docker, trace: BuildTrace, id: BuildIdentity, labelledUntil?: number): Promise<{ images: string[]; chain: number }> {
   const all = await docker.listImages({ all: true });
   const ours = new Set<string>();
   for (const short of trace.images) {
@@ -67,8 +67,8 @@ async function buildImages(docker: Docker, trace: BuildTrace, id: BuildIdentity,
     if (found) ours.add(found.Id);
   }
   const labels = Object.entries(id.labels);
-  const [from, to] = [Math.floor(id.startedAt / 1000) - 1, Math.floor(until / 1000) + 1]; // Created: whole seconds
-  if (labels.length > 0) {
+  if (labelledUntil !== undefined && labels.length > 0) {
+    const [from, to] = [Math.floor(id.startedAt / 1000) - 1, Math.floor(labelledUntil / 1000) + 1]; // Created: whole seconds
     for (const image of all) {
       if (image.Created >= from && image.Created <= to && labels.every(([k, v]) => image.Labels?.[k] === v)) ours.add(image.Id);
     }
@@ -102,15 +102,41 @@ async function buildImages(docker: Docker, trace: BuildTrace, id: BuildIdentity,
   return { images, chain: Math.max(0, ...mine.map(depth)) };
 }
 
+const CONFLICT_RETRIES = 10;
+const CONFLICT_PAUSE_MS = 500;
+
+/**
+ * Removes the intermediate containers and the images (children first). An image still in use (409: its
+ * step's container is still being removed, on a busy engine) is tried again a few times.
+ */
 async function remove(docker: Docker, trace: BuildTrace, images: string[]): Promise<void> {
-  for (const container of trace.containers) await docker.getContainer(container).remove({ force: true, v: true }).catch(ignoreGone);
-  // By id: an image with only this build's tag loses it with the image; nothing is pruned beyond the set.
-  for (const image of images) await docker.getImage(image).remove({ noprune: true }).catch(ignoreGone);
+  for (const container of trace.containers) {
+    await docker
+      .getContainer(container)
+      .remove({ force: true, v: true })
+      .catch((err: unknown) => statusCode(err) === 409 || ignoreGone(err)); // 409: the engine is removing it already
+  }
+  let left = images;
+  for (let attempt = 0; left.length > 0 && attempt < CONFLICT_RETRIES; attempt++) {
+    if (attempt > 0) await new Promise((r) => setTimeout(r, CONFLICT_PAUSE_MS).unref());
+    const busy: string[] = [];
+    // By id: an image with only this build's tag loses it with the image; nothing is pruned beyond the set.
+    for (const image of left) {
+      await docker
+        .getImage(image)
+        .remove({ noprune: true })
+        .catch((err: unknown) => (statusCode(err) === 409 ? busy.push(image) : ignoreGone(err)));
+    }
+    left = busy;
+  }
 }
 
-/** After a build that failed (the engine is done with it): its intermediate containers and images go. */
+/**
+ * After a build the engine is done with (it ended, pushed or not): what its output showed it made is
+ * still there if the build failed, or if the engine could not prune it when the tag went.
+ */
 export async function removeBuildLeftovers(docker: Docker, trace: BuildTrace, id: BuildIdentity): Promise<void> {
-  await remove(docker, trace, (await buildImages(docker, trace, id, Date.now())).images);
+  await remove(docker, trace, (await buildImages(docker, trace, id)).images);
 }
 
 /**

@@ -14,7 +14,7 @@ import { templateBuildContext } from './build-context.js';
 import { BuildTrace, removeBuildLeftovers, sweepAfterCancel, type BuildIdentity } from './build-leftovers.js';
 import { baseImagesOf, committedSteps, isImageReference, labelsOf } from './dockerfile.js';
 import { engineError, engineMessages, LogLines, type EngineMessage } from './engine-stream.js';
-import { manifestDigest, type RegistryAuth } from './registry.js';
+import { checkCredentials, CredentialsRefusedError, manifestDigest, type RegistryAuth } from './registry.js';
 
 export type { RegistryAuth } from './registry.js';
 
@@ -297,6 +297,18 @@ async function push(ctx: Context, target: { repository: string; tag: string }): 
   return digest;
 }
 
+/** Wrong credentials fail the build at once, rather than after the engine's retries of the upload and a build for nothing. */
+async function preflight(ctx: Context, target: { registry: string; repository: string }, auth: RegistryAuth): Promise<void> {
+  try {
+    await checkCredentials(target, auth, { insecure: ctx.opts.insecureRegistries ?? [], signal: AbortSignal.any([ctx.stop.signal, AbortSignal.timeout(REGISTRY_TIMEOUT_MS)]) });
+  } catch (err) {
+    if (!(err instanceof CredentialsRefusedError)) throw err;
+    const message = `cannot push to ${ctx.input.tag}: ${err.message}`;
+    ctx.log.line(`error: ${message}`);
+    throw new PushFailedError(message);
+  }
+}
+
 /** Checks that the registry serves the pushed manifest under the tag. */
 async function verify(ctx: Context, target: { registry: string; repository: string; tag: string }, digest: string): Promise<void> {
   const { input, opts, stop, log } = ctx;
@@ -340,19 +352,24 @@ export async function buildAndPushImage(docker: Docker, input: ImageBuildInput, 
   const ctx: Context = { docker, input, opts, stop, log, trace };
   try {
     if (stop.aborted) throw stop.reason;
+    if (input.registryAuth) await preflight(ctx, pushTarget, input.registryAuth);
     const startedAt = Date.now();
     const bases = new Set(await ensureBaseImages(ctx));
     // A tag left by an attempt that died before removing it would leave its image dangling once retagged.
     await removeImage(docker, input.tag);
-    const imageId = await build(ctx, { labels: labelsOf(input.dockerfile), tag: input.tag, startedAt, bases, steps: committedSteps(input.dockerfile) });
+    const id: BuildIdentity = { labels: labelsOf(input.dockerfile), tag: input.tag, startedAt, bases, steps: committedSteps(input.dockerfile) };
+    const imageId = await build(ctx, id);
     try {
       const digest = await push(ctx, { repository: `${pushTarget.registry}/${pushTarget.repository}`, tag: pushTarget.tag });
       await verify(ctx, pushTarget, digest);
       return { imageId, digest, reference: `${pushTarget.registry}/${pushTarget.repository}@${digest}` };
     } finally {
       // The registry holds the image now (or the push failed): the tag goes, and with it the image and the
-      // build's intermediate images; the base stays, being tagged.
-      await removeImage(docker, input.tag);
+      // build's intermediate images (pruned with it; removed by id if the engine could not); the base stays.
+      // Best effort: the image is in the registry whatever happens here.
+      await removeImage(docker, input.tag)
+        .then(() => removeBuildLeftovers(docker, trace, id))
+        .catch((err: unknown) => log.line(`could not remove the local image ${input.tag}: ${err instanceof Error ? err.message : String(err)}`));
     }
   } catch (err) {
     if (stop.aborted && !(err instanceof BuildFailedError || err instanceof PushFailedError)) throw stop.reason;

@@ -36,11 +36,50 @@ async function bearerToken(challenge: string, auth: RegistryAuth | undefined, si
   if (params.service) url.searchParams.set('service', params.service);
   if (params.scope) url.searchParams.set('scope', params.scope);
   const res = await fetch(url, { headers: auth ? { authorization: basic(auth) } : {}, signal });
+  if (res.status === 401 || res.status === 403) throw new CredentialsRefusedError(`the registry's token service refuses the credentials: ${res.status} ${res.statusText}`);
   if (!res.ok) throw new Error(`the registry's token service answered ${res.status} ${res.statusText}`);
   const body = (await res.json()) as { token?: string; access_token?: string };
   const token = body.token ?? body.access_token;
   if (!token) throw new Error('the registry\'s token service gave no token');
   return token;
+}
+
+export class CredentialsRefusedError extends Error {
+  override name = 'CredentialsRefusedError';
+}
+
+/**
+ * Asks whether the registry takes these credentials for pushing to the repository: `GET /v2/` with them
+ * (Basic), or a token for `repository:<name>:pull,push` from the realm it names (Bearer). Throws
+ * CredentialsRefusedError only when the registry or its token service says no (401/403); an unreachable
+ * registry is for the push to report. The engine retries a refused layer upload for most of a minute
+ * before it gives up, so wrong credentials are better found out before.
+ */
+export async function checkCredentials(
+  ref: { registry: string; repository: string },
+  auth: RegistryAuth,
+  opts: { insecure?: readonly string[]; signal: AbortSignal },
+): Promise<void> {
+  const url = `${registryBaseUrl(ref.registry, opts.insecure)}/v2/`;
+  let res: Response;
+  try {
+    res = await fetch(url, { headers: { authorization: basic(auth) }, signal: opts.signal });
+  } catch {
+    return;
+  }
+  if (res.status !== 401 && res.status !== 403) return;
+  const challenge = res.headers.get('www-authenticate') ?? '';
+  if (res.status === 401 && /^bearer /i.test(challenge)) {
+    const scoped = /scope="/.test(challenge) ? challenge : `${challenge},scope="repository:${ref.repository}:pull,push"`;
+    try {
+      await bearerToken(scoped, auth, opts.signal);
+      return;
+    } catch (err) {
+      if (err instanceof CredentialsRefusedError) throw err;
+      return;
+    }
+  }
+  throw new CredentialsRefusedError(`${ref.registry} refuses the credentials of ${auth.username}: ${res.status} ${res.statusText}`);
 }
 
 /** `Docker-Content-Digest` of `<registry>/<repository>:<tag>`'s manifest (a HEAD request). */

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
@@ -7,7 +9,7 @@ import { gzipSync } from 'node:zlib';
 import Docker from 'dockerode';
 import tar, { type Header } from 'tar-stream';
 import { generateDockerfile, templateLabels, type TemplateImageInput } from '../../activities/templates/dockerfile.js';
-import { BuildFailedError, PushFailedError, buildAndPushImage, type BuildAbortedError, type PushedImage } from '../../activities/templates/image-build.js';
+import { BuildFailedError, PushFailedError, buildAndPushImage, type BuildAbortedError, type PushedImage, type RegistryAuth } from '../../activities/templates/image-build.js';
 import { manifestDigest } from '../../activities/templates/registry.js';
 import { pushImageTo, startImageRegistry, type ImageRegistry } from '../../infra/dev/kubernetes.js';
 import { freePort } from '../../infra/dev/ports.js';
@@ -76,10 +78,15 @@ describe('template image builds (real engine, real registry)', () => {
     ...overrides,
   });
 
-  const build = (image: TemplateImageInput, source: Buffer, tag: string, opts: { signal?: AbortSignal; timeoutMs?: number; onLog?: (l: string) => void } = {}) => {
+  const build = (
+    image: TemplateImageInput,
+    source: Buffer,
+    tag: string,
+    opts: { signal?: AbortSignal; timeoutMs?: number; onLog?: (l: string) => void; registryAuth?: RegistryAuth } = {},
+  ) => {
     const lines: string[] = [];
     const t0 = Date.now();
-    const result = buildAndPushImage(docker, { dockerfile: generateDockerfile(image), source, tag }, {
+    const result = buildAndPushImage(docker, { dockerfile: generateDockerfile(image), source, tag, ...(opts.registryAuth ? { registryAuth: opts.registryAuth } : {}) }, {
       onLog: (l) => {
         lines.push(l);
         opts.onLog?.(l);
@@ -301,6 +308,69 @@ describe('template image builds (real engine, real registry)', () => {
     });
     await absent(tag);
     await assertClean('after a push to a read-only registry');
+  });
+
+  describe('a registry that wants credentials (Basic, in front of the registry)', () => {
+    const auth = { username: 'builder', password: 's3cret' };
+    let server: http.Server;
+    let guarded: string;
+
+    before(async () => {
+      const [host, port] = registry.split(':') as [string, string];
+      const expected = `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
+      server = http.createServer((req, res) => {
+        if (req.headers.authorization !== expected) {
+          res.writeHead(401, { 'www-authenticate': 'Basic realm="gg-test"', 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0' });
+          res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }));
+          return;
+        }
+        // Host goes through as it came: the registry's upload locations then point back here.
+        const upstream = http.request({ host, port: Number(port), path: req.url, method: req.method, headers: req.headers }, (up) => {
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          up.pipe(res);
+        });
+        upstream.on('error', (err) => res.destroy(err));
+        req.pipe(upstream);
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      guarded = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    });
+    after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+
+    it('fails with PushFailedError without credentials, or with wrong ones', async () => {
+      for (const registryAuth of [undefined, { ...auth, password: 'wrong', serveraddress: guarded }]) {
+        const tag = `${guarded}/glider-gun/templates/guarded:1`;
+        const t0 = Date.now();
+        const result = buildAndPushImage(docker, { dockerfile: generateDockerfile(input()), source: await sourceArchive(TEMPLATE_FILES), tag, registryAuth }, { onLog: () => undefined });
+        await assert.rejects(result, (err: PushFailedError) => {
+          assert.ok(err instanceof PushFailedError, String(err));
+          console.log(`${registryAuth ? 'wrong' : 'no'} credentials, ${Date.now() - t0} ms: ${err.message}`);
+          // None: the engine's push fails at once. Wrong ones: found before the build (the engine would retry
+          // the refused uploads for most of a minute).
+          assert.match(err.message, registryAuth ? /refuses the credentials of builder: 401/ : /no basic auth credentials \(the registry wants other credentials\)/);
+          assert.ok(Date.now() - t0 < 5_000);
+          return true;
+        });
+        await absent(tag);
+      }
+      await assertClean('after unauthorized pushes');
+    });
+
+    it('pulls the base and pushes the template with them, and reads the digest back with them', async () => {
+      const pushed = await pushImageTo(registry, typeImage);
+      const [repo, tag] = [pushed.slice(registry.length + 1, pushed.lastIndexOf(':')), pushed.slice(pushed.lastIndexOf(':') + 1)];
+      const baseDigest = await manifestDigest({ registry, repository: repo, tag }, { signal: AbortSignal.timeout(10_000) });
+      const base = `${guarded}/${repo}@${baseDigest}`;
+      made.push(base);
+      const image = input({ baseImage: base });
+      const b = build(image, await sourceArchive(TEMPLATE_FILES), `${guarded}/glider-gun/templates/${image.templateName}:1`, { registryAuth: { ...auth, serveraddress: guarded } });
+      const result = await b.result;
+      assert.ok(b.lines.includes(`pulling base image ${base}`), b.lines.join('\n'));
+      assert.equal(result.reference, `${guarded}/glider-gun/templates/${image.templateName}@${result.digest}`);
+      // The same image in the registry behind, asked without credentials.
+      assert.equal(await manifestDigest({ registry, repository: `glider-gun/templates/${image.templateName}`, tag: '1' }, { signal: AbortSignal.timeout(10_000) }), result.digest);
+      await assertClean('after an authenticated build');
+    });
   });
 
   it('refuses a tag that is not an image reference before building anything', async () => {
