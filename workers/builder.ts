@@ -22,6 +22,7 @@ export async function createBuilderWorker(opts: { connection: NativeConnection; 
       docker: opts.docker,
       registry: config.builds.registry,
       registryAuth: config.builds.registryAuth,
+      insecureRegistries: config.registries.insecure,
       allowFileGitUrls: config.builds.allowFileGitUrls,
     }),
     // A cancel reaches the build only in a heartbeat's answer.

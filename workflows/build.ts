@@ -4,6 +4,7 @@
  * workflow (the API's cancel, or the Temporal UI) stops the build and records it as cancelled.
  */
 import {
+  ActivityCancellationType,
   ActivityFailure,
   ApplicationFailure,
   CancellationScope,
@@ -36,6 +37,8 @@ export async function templateBuildWorkflow(input: BuildWorkflowInput): Promise<
     scheduleToStartTimeout: '10 minutes',
     startToCloseTimeout: `${input.timeoutSeconds + 60} seconds`,
     heartbeatTimeout: '30 seconds',
+    // A cancelled build is recorded as such only once the engine has stopped it.
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     retry: { initialInterval: '2 seconds', maximumAttempts: 3, nonRetryableErrorTypes: [...BUILD_FAILURE_TYPES] },
   });
   const started = await db.startBuild(input.buildId);

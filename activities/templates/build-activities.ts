@@ -113,6 +113,8 @@ export function createBuilderActivities(deps: {
   /** Where template images go: `<host[:port]>/<path>`; each build pushes `<registry>/<template>:<build id>`. */
   registry: string;
   registryAuth?: { username: string; password: string } | undefined;
+  /** Registries spoken to over plain HTTP (loopback ones always are). */
+  insecureRegistries?: readonly string[] | undefined;
   allowFileGitUrls: boolean;
 }) {
   const { db } = deps;
@@ -124,7 +126,8 @@ export function createBuilderActivities(deps: {
       const type = await getTemplateTypeVersion(db, build.type.name, build.type.version);
       if (!type) throw failure('infrastructure', `template type ${build.type.name}@${build.type.version} does not exist`);
       const log = new BuildLog(db, buildId);
-      const beat = setInterval(() => ctx.heartbeat(), 5_000);
+      // A cancel reaches the activity only in a heartbeat's answer: beat often.
+      const beat = setInterval(() => ctx.heartbeat(), 1_000);
       try {
         let archive: Buffer;
         let source: TemplateSourceInfo;
@@ -150,7 +153,7 @@ export function createBuilderActivities(deps: {
             source = { kind: 'git', sourceId: stored.id, url, ref, ...(subdir ? { subdir } : {}), commit: fetched.commit, sha256: fetched.sha256 };
             log.line(`commit ${fetched.commit}: ${fetched.files} files, ${fetched.bytes} bytes, sha256 ${fetched.sha256}`);
           } catch (err) {
-            if (err instanceof SourceRejectedError) throw failure('source-rejected', err.message);
+            if (err instanceof SourceRejectedError) throw failure('source-rejected', `${err.message} (${err.code})`);
             throw err;
           } finally {
             await rm(workDir, { recursive: true, force: true });
@@ -174,7 +177,7 @@ export function createBuilderActivities(deps: {
               tag: `${deps.registry}/${build.templateName}:${buildId}`,
               ...(deps.registryAuth ? { registryAuth: { ...deps.registryAuth, serveraddress: deps.registry.split('/')[0]! } } : {}),
             },
-            { signal: ctx.cancellationSignal, onLog: (l) => log.line(l), timeoutMs: timeoutSeconds * 1000 },
+            { signal: ctx.cancellationSignal, onLog: (l) => log.line(l), timeoutMs: timeoutSeconds * 1000, insecureRegistries: deps.insecureRegistries },
           );
           log.line(`pushed ${pushed.reference}`);
           return { image: pushed.reference, source };

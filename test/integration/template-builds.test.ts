@@ -169,15 +169,23 @@ describe('template types, builds and versions', { skip: noCluster }, () => {
     assert.equal(v2.version, 2);
     assert.equal((await runOnce(d.body.id)).outputs?.label, 'v1', 'pinned: still version 1');
 
-    // While a run is active (pending: no node worker takes it), the deployment keeps its version.
+    // While a run is active (pending: no node worker takes it), the deployment keeps its version. The last
+    // run's container is removed first (by the node worker, just after the run's outcome was recorded).
+    await eventually('the last run\'s container to be removed', async () => {
+      const left = await sys.docker.listContainers({ all: true, filters: { label: [`io.glider-gun.deployment=${d.body.id}`] } });
+      return left.length === 0 ? true : undefined;
+    });
     await sys.stopNodeWorker();
-    const pending = await sys.call<Run>('POST', `/v1/deployments/${d.body.id}/runs`, { action: 'deploy' });
-    const busy = await sys.call<{ code: string }>('POST', `/v1/deployments/${d.body.id}/upgrade`, { version: 2, parameters: { greeting: 'hey', color: 'red' } });
-    assert.equal(busy.status, 409);
-    assert.equal(busy.body.code, 'RUN_IN_PROGRESS');
-    assert.equal((await sys.call('POST', `/v1/runs/${pending.body.id}/cancel`)).status, 202);
-    await eventually('the pending run to end', async () => ((await sys.call<Run>('GET', `/v1/runs/${pending.body.id}`)).body.status === 'cancelled' ? true : undefined));
-    await sys.startNodeWorker();
+    try {
+      const pending = await sys.call<Run>('POST', `/v1/deployments/${d.body.id}/runs`, { action: 'deploy' });
+      const busy = await sys.call<{ code: string }>('POST', `/v1/deployments/${d.body.id}/upgrade`, { version: 2, parameters: { greeting: 'hey', color: 'red' } });
+      assert.equal(busy.status, 409);
+      assert.equal(busy.body.code, 'RUN_IN_PROGRESS');
+      assert.equal((await sys.call('POST', `/v1/runs/${pending.body.id}/cancel`)).status, 202);
+      await eventually('the pending run to end', async () => ((await sys.call<Run>('GET', `/v1/runs/${pending.body.id}`)).body.status === 'cancelled' ? true : undefined));
+    } finally {
+      await sys.startNodeWorker();
+    }
 
     const bad = await sys.call<{ code: string }>('POST', `/v1/deployments/${d.body.id}/upgrade`, {});
     assert.equal(bad.status, 422, 'color is required by version 2: the current parameters do not fit');
