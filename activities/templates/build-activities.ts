@@ -179,7 +179,6 @@ export function createBuilderActivities(deps: {
             },
             { signal: ctx.cancellationSignal, onLog: (l) => log.line(l), timeoutMs: timeoutSeconds * 1000, insecureRegistries: deps.insecureRegistries },
           );
-          log.line(`pushed ${pushed.reference}`);
           return { image: pushed.reference, source };
         } catch (err) {
           const code = (err as { code?: string }).code;

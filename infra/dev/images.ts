@@ -19,6 +19,8 @@ export const BUSYBOX_PATH = process.env.GLIDERGUN_BUSYBOX ?? '/bin/busybox';
 export interface BaseImages {
   busybox: string;
   example: string;
+  /** The base image of the "shell" template type: runs /template/main.sh. */
+  shellType: string;
 }
 
 const hash = (...parts: (string | Buffer)[]) => {
@@ -92,17 +94,22 @@ export async function ensureBaseImages(docker: Docker, out: Say = defaultSay): P
   if (!(await imageExists(docker, busybox))) {
     await step(`making base image ${busybox}`, async () => buildBusybox(docker, busybox, binary, await listApplets()), out);
   }
-  const exampleDir = path.join(IMAGES_DIR, 'example-template');
-  const files = (await readdir(exampleDir)).sort();
-  const contents = await Promise.all(files.map((f) => readFile(path.join(exampleDir, f))));
-  const example = `glider-gun/example-template:${hash(busybox, ...files, ...contents)}`;
-  if (!(await imageExists(docker, example))) {
-    await step(`building image ${example}`, () => buildFromDir(docker, exampleDir, example, { BASE_IMAGE: busybox }), out);
-  }
-  // Stable names for people following the docs; the tests use the hashed ones.
-  await docker.getImage(example).tag({ repo: 'glider-gun/example-template', tag: 'latest' });
+  const onBusybox = async (name: string): Promise<string> => {
+    const dir = path.join(IMAGES_DIR, name);
+    const files = (await readdir(dir)).sort();
+    const contents = await Promise.all(files.map((f) => readFile(path.join(dir, f))));
+    const ref = `glider-gun/${name}:${hash(busybox, ...files, ...contents)}`;
+    if (!(await imageExists(docker, ref))) {
+      await step(`building image ${ref}`, () => buildFromDir(docker, dir, ref, { BASE_IMAGE: busybox }), out);
+    }
+    // Stable names for people following the docs; the tests use the hashed ones.
+    await docker.getImage(ref).tag({ repo: `glider-gun/${name}`, tag: 'latest' });
+    return ref;
+  };
+  const example = await onBusybox('example-template');
+  const shellType = await onBusybox('shell-type');
   await docker.getImage(busybox).tag({ repo: 'glider-gun/busybox', tag: 'latest' });
-  return { busybox, example };
+  return { busybox, example, shellType };
 }
 
 /** The environment for `go`: found on PATH or where infra/dev/provision-host.sh installs it; no toolchain download. */

@@ -22,11 +22,15 @@ import { createLogger } from '../../workers/logger.js';
 import { startReconciler } from '../../workers/reconciler.js';
 import { createDockerClient, createNodeWorker } from '../../workers/node.js';
 import { startDevCluster, type DevCluster } from './dev-cluster.js';
+import { startImageRegistry } from './kubernetes.js';
 import { ensureBaseImages } from './images.js';
 import { isPortInUse } from './ports.js';
 import { startEmbeddedPostgres, type Postgres } from './postgres.js';
 import { say, step } from './progress.js';
 import { ensureTemporalCli, startTemporalServer, type TemporalServer } from './temporal.js';
+
+/** The dev stack's registry (template builds push there); its images are kept in <data dir>/registry. */
+const DEV_REGISTRY_PORT = Number(process.env.GLIDERGUN_DEV_REGISTRY_PORT ?? 5050);
 
 /** A node worker has no workflows by design; the SDK's warning about that is noise here. */
 class QuietLogger extends DefaultLogger {
@@ -106,7 +110,20 @@ async function main(): Promise<void> {
       devCluster = await startDevCluster(config, docker, path.join(config.dataDir, 'kubernetes'));
       onStop('the Kubernetes cluster', () => devCluster!.cluster.stop());
     }
-    const workerConfig = devCluster?.config ?? config;
+    let workerConfig = devCluster?.config ?? config;
+    if (!workerConfig.builds.registry) {
+      // Builds need a registry: run Debian's docker-registry with the stack's data, so they work out of the box.
+      try {
+        const registry = await step('starting the image registry for template builds', () =>
+          startImageRegistry({ dir: path.join(config.dataDir, 'registry'), port: DEV_REGISTRY_PORT }),
+        );
+        onStop('the image registry', () => registry.stop());
+        workerConfig = { ...workerConfig, builds: { ...workerConfig.builds, registry: `${registry.address}/glider-gun/templates` } };
+      } catch (err) {
+        say(`no image registry (${err instanceof Error ? err.message : String(err)}): template builds are refused until`);
+        say('  GLIDERGUN_REGISTRY names one (infra/dev/provision-host.sh installs docker-registry)');
+      }
+    }
 
     const clusterWorker = await step('bundling workflows and starting the cluster worker', () =>
       createClusterWorker({ connection: nativeConnection, config: workerConfig, db }),
@@ -157,8 +174,6 @@ async function main(): Promise<void> {
           await builderDone;
         });
         say(`builder worker pushes template images to ${workerConfig.builds.registry}`);
-      } else {
-        say('no GLIDERGUN_REGISTRY: template builds are refused (BUILDS_UNAVAILABLE); GLIDERGUN_DEV_KUBERNETES=true brings a registry');
       }
     }
 

@@ -140,6 +140,7 @@ export async function startTestServices(purpose: string, opts: { kubernetes?: bo
         GG_TEST_WORKFLOW_BUNDLE: bundlePath,
         GG_TEST_IMAGE_BUSYBOX: images.busybox,
         GG_TEST_IMAGE_EXAMPLE: images.example,
+        GG_TEST_IMAGE_SHELL_TYPE: images.shellType,
         GG_TEST_SCRATCH: scratch,
       },
       stop,

@@ -13,8 +13,7 @@ import { pushImageTo } from '../../infra/dev/kubernetes.js';
 import { freePort } from '../../infra/dev/ports.js';
 import { gitRepoOf, tgzOf, zipOf, type Files } from '../support/archives.js';
 import { uniqueName } from '../support/fixtures.js';
-import { scriptImage } from '../support/images.js';
-import { env, eventually, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
+import { env, eventually, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
 interface Build {
   id: string;
@@ -32,8 +31,6 @@ interface Run {
   outputs: Record<string, unknown> | null;
 }
 
-/** The "shell" type's base image: it runs the template's /template/main.sh with the action. */
-const SHELL_TYPE_ENTRYPOINT = '#!/bin/sh\nset -e\necho "shell type: /template/main.sh $1"\nexec sh /template/main.sh "$@"\n';
 
 const mainSh = (label: string) =>
   `echo "template ${label} says $(cat /template/message.txt) for $1"\n` +
@@ -110,7 +107,7 @@ describe('template types, builds and versions', { skip: noCluster }, () => {
   before(async () => {
     // Kubernetes too: ad-hoc templates must run on both adapters.
     sys = await startTestSystem({ builder: true, env: await kubernetesEnv() });
-    baseImage = await pushImageTo(env('GG_TEST_REGISTRY'), await scriptImage(sys.docker, SHELL_TYPE_ENTRYPOINT));
+    baseImage = await pushImageTo(env('GG_TEST_REGISTRY'), images.shellType);
     type = await newType(baseImage);
     gitRoot = await mkdtemp(path.join(os.tmpdir(), 'gg-git-server-'));
     await gitRepoOf({ 'templates/hello/main.sh': { content: mainSh('git'), mode: 0o755 }, 'templates/hello/message.txt': 'hello from git', 'README': 'x' }, path.join(gitRoot, 'repo.git'));
@@ -315,7 +312,7 @@ describe('template builds whose registry refuses the push', { skip: noCluster },
   });
 
   it('fails the build with reason push-failed and a clear message, making no version', async () => {
-    const base = await pushImageTo(env('GG_TEST_REGISTRY'), await scriptImage(sys.docker, SHELL_TYPE_ENTRYPOINT));
+    const base = await pushImageTo(env('GG_TEST_REGISTRY'), images.shellType);
     const typeName = uniqueName('shell');
     await sys.call('POST', '/v1/template-types', { name: typeName });
     await sys.call('POST', `/v1/template-types/${typeName}/versions`, { image: base, parameters: TYPE_PARAMETERS });

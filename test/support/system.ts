@@ -36,6 +36,10 @@ export const images = {
   get example() {
     return env('GG_TEST_IMAGE_EXAMPLE');
   },
+  /** infra/images/shell-type: the base of the "shell" template type (runs /template/main.sh). */
+  get shellType() {
+    return env('GG_TEST_IMAGE_SHELL_TYPE');
+  },
 };
 
 let runtimeInstalled = false;
