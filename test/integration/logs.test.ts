@@ -131,7 +131,7 @@ pw=$(sed -n 's/.*"password": "\\(.*\\)".*/\\1/p' /secrets/template-secrets.json)
 ln -s /etc/passwd /logs/host-file
 mkdir /logs/sub && echo hidden > /logs/sub/nested.log
 echo "first line" >> /logs/app.log
-sleep 2
+sleep 6
 echo "password $pw" >> /logs/app.log
 echo "last line" >> /logs/app.log
 `,
@@ -141,7 +141,7 @@ echo "last line" >> /logs/app.log
     await sys.call('POST', `/v1/templates/${name}/versions`, { image, parameters: [{ name: 'password', type: 'string', required: true, sensitive: true }] });
     const dep = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name }, parameters: { password: secret }, target: { kind: 'node', node: sys.nodeId } });
     const run = await sys.call<{ id: string }>('POST', `/v1/deployments/${dep.body.id}/runs`, { action: 'deploy' });
-    // Stored while the run goes: the first line is there before the run ends.
+    // Stored while the run goes: the first line is there before the run ends (6 s later: room for a loaded CI machine).
     await eventually('the first file line to be stored while the run is going', async () => {
       const [r, chunks] = await Promise.all([
         sys.call<{ status: string }>('GET', `/v1/runs/${run.body.id}`),
