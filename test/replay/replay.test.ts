@@ -7,13 +7,13 @@ import { env } from '../support/system.js';
 
 /**
  * Replays recorded histories (test/replay/histories, made by record.test.ts) against today's workflow code:
- * a change that would make running deployment workflows fail with a non-determinism error fails here.
+ * a change that would make running deployment or build workflows fail with a non-determinism error fails here.
  */
 describe('recorded workflow histories replay on the current code', () => {
   it('replays every recorded history without a non-determinism error', async () => {
     const dir = path.join(import.meta.dirname, 'histories');
     const files = (await readdir(dir)).filter((f) => f.endsWith('.json')).sort();
-    assert.ok(files.length >= 4, `only ${files.length} recorded histories`);
+    assert.ok(files.length >= 7, `only ${files.length} recorded histories`);
     const histories = await Promise.all(
       // The replayer converts the CLI's JSON itself (with the SDK's own protobuf instance).
       files.map(async (f) => ({ workflowId: f, history: JSON.parse(await readFile(path.join(dir, f), 'utf8')) as unknown })),
