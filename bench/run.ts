@@ -6,7 +6,11 @@
  *   archive-ratio        our archive + restore of a 200 MB /state (tar, gzip, encrypted chunks in Postgres)
  *                        over `tar c | gzip` + `gunzip | tar x` of the same folder at the same level
  *   archive-peak-rss-mb  this process's peak resident memory while doing it (and at 50 MB, to show it is flat)
- * BENCH_RUNS (default 20) sets the number of runs of each kind.
+ *   k8s-run-overhead-ratio  median no-op `deploy` on the `cluster` target (a Job with the pod-runner, state
+ *                        restored and archived through the agent API) over the median bare Job of the same
+ *                        image and command (create → pod Succeeded), on the test cluster
+ * BENCH_RUNS (default 20) sets the number of runs of each kind (BENCH_K8S_RUNS, default 10, on Kubernetes);
+ * BENCH_KUBERNETES=0 leaves the Kubernetes figures out.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -19,6 +23,9 @@ import { readStateVersion, writeStateVersion } from '../core/db/state.js';
 import { newId } from '../core/ids.js';
 import { say } from '../infra/dev/progress.js';
 import { startTestServices } from '../infra/dev/test-services.js';
+// Types only: the modules themselves are imported once the services' variables are set.
+import type * as Fixtures from '../test/support/fixtures.js';
+import type { TestSystem } from '../test/support/system.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 20);
 const results: [string, string][] = [];
@@ -32,11 +39,12 @@ const median = (xs: number[]) => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function main(): Promise<void> {
-  const services = await startTestServices('bench');
+  const withKubernetes = process.env.BENCH_KUBERNETES !== '0';
+  const services = await startTestServices('bench', { kubernetes: withKubernetes });
   Object.assign(process.env, services.env);
-  const { startTestSystem } = await import('../test/support/system.js');
+  const { startTestSystem, kubernetesEnv } = await import('../test/support/system.js');
   const { registerExampleTemplate, createDeployment } = await import('../test/support/fixtures.js');
-  const sys = await startTestSystem();
+  const sys = await startTestSystem(withKubernetes ? { env: await kubernetesEnv() } : {});
   try {
     const image = services.env.GG_TEST_IMAGE_EXAMPLE!;
 
@@ -128,12 +136,99 @@ async function main(): Promise<void> {
       await rm(baseDst, { recursive: true, force: true });
     }
     await db.end();
+
+    if (withKubernetes) await benchKubernetes(sys, services, registerExampleTemplate, createDeployment);
   } finally {
     await sys.stop();
     await services.stop();
   }
   console.log('');
   for (const [name, value] of results) console.log(`${name}: ${value}`);
+}
+
+/** The cluster target against a bare Job of the same image and command, on the test cluster. */
+async function benchKubernetes(
+  sys: TestSystem,
+  services: Awaited<ReturnType<typeof startTestServices>>,
+  registerExampleTemplate: typeof Fixtures.registerExampleTemplate,
+  createDeployment: typeof Fixtures.createDeployment,
+): Promise<void> {
+  const runs = Number(process.env.BENCH_K8S_RUNS ?? 10);
+  const { BatchV1Api, CoreV1Api, KubeConfig } = await import('@kubernetes/client-node');
+  const kc = new KubeConfig();
+  kc.loadFromFile(services.env.GG_TEST_KUBECONFIG_ADMIN!);
+  const batch = kc.makeApiClient(BatchV1Api);
+  const core = kc.makeApiClient(CoreV1Api);
+  const namespace = services.env.GG_TEST_K8S_NAMESPACE!;
+  const image = services.env.GG_TEST_K8S_IMAGE_EXAMPLE!;
+
+  say(`bare Job of the example image × ${runs} (+1 warm-up)`);
+  const bare: number[] = [];
+  for (let i = 0; i < runs + 1; i++) {
+    const name = `bench-bare-${i}-${randomBytes(3).toString('hex')}`;
+    const t0 = performance.now();
+    await batch.createNamespacedJob({
+      namespace,
+      body: {
+        metadata: { name },
+        spec: {
+          backoffLimit: 0,
+          template: {
+            spec: {
+              restartPolicy: 'Never',
+              automountServiceAccountToken: false,
+              containers: [
+                {
+                  name: 'template',
+                  image,
+                  args: ['deploy'],
+                  env: [
+                    { name: 'TF_VAR_message', value: 'bench' },
+                    { name: 'GLIDERGUN_CONTRACT_VERSION', value: '1' },
+                    { name: 'GLIDERGUN_ACTION', value: 'deploy' },
+                    { name: 'GLIDERGUN_DEPLOYMENT_ID', value: 'dep-bench' },
+                    { name: 'GLIDERGUN_RUN_ID', value: 'run-bench' },
+                  ],
+                  volumeMounts: [{ name: 'state', mountPath: '/state' }, { name: 'logs', mountPath: '/logs' }],
+                },
+              ],
+              volumes: [{ name: 'state', emptyDir: {} }, { name: 'logs', emptyDir: {} }],
+            },
+          },
+        },
+      },
+    });
+    for (;;) {
+      const pods = await core.listNamespacedPod({ namespace, labelSelector: `job-name=${name}` });
+      const phase = pods.items[0]?.status?.phase;
+      if (phase === 'Succeeded') break;
+      if (phase === 'Failed') throw new Error(`bare Job ${name} failed`);
+      await sleep(20);
+    }
+    if (i >= 1) bare.push(performance.now() - t0);
+    await batch.deleteNamespacedJob({ name, namespace, propagationPolicy: 'Background' });
+  }
+
+  say(`no-op deploy runs on the cluster target × ${runs} (+1 warm-up)`);
+  const template = await registerExampleTemplate(sys.call, { image });
+  const dep = await createDeployment(sys.call, template, { message: 'bench' }, { kind: 'cluster' });
+  const ours: number[] = [];
+  for (let i = 0; i < runs + 1; i++) {
+    const t0 = performance.now();
+    const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${dep}/runs`, { action: 'deploy' });
+    if (started.status !== 202) throw new Error(`run refused: ${JSON.stringify(started.body)}`);
+    for (;;) {
+      const run = (await sys.call<{ status: string; stateVersion: number | null }>('GET', `/v1/runs/${started.body.id}`)).body;
+      if (run.status === 'succeeded' && run.stateVersion !== null) break;
+      if (['failed', 'cancelled'].includes(run.status)) throw new Error(`bench run ended ${run.status}`);
+      await sleep(20);
+    }
+    if (i >= 1) ours.push(performance.now() - t0);
+    await sleep(200); // the Job is removed after the run is recorded
+  }
+  result('k8s-bare-job-median-ms', median(bare));
+  result('k8s-run-median-ms', median(ours));
+  result('k8s-run-overhead-ratio', median(ours) / median(bare));
 }
 
 await main();
