@@ -1,7 +1,8 @@
 import { OpenAPIRegistry, OpenApiGeneratorV31, extendZodWithOpenApi } from '@asteasolutions/zod-to-openapi';
 import { z } from 'zod';
 import { ErrorCode } from '../core/errors.js';
-import { registerAgentPaths, registerSourcePaths } from './agent/openapi.js';
+import { registerAgentPaths } from './agent/openapi.js';
+import { registerSourcePaths } from './sources/openapi.js';
 import { StoredSourceSchema } from './template-schemas.js';
 import { HTTP_STATUS } from './errors.js';
 import type { AnyRoute } from './http/route.js';

@@ -14,9 +14,8 @@ import { defineRoute, type AnyRoute } from '../http/route.js';
 import { NameParams } from '../schemas.js';
 import { BuildParams, BuildSchema, CreateBuildBody, SourceId, StoredSourceSchema } from '../template-schemas.js';
 import { z } from '../zod.js';
+import { AUTHORS, READERS } from '../http/roles.js';
 
-const READERS = ['admin', 'author', 'operator', 'viewer'] as const;
-const AUTHORS = ['admin', 'author'] as const;
 const ACTIVE = new Set(['pending', 'running']);
 const FOLLOW_POLL_MS = 250;
 

@@ -10,9 +10,8 @@ import type { ApiDeps } from '../deps.js';
 import { checkTimeout } from './templates.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import { CreateDeploymentBody, UpgradeDeploymentBody, CursorPage, DeploymentParams, DeploymentSchema, ListDeploymentsQuery, decodeCursor, encodeCursor } from '../schemas.js';
+import { OPERATORS, READERS } from '../http/roles.js';
 
-export const READERS = ['admin', 'author', 'operator', 'viewer'] as const;
-export const OPERATORS = ['admin', 'operator'] as const;
 
 async function nodeExists(db: Db, id: string): Promise<boolean> {
   const { rowCount } = await db.query('SELECT 1 FROM nodes WHERE id = $1', [id]);

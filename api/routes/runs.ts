@@ -9,7 +9,8 @@ import { dispatchRun, signalCancel } from '../dispatch.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import { CreateRunBody, CursorPage, DeploymentParams, ListRunsQuery, LogQuery, RunParams, RunSchema, encodeCursor } from '../schemas.js';
 import { z } from '../zod.js';
-import { OPERATORS, READERS, cursorOrThrow, loadDeployment } from './deployments.js';
+import { OPERATORS, READERS } from '../http/roles.js';
+import { cursorOrThrow, loadDeployment } from './deployments.js';
 
 const FOLLOW_POLL_MS = 250;
 const KEEPALIVE_MS = 15_000;

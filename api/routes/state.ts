@@ -4,7 +4,8 @@ import type { ApiDeps } from '../deps.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import { DeploymentId, DeploymentParams, VersionNumber } from '../schemas.js';
 import { z } from '../zod.js';
-import { OPERATORS, READERS, loadDeployment } from './deployments.js';
+import { OPERATORS, READERS } from '../http/roles.js';
+import { loadDeployment } from './deployments.js';
 
 const StateVersionSchema = z
   .object({

@@ -23,9 +23,8 @@ import {
   TypeVersionParams,
 } from '../template-schemas.js';
 import { z } from '../zod.js';
+import { AUTHORS, READERS } from '../http/roles.js';
 
-const READERS = ['admin', 'author', 'operator', 'viewer'] as const;
-const AUTHORS = ['admin', 'author'] as const;
 
 /** The same checks as a template version's, plus outputs. */
 export function checkTypeVersion(spec: TemplateTypeVersionSpec): void {

@@ -19,9 +19,8 @@ import {
   VersionParams,
 } from '../schemas.js';
 import { z } from '../zod.js';
+import { AUTHORS, READERS } from '../http/roles.js';
 
-const READERS = ['admin', 'author', 'operator', 'viewer'] as const;
-const AUTHORS = ['admin', 'author'] as const;
 
 export function checkTimeout(limits: RunLimits, max: number): void {
   if (limits.timeoutSeconds !== undefined && limits.timeoutSeconds > max) {

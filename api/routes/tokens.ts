@@ -4,8 +4,8 @@ import type { ApiDeps } from '../deps.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import { CreateTokenBody, CreatedTokenSchema, TokenParams, TokenSchema } from '../schemas.js';
 import { z } from '../zod.js';
+import { ADMINS } from '../http/roles.js';
 
-const ADMINS = ['admin'] as const;
 
 export function tokenRoutes(deps: Pick<ApiDeps, 'db'>): AnyRoute[] {
   const { db } = deps;

@@ -8,9 +8,10 @@ import { storeSource } from '../../core/db/template-sources.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
 import { SourceRejectedError, normalizeUpload } from '../../core/template-sources/index.js';
 import { authenticate, authorize } from '../http/auth.js';
+import { AUTHORS } from '../http/roles.js';
 
-const AUTHORS = ['admin', 'author'] as const;
 const FORMATS: Record<string, 'zip' | 'tgz'> = { 'application/zip': 'zip', 'application/gzip': 'tgz', 'application/x-gzip': 'tgz' };
+const formatOf = (req: Request): 'zip' | 'tgz' | undefined => FORMATS[(req.headers['content-type'] ?? '').split(';')[0]!.trim()];
 
 export function sourceRouter(deps: { db: Db; uploadMaxBytes: number }): Router {
   const router = Router();
@@ -26,7 +27,7 @@ export function sourceRouter(deps: { db: Db; uploadMaxBytes: number }): Router {
         .then(() => next(), next);
     },
     (req, _res, next) => {
-      if (!FORMATS[(req.headers['content-type'] ?? '').split(';')[0]!.trim()]) {
+      if (!formatOf(req)) {
         next(new AppError(ErrorCode.UnsupportedMediaType, 'send the archive as application/zip (.zip) or application/gzip (.tgz)'));
         return;
       }
@@ -34,7 +35,7 @@ export function sourceRouter(deps: { db: Db; uploadMaxBytes: number }): Router {
     },
     express.raw({ type: Object.keys(FORMATS), limit: deps.uploadMaxBytes }),
     (req: Request & { principal?: { name: string } }, res, next) => {
-      const format = FORMATS[(req.headers['content-type'] ?? '').split(';')[0]!.trim()]!;
+      const format = formatOf(req)!;
       (async () => {
         let normalized;
         try {

@@ -6,22 +6,12 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { EXAMPLE_PARAMETERS, uniqueName } from '../support/fixtures.js';
+import { EXAMPLE_PARAMETERS, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
 import { pushToRegistry } from '../support/registry.js';
 import { eventually, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
-interface Run {
-  id: string;
-  status: string;
-  reason: string | null;
-  exitCode: number | null;
-  message: string | null;
-  outputs: Record<string, unknown> | null;
-  warnings: string[];
-  stateVersion: number | null;
-  stateVersionFrom: number | null;
-}
+type Run = RunBody;
 
 const SECRET = 's3cr3t-value-for-conformance';
 
@@ -59,12 +49,7 @@ for (const target of ['docker', 'kubernetes'] as const) {
       return res.body.id;
     }
 
-    async function ended(runId: string, timeoutMs = 120_000): Promise<Run> {
-      return eventually(`run ${runId} to end`, async () => {
-        const r = await sys.call<Run>('GET', `/v1/runs/${runId}`);
-        return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
-      }, timeoutMs);
-    }
+    const ended = (runId: string): Promise<Run> => waitForRun(sys.call, runId);
 
     async function log(runId: string, stream?: string): Promise<string> {
       const res = await fetch(`${sys.api.url}/v1/runs/${runId}/logs${stream ? `?stream=${encodeURIComponent(stream)}` : ''}`, {

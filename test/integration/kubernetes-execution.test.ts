@@ -8,20 +8,12 @@ import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { BatchV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { K8S_MANAGED_LABEL, jobName, runSelector } from '../../activities/execution/kubernetes/job-spec.js';
-import { EXAMPLE_PARAMETERS, uniqueName } from '../support/fixtures.js';
+import { EXAMPLE_PARAMETERS, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
 import { pushToRegistry } from '../support/registry.js';
 import { env, eventually, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
-interface Run {
-  id: string;
-  status: string;
-  reason: string | null;
-  exitCode: number | null;
-  message: string | null;
-  outputs: Record<string, unknown> | null;
-  stateVersion: number | null;
-}
+type Run = RunBody;
 
 const SECRET = 'k8s-secret-value-never-in-the-job';
 
@@ -53,12 +45,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     return r.body.id;
   }
 
-  async function ended(runId: string, on = sys, timeoutMs = 120_000): Promise<Run> {
-    return eventually(`run ${runId} to end`, async () => {
-      const r = await on.call<Run>('GET', `/v1/runs/${runId}`);
-      return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
-    }, timeoutMs);
-  }
+  const ended = (runId: string): Promise<Run> => waitForRun(sys.call, runId);
 
   async function stdout(runId: string, on = sys): Promise<string> {
     const res = await fetch(`${on.api.url}/v1/runs/${runId}/logs?stream=stdout`, { headers: { authorization: `Bearer ${on.tokens.admin}` } });
@@ -201,10 +188,7 @@ describe('runs on Kubernetes whose images the node cannot pull', { skip: noClust
     assert.equal((await sys.call('POST', `/v1/templates/${name}/versions`, { image, tfVars: true, parameters: EXAMPLE_PARAMETERS })).status, 201);
     const d = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name }, parameters: { message: 'x' }, target: { kind: 'cluster' } });
     const r = await sys.call<{ id: string }>('POST', `/v1/deployments/${d.body.id}/runs`, { action: 'deploy' });
-    const run = await eventually('the run to end', async () => {
-      const got = await sys.call<Run>('GET', `/v1/runs/${r.body.id}`);
-      return ['succeeded', 'failed', 'cancelled'].includes(got.body.status) ? got.body : undefined;
-    }, 120_000);
+    const run = await waitForRun(sys.call, r.body.id);
     assert.equal(run.status, 'failed');
     assert.equal(run.reason, 'image-unavailable');
     assert.match(run.message ?? '', /no-such-runner/);

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { pushImageTo } from '../../infra/dev/kubernetes.js';
 import { freePort } from '../../infra/dev/ports.js';
 import { gitRepoOf, tgzOf, zipOf, type Files } from '../support/archives.js';
-import { uniqueName } from '../support/fixtures.js';
+import { uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
 import { env, eventually, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
 interface Build {
@@ -24,13 +24,7 @@ interface Build {
   image: string | null;
   sourceId: string | null;
 }
-interface Run {
-  id: string;
-  status: string;
-  message: string | null;
-  outputs: Record<string, unknown> | null;
-}
-
+type Run = RunBody;
 
 const mainSh = (label: string) =>
   `echo "template ${label} says $(cat /template/message.txt) for $1"\n` +
@@ -77,10 +71,12 @@ describe('template types, builds and versions', { skip: noCluster }, () => {
   async function runOnce(deploymentId: string, action = 'deploy'): Promise<Run> {
     const started = await sys.call<Run>('POST', `/v1/deployments/${deploymentId}/runs`, { action });
     assert.equal(started.status, 202, JSON.stringify(started.body));
-    return eventually(`run ${started.body.id} to end`, async () => {
-      const r = await sys.call<Run>('GET', `/v1/runs/${started.body.id}`);
-      return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
-    }, 120_000);
+    return waitForRun(sys.call, started.body.id);
+  }
+
+  async function pullImage(ref: string): Promise<void> {
+    const stream = await sys.docker.pull(ref);
+    await new Promise<void>((resolve, reject) => sys.docker.modem.followProgress(stream, (err: Error | null) => (err ? reject(err) : resolve())));
   }
 
   async function newTemplate(): Promise<string> {
@@ -138,8 +134,16 @@ describe('template types, builds and versions', { skip: noCluster }, () => {
     assert.deepEqual(version.body.parameters.map((p) => p.name), ['greeting', 'token', 'size']);
     assert.deepEqual(version.body.origin.fixedParameters, { region: 'us' });
     assert.equal(version.body.origin.buildId, b.id);
-    const inspected = await sys.docker.getImage(b.image!).inspect().catch(() => undefined);
-    if (inspected) assert.equal(inspected.Config.Labels['io.glider-gun.template'], template);
+    // The builder leaves nothing on the engine: the image is read back from the registry.
+    await pullImage(b.image!);
+    try {
+      const labels = (await sys.docker.getImage(b.image!).inspect()).Config.Labels;
+      assert.equal(labels['io.glider-gun.template'], template);
+      assert.equal(labels['io.glider-gun.template-version'], '1');
+      assert.match(labels['io.glider-gun.source-digest'] ?? '', /^sha256:[0-9a-f]{64}$/);
+    } finally {
+      await sys.docker.getImage(b.image!).remove().catch(() => undefined);
+    }
 
     const refused = await sys.call<{ code: string }>('POST', '/v1/deployments', { template: { name: template }, parameters: { greeting: 'hi', region: 'mars' }, target: { kind: 'node', node: sys.nodeId } });
     assert.equal(refused.status, 422, 'a fixed parameter cannot be set by a deployment');

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { images, type apiClient } from './system.js';
+import { eventually, images, type apiClient } from './system.js';
 
 type Call = ReturnType<typeof apiClient>;
 
@@ -35,4 +35,25 @@ export async function createDeployment(
   const res = await call<{ id: string }>('POST', '/v1/deployments', { template: { name: template }, parameters, target });
   if (res.status !== 201) throw new Error(`deployment not created: ${JSON.stringify(res.body)}`);
   return res.body.id;
+}
+
+/** A run as GET /v1/runs/{id} answers it (the fields tests look at). */
+export interface RunBody {
+  id: string;
+  status: string;
+  reason: string | null;
+  exitCode: number | null;
+  message: string | null;
+  outputs: Record<string, unknown> | null;
+  warnings: string[];
+  stateVersion: number | null;
+  stateVersionFrom: number | null;
+}
+
+/** Polls the API until the run has ended (succeeded, failed or cancelled), and answers it. */
+export function waitForRun(call: Call, runId: string, timeoutMs = 120_000): Promise<RunBody> {
+  return eventually(`run ${runId} to end`, async () => {
+    const r = await call<RunBody>('GET', `/v1/runs/${runId}`);
+    return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
+  }, timeoutMs);
 }

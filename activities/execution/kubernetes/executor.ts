@@ -30,12 +30,6 @@ export interface RunAgents {
   result(runId: string): Promise<AgentResult | undefined>;
 }
 
-export interface KubernetesSettings extends JobSettings {
-  /** How long a pod may wait for a node, and for its images, before the run fails. */
-  scheduleTimeoutSeconds: number;
-  pullTimeoutSeconds: number;
-}
-
 function status(err: unknown): number | undefined {
   return err instanceof ApiException ? err.code : undefined;
 }
@@ -62,7 +56,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
 
   constructor(
     kubeConfig: KubeConfig,
-    private readonly settings: KubernetesSettings,
+    private readonly settings: JobSettings,
     private readonly registry: RegistryClient,
     private readonly agents: RunAgents,
   ) {

@@ -22,7 +22,7 @@ export interface JobSettings {
   runnerImage: string;
   /** Where the pod-runner reaches the agent API. */
   agentUrl: string;
-  /** Bounds on waiting for a node and for image pulls, part of the Job's backstop deadline. */
+  /** How long a pod may wait for a node, and for its images, before the run fails (also in the Job's backstop deadline). */
   scheduleTimeoutSeconds: number;
   pullTimeoutSeconds: number;
 }
