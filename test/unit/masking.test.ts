@@ -21,6 +21,31 @@ describe('Masker', () => {
     assert.equal(maskAll(['hunter2'], text.split('')), expected, 'one byte at a time');
   });
 
+  it('gives the same result however the stream is cut, with values that overlap each other', () => {
+    const values = ['aXa', 'XaX', 'aXaXa', 'pässwört'];
+    const text = Buffer.from('aXaXaXa XaXaX pässwörtaXa aaXaa pässwör pässwört');
+    const whole = maskAll(values, [text.toString()]);
+    for (let size = 1; size <= 7; size++) {
+      for (let start = 0; start < size; start++) {
+        const m = new Masker(values);
+        const out: Buffer[] = [m.push(text.subarray(0, start))];
+        for (let at = start; at < text.length; at += size) out.push(m.push(text.subarray(at, at + size)));
+        out.push(m.end());
+        assert.equal(Buffer.concat(out).toString(), whole, `pieces of ${size} from ${start}`);
+      }
+    }
+  });
+
+  it('releases a piece at once unless its end could still grow into a value', () => {
+    const m = new Masker(['pw-0123456789ab', 'other-secret']);
+    assert.equal(m.push(Buffer.from('first line\n')).toString(), 'first line\n', 'nothing held back without a partial value');
+    assert.equal(m.push(Buffer.from('see pw-01')).toString(), 'see ', 'a possible value is held back');
+    assert.equal(m.push(Buffer.from('23456789ab and oth')).toString(), '*** and ');
+    assert.equal(m.push(Buffer.from('erwise\n')).toString(), 'otherwise\n', 'released once it cannot be a value');
+    assert.equal(m.push(Buffer.from('pw-')).toString(), '');
+    assert.equal(m.end().toString(), 'pw-', 'the end releases what was held');
+  });
+
   it('masks the longer of two overlapping values whole', () => {
     assert.equal(maskAll(['abc', 'abcdef'], ['xxabcdefxx abc']), 'xx***xx ***');
   });

@@ -14,13 +14,13 @@ var mask = []byte("***")
 const minMaskedLength = 3
 
 // Masker replaces secret values in a byte stream that arrives in arbitrary pieces: a port of Masker in
-// activities/execution/masking.ts. Up to (longest value - 1) bytes are held back, so a value split
-// across two pieces is still found; End releases the rest. The output is the same however the input
-// was cut.
+// activities/execution/masking.ts. Only the end of a piece that could still grow into a value is held
+// back, so a value split across two pieces is still found while a line with no such tail goes out at
+// once; End releases the rest. The output is the same however the input was cut.
 type Masker struct {
-	needles  [][]byte
-	holdBack int
-	pending  []byte
+	needles [][]byte
+	longest int
+	pending []byte
 }
 
 func NewMasker(values []string) *Masker {
@@ -35,8 +35,8 @@ func NewMasker(values []string) *Masker {
 	}
 	// Longest first, so a value containing another is masked whole (a stable sort, like Array.sort).
 	sort.SliceStable(m.needles, func(a, b int) bool { return len(m.needles[a]) > len(m.needles[b]) })
-	for _, n := range m.needles {
-		m.holdBack = max(m.holdBack, len(n)-1)
+	if len(m.needles) > 0 {
+		m.longest = len(m.needles[0])
 	}
 	return m
 }
@@ -47,23 +47,40 @@ func (m *Masker) Push(piece []byte) []byte {
 		return piece
 	}
 	buf := append(m.pending, piece...)
-	out, consumed := m.scan(buf, max(0, len(buf)-m.holdBack))
+	out, consumed := m.scan(buf, false)
 	m.pending = append([]byte(nil), buf[consumed:]...)
 	return out
 }
 
 // End releases what was held back.
 func (m *Masker) End() []byte {
-	out, _ := m.scan(m.pending, len(m.pending))
+	out, _ := m.scan(m.pending, true)
 	m.pending = nil
 	return out
 }
 
-// scan masks matches that start before safe, and emits everything up to safe or the end of the last match.
-func (m *Masker) scan(buf []byte, safe int) ([]byte, int) {
+// undecided is the first position from `from` where a value may start but the buffer ends before it
+// could be told: what follows decides it, so nothing from there on may be emitted yet.
+func (m *Masker) undecided(buf []byte, from int) int {
+	for p := max(from, len(buf)-m.longest+1); p < len(buf); p++ {
+		for _, n := range m.needles {
+			if len(n) > len(buf)-p && bytes.HasPrefix(n, buf[p:]) {
+				return p
+			}
+		}
+	}
+	return len(buf)
+}
+
+// scan masks every match that is decided, and emits everything before the first undecided position.
+func (m *Masker) scan(buf []byte, final bool) ([]byte, int) {
 	var out []byte
 	from := 0
 	for {
+		safe := len(buf)
+		if !final {
+			safe = m.undecided(buf, from)
+		}
 		// The earliest match from here; on a tie the longest needle wins (they are sorted longest first).
 		at := -1
 		var hit []byte
@@ -74,15 +91,12 @@ func (m *Masker) scan(buf []byte, safe int) ([]byte, int) {
 			}
 		}
 		if hit == nil || at >= safe {
-			break
+			return append(out, buf[from:safe]...), safe
 		}
 		out = append(out, buf[from:at]...)
 		out = append(out, mask...)
 		from = at + len(hit)
 	}
-	consumed := max(from, safe)
-	out = append(out, buf[from:consumed]...)
-	return out, consumed
 }
 
 // secretStrings gives the strings to mask for a run's sensitive values, like secretStrings in masking.ts:

@@ -69,6 +69,26 @@ func TestMaskerSameResultHoweverCut(t *testing.T) {
 	}
 }
 
+// Like "releases a piece at once unless its end could still grow into a value" in masking.test.ts.
+func TestMaskerHoldsBackOnlyAPossibleValue(t *testing.T) {
+	m := NewMasker([]string{"pw-0123456789ab", "other-secret"})
+	steps := []struct{ in, want string }{
+		{"first line\n", "first line\n"},
+		{"see pw-01", "see "},
+		{"23456789ab and oth", "*** and "},
+		{"erwise\n", "otherwise\n"},
+		{"pw-", ""},
+	}
+	for _, s := range steps {
+		if got := string(m.Push([]byte(s.in))); got != s.want {
+			t.Fatalf("push %q: %q, want %q", s.in, got, s.want)
+		}
+	}
+	if got := string(m.End()); got != "pw-" {
+		t.Fatalf("end: %q", got)
+	}
+}
+
 func TestSecretStrings(t *testing.T) {
 	// As written by the adapter: JSON.stringify(secrets, null, 2).
 	got, err := secretStrings([]byte("{\n  \"a\": \"x\",\n  \"n\": 12345,\n  \"o\": {\n    \"k\": \"v\",\n    \"l\": [\n      1,\n      true\n    ]\n  }\n}\n"))
