@@ -18,7 +18,7 @@ await migrate(config.databaseUrl);
 const db = createPool(config.databaseUrl);
 const connection = await NativeConnection.connect({ address: config.temporal.address });
 const bundle = process.env.GLIDERGUN_WORKFLOW_BUNDLE;
-const worker = await createClusterWorker({ connection, config, db, workflowBundle: bundle ? { codePath: bundle } : undefined });
+const { worker, close } = await createClusterWorker({ connection, config, db, workflowBundle: bundle ? { codePath: bundle } : undefined });
 process.stderr.write(`[glider-gun] cluster worker polls task queue ${config.temporal.taskQueue}\n`);
 const client = new Client({ connection: await Connection.connect({ address: config.temporal.address }), namespace: config.temporal.namespace });
 const reconciler = startReconciler(
@@ -26,6 +26,7 @@ const reconciler = startReconciler(
   { everyMs: 30_000, olderThanSeconds: 60, onError: (err) => process.stderr.write(`[glider-gun] reconciling runs failed: ${String(err)}\n`) },
 );
 await worker.run();
+await close();
 await reconciler.stop();
 await client.connection.close();
 await connection.close();

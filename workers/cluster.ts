@@ -17,22 +17,31 @@ export const WORKFLOWS_PATH = path.join(path.dirname(fileURLToPath(import.meta.u
  * The cluster worker: every deployment workflow and the database activities on the main task queue, and,
  * with Kubernetes configured, the execution activities of the `cluster` target (one Job per run).
  */
+export interface ClusterWorker {
+  worker: Worker;
+  /** Closes what the execution adapter keeps open (its pod watch), once `worker.run()` has returned. */
+  close: () => Promise<void>;
+}
+
 export async function createClusterWorker(opts: {
   connection: NativeConnection;
   config: Config;
   db: Db;
   /** A prebuilt bundle (tests build it once); otherwise the workflows are bundled at start. */
   workflowBundle?: WorkflowBundleOption | undefined;
-}): Promise<Worker> {
+}): Promise<ClusterWorker> {
   const { config } = opts;
   const secrets = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
   let activities: object = { ...createRunActivities({ db: opts.db, runs: config.runs, secrets }), ...createBuildActivities({ db: opts.db }) };
+  let close = () => Promise.resolve();
   if (config.kubernetes.enabled) {
     // The cluster is a target like a node: it gets each run's secrets sealed to its own key.
     const nodePrivateKeyPem = await loadNodeKey(path.join(config.dataDir, 'cluster'));
-    activities = { ...activities, ...createNodeActivities({ adapter: createKubernetesExecutor(config, opts.db), nodePrivateKeyPem }) };
+    const executor = createKubernetesExecutor(config, opts.db);
+    close = () => executor.close();
+    activities = { ...activities, ...createNodeActivities({ adapter: executor, nodePrivateKeyPem }) };
   }
-  return Worker.create({
+  const worker = await Worker.create({
     connection: opts.connection,
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
@@ -43,4 +52,5 @@ export async function createClusterWorker(opts: {
     // heartbeat timeout) would hold a Kubernetes run's cancel back by up to 16 s.
     maxHeartbeatThrottleInterval: '1 second',
   });
+  return { worker, close };
 }

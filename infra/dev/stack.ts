@@ -125,13 +125,14 @@ async function main(): Promise<void> {
       }
     }
 
-    const clusterWorker = await step('bundling workflows and starting the cluster worker', () =>
+    const { worker: clusterWorker, close: closeClusterWorker } = await step('bundling workflows and starting the cluster worker', () =>
       createClusterWorker({ connection: nativeConnection, config: workerConfig, db }),
     );
     const clusterDone = clusterWorker.run();
     onStop('the cluster worker', async () => {
       clusterWorker.shutdown();
       await clusterDone;
+      await closeClusterWorker();
     });
 
     let dockerReady = false;

@@ -119,8 +119,8 @@ export async function startTestSystem(
   const client = new Client({ connection, namespace: config.temporal.namespace });
 
   const running: { worker: Worker; done: Promise<void> }[] = [];
-  const start = (worker: Worker) => {
-    const entry = { worker, done: worker.run() };
+  const start = (worker: Worker, close?: () => Promise<void>) => {
+    const entry = { worker, done: worker.run().finally(close) };
     running.push(entry);
     return entry;
   };
@@ -132,9 +132,9 @@ export async function startTestSystem(
 
   let clusterWorker: { worker: Worker; done: Promise<void> } | undefined;
   const startClusterWorker = async () => {
-    clusterWorker ??= start(
-      await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }),
-    );
+    if (clusterWorker) return;
+    const created = await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } });
+    clusterWorker = start(created.worker, created.close);
   };
   const stopClusterWorker = async () => {
     if (clusterWorker) await halt(clusterWorker);

@@ -16,9 +16,14 @@ import { ExecutionFailure, type ExecutionAdapter, type ExecutionContext } from '
 import { ImageNotFoundError, parseImageReference, type RegistryClient } from '../image-config.js';
 import { ARCHIVE_GRACE_SECONDS, jobName, runJob, runSecret, runSelector, type JobSettings } from './job-spec.js';
 import { observeRun, type PodObservation } from './observe.js';
+import { PodEvents } from './pod-events.js';
 
-const POLL_MS = 1_000;
-const HEARTBEAT_MS = 2_000;
+/** A pod event wakes the supervisor at once; without one it still looks this often. */
+const LOOK_MS = 5_000;
+/** While a stopped pod winds down its runner's report is awaited, which no pod event announces. */
+const LOOK_WHILE_STOPPING_MS = 1_000;
+/** Heartbeats carry the cancel to the activity, so they go on between looks. */
+const HEARTBEAT_MS = 1_000;
 /** After the pod ended, how long the runner's report may take to be visible. */
 const RESULT_WAIT_MS = 15_000;
 
@@ -53,6 +58,7 @@ type StopReason = 'cancelled' | 'timeout';
 export class KubernetesExecutor implements ExecutionAdapter {
   private readonly batch: BatchV1Api;
   private readonly core: CoreV1Api;
+  private readonly podEvents: PodEvents;
 
   constructor(
     kubeConfig: KubeConfig,
@@ -62,6 +68,12 @@ export class KubernetesExecutor implements ExecutionAdapter {
   ) {
     this.batch = kubeConfig.makeApiClient(BatchV1Api);
     this.core = kubeConfig.makeApiClient(CoreV1Api);
+    this.podEvents = new PodEvents(kubeConfig, settings.namespace);
+  }
+
+  /** Closes the shared pod watch (it also closes itself once no run is supervised). */
+  async close(): Promise<void> {
+    await this.podEvents.close();
   }
 
   private get namespace(): string {
@@ -152,60 +164,67 @@ export class KubernetesExecutor implements ExecutionAdapter {
     let stopReason: StopReason | undefined = spec.cancelNow ? 'cancelled' : undefined;
     let stopSentTo: string | undefined;
     let deadline: number | undefined;
-    let lastBeat = 0;
-    const beat = (details: { phase: string; containerId?: string }) => {
-      if (Date.now() - lastBeat >= HEARTBEAT_MS) {
-        ctx.heartbeat(details);
-        lastBeat = Date.now();
-      }
-    };
+    let progress: { phase: string; containerId?: string } = { phase: 'preparing' };
+    ctx.heartbeat(progress);
+    const heartbeat = setInterval(() => ctx.heartbeat(progress), HEARTBEAT_MS);
+    try {
+      for (;;) {
+        if (ctx.abandon?.aborted) {
+          throw new Error('stopped watching the run (its workflow ended, was reset, or this worker is stopping); the Job is left running');
+        }
+        if (!stopReason && ctx.signal.aborted) stopReason = 'cancelled';
+        let lookAgainBy = Date.now() + LOOK_MS;
+        const seen = await this.observe(spec.runId);
 
-    for (;;) {
-      if (ctx.abandon?.aborted) {
-        throw new Error('stopped watching the run (its workflow ended, was reset, or this worker is stopping); the Job is left running');
-      }
-      if (!stopReason && ctx.signal.aborted) stopReason = 'cancelled';
-      const seen = await this.observe(spec.runId);
-
-      if (seen.kind === 'ended') return this.outcome(spec, seen, stopReason);
-      if (seen.kind === 'no-pod') {
-        if (seen.jobFailure) return this.outcome(spec, { kind: 'ended', podName: '', exitCode: undefined, reason: 'JobFailed', message: seen.jobFailure }, stopReason);
-        beat({ phase: 'preparing' });
-      } else if (seen.kind === 'unschedulable' || seen.kind === 'image-pull-failing') {
-        const limit = seen.kind === 'unschedulable' ? this.settings.scheduleTimeoutSeconds : this.settings.pullTimeoutSeconds;
-        if (stopReason || Date.now() - seen.since.getTime() > limit * 1000) {
-          // The template never started: nothing to stop or archive, only the Job to remove (cleanup does).
-          if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled before the container started' };
-          return seen.kind === 'unschedulable'
-            ? { status: 'failed', reason: 'unschedulable', message: `no node could run the pod within ${limit}s: ${seen.message}` }
-            : { status: 'failed', reason: 'image-unavailable', message: `the image could not be pulled within ${limit}s: ${seen.message}` };
+        if (seen.kind === 'ended') return await this.outcome(spec, seen, stopReason);
+        if (seen.kind === 'no-pod') {
+          if (seen.jobFailure) return await this.outcome(spec, { kind: 'ended', podName: '', exitCode: undefined, reason: 'JobFailed', message: seen.jobFailure }, stopReason);
+          progress = { phase: 'preparing' };
+        } else if (seen.kind === 'unschedulable' || seen.kind === 'image-pull-failing') {
+          const limit = seen.kind === 'unschedulable' ? this.settings.scheduleTimeoutSeconds : this.settings.pullTimeoutSeconds;
+          const giveUpAt = seen.since.getTime() + limit * 1000;
+          if (stopReason || Date.now() > giveUpAt) {
+            // The template never started: nothing to stop or archive, only the Job to remove (cleanup does).
+            if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled before the container started' };
+            return seen.kind === 'unschedulable'
+              ? { status: 'failed', reason: 'unschedulable', message: `no node could run the pod within ${limit}s: ${seen.message}` }
+              : { status: 'failed', reason: 'image-unavailable', message: `the image could not be pulled within ${limit}s: ${seen.message}` };
+          }
+          lookAgainBy = Math.min(lookAgainBy, giveUpAt + 1);
+          progress = { phase: seen.kind === 'unschedulable' ? 'scheduling' : 'pulling' };
+        } else if (seen.kind === 'starting') {
+          if (stopReason === 'cancelled' && !(await this.agents.started(spec.runId))) {
+            return { status: 'cancelled', message: 'cancelled before the container started' };
+          }
+          progress = { phase: 'preparing' };
+        } else {
+          // Counted from the template container's start, so an adopted run keeps its original deadline.
+          deadline ??= seen.startedAt.getTime() + spec.timeoutSeconds * 1000;
+          if (!stopReason && Date.now() > deadline) stopReason = 'timeout';
+          if (stopReason && stopSentTo !== seen.podName) {
+            ctx.log(`stopping the pod: ${stopReason}`, { pod: seen.podName, graceSeconds: spec.stopGraceSeconds });
+            // The pod-runner gets SIGTERM, passes it to the template's process group, SIGKILLs it after the
+            // grace, then archives /state and reports before its own, longer, grace runs out.
+            await orUndefinedIf404(
+              this.core.deleteNamespacedPod({ name: seen.podName, namespace: this.namespace, gracePeriodSeconds: spec.stopGraceSeconds + ARCHIVE_GRACE_SECONDS }),
+            );
+            stopSentTo = seen.podName;
+          }
+          if (!stopReason) lookAgainBy = Math.min(lookAgainBy, deadline + 1);
+          progress = { phase: stopReason ? 'stopping' : 'executing', containerId: seen.podName };
         }
-        beat({ phase: seen.kind === 'unschedulable' ? 'scheduling' : 'pulling' });
-      } else if (seen.kind === 'starting') {
-        if (stopReason === 'cancelled' && !(await this.agents.started(spec.runId))) {
-          return { status: 'cancelled', message: 'cancelled before the container started' };
+        // A stopped pod can vanish before we see it end: its runner's report is then the only trace.
+        if (stopSentTo) {
+          if (await this.agents.result(spec.runId)) {
+            return await this.outcome(spec, { kind: 'ended', podName: stopSentTo, exitCode: undefined, reason: undefined, message: undefined }, stopReason);
+          }
+          lookAgainBy = Math.min(lookAgainBy, Date.now() + LOOK_WHILE_STOPPING_MS);
         }
-        beat({ phase: 'preparing' });
-      } else {
-        // Counted from the template container's start, so an adopted run keeps its original deadline.
-        deadline ??= seen.startedAt.getTime() + spec.timeoutSeconds * 1000;
-        if (!stopReason && Date.now() > deadline) stopReason = 'timeout';
-        if (stopReason && stopSentTo !== seen.podName) {
-          ctx.log(`stopping the pod: ${stopReason}`, { pod: seen.podName, graceSeconds: spec.stopGraceSeconds });
-          // The pod-runner gets SIGTERM, passes it to the template's process group, SIGKILLs it after the
-          // grace, then archives /state and reports before its own, longer, grace runs out.
-          await orUndefinedIf404(
-            this.core.deleteNamespacedPod({ name: seen.podName, namespace: this.namespace, gracePeriodSeconds: spec.stopGraceSeconds + ARCHIVE_GRACE_SECONDS }),
-          );
-          stopSentTo = seen.podName;
-        }
-        beat({ phase: stopReason ? 'stopping' : 'executing', containerId: seen.podName });
+        // A cancel wakes the wait only until it is acted on; after that it would make this loop spin.
+        await this.podEvents.next(spec.runId, Math.max(0, lookAgainBy - Date.now()), [stopReason ? undefined : ctx.signal, ctx.abandon]);
       }
-      // A stopped pod can vanish before we see it end: its runner's report is then the only trace.
-      if (stopSentTo && (await this.agents.result(spec.runId))) {
-        return this.outcome(spec, { kind: 'ended', podName: stopSentTo, exitCode: undefined, reason: undefined, message: undefined }, stopReason);
-      }
-      await sleep(POLL_MS);
+    } finally {
+      clearInterval(heartbeat);
     }
   }
 
