@@ -280,7 +280,7 @@ export class DockerExecutor implements ExecutionAdapter {
     await mkdir(path.join(dir, 'logs'), { recursive: true });
     if (spec.restoreStateVersion !== undefined) {
       ctx.heartbeat({ phase: 'restoring' });
-      await unpackState(stateDir, this.stateStore.read(spec.deploymentId, spec.restoreStateVersion));
+      await unpackState(stateDir, this.stateStore.read(spec.deploymentId, spec.restoreStateVersion, spec.runId));
     }
     if (spec.templateFiles) await this.unpackTemplateFiles(path.join(dir, 'template'), spec.templateFiles);
     // The restored file may be anything the template left (even a link to a host file): replace, never follow.

@@ -1,5 +1,6 @@
 import type { SecretBox } from '../../core/crypto.js';
 import type { Db } from '../../core/db/pool.js';
+import { setRunPhase } from '../../core/db/runs.js';
 import { readStateVersion, writeStateVersion } from '../../core/db/state.js';
 import type { StateStore } from '../execution/adapter.js';
 
@@ -12,11 +13,14 @@ export class PostgresStateStore implements StateStore {
     private readonly keep?: number,
   ) {}
 
-  write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>) {
+  async write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>) {
+    await setRunPhase(this.db, runId, 'archiving');
     return writeStateVersion(this.db, this.box, { deploymentId, runId, keep: this.keep }, archive);
   }
 
-  read(deploymentId: string, version: number) {
-    return readStateVersion(this.db, this.box, deploymentId, version);
+  async *read(deploymentId: string, version: number, runId: string) {
+    await setRunPhase(this.db, runId, 'restoring');
+    yield* readStateVersion(this.db, this.box, deploymentId, version);
+    await setRunPhase(this.db, runId, 'executing');
   }
 }

@@ -10,6 +10,7 @@ import { z } from 'zod';
 import type { SecretBox } from '../../core/crypto.js';
 import { appendLogChunk, storedLogLengths, type LogStream } from '../../core/db/logs.js';
 import type { Db } from '../../core/db/pool.js';
+import { setRunPhase } from '../../core/db/runs.js';
 import { markRunAgentStarted, recordAgentResult, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
 import { readStateVersion, writeStateVersion } from '../../core/db/state.js';
 import { readSourceArchive } from '../../core/db/template-sources.js';
@@ -72,20 +73,23 @@ export function agentRouter(deps: AgentDeps): Router {
   /** The archive to restore into /state before the template starts; 204 for a deployment's first run. */
   router.get('/v1/agent/runs/:runId/state', authenticate, (req: AgentRequest, res, next) => {
     const grant = grantOf(req);
-    markRunAgentStarted(deps.db, grant.runId)
-      .then(() => {
-        if (grant.restoreVersion === undefined) {
-          res.status(204).end();
-          return;
-        }
-        res.status(200).type('application/gzip');
-        return pipeline(readStateVersion(deps.db, deps.secrets, grant.deploymentId, grant.restoreVersion), res);
-      })
-      .catch((err: unknown) => {
+    (async () => {
+      await markRunAgentStarted(deps.db, grant.runId);
+      if (grant.restoreVersion === undefined) {
+        res.status(204).end();
+        await setRunPhase(deps.db, grant.runId, 'executing');
+        return;
+      }
+      await setRunPhase(deps.db, grant.runId, 'restoring');
+      res.status(200).type('application/gzip');
+      await pipeline(readStateVersion(deps.db, deps.secrets, grant.deploymentId, grant.restoreVersion), res);
+      // All sent: the runner unpacks it and starts the template.
+      await setRunPhase(deps.db, grant.runId, 'executing');
+    })().catch((err: unknown) => {
       // Headers are gone: the runner sees a cut stream (and a gzip error) and fails the run.
       if (!res.headersSent) next(err);
       else res.destroy(err instanceof Error ? err : new Error(String(err)));
-      });
+    });
   });
 
   /** An ad-hoc template's files (tar+gzip), unpacked by the runner at /template; 404 for a built template. */
@@ -106,7 +110,9 @@ export function agentRouter(deps: AgentDeps): Router {
       next(new AppError(ErrorCode.UnsupportedMediaType, 'the state archive must be sent as application/gzip'));
       return;
     }
-    writeStateVersion(deps.db, deps.secrets, { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.stateVersionsKept }, req).then(
+    setRunPhase(deps.db, grant.runId, 'archiving')
+      .then(() => writeStateVersion(deps.db, deps.secrets, { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.stateVersionsKept }, req))
+      .then(
       (v) => res.status(200).json({ version: v.version, sha256: v.sha256, sizeBytes: v.sizeBytes }),
       (err: unknown) => next(err),
     );
