@@ -1,5 +1,7 @@
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
+import { parseDockerConfig, registryHostOf, type RegistryAuth } from './registry-credentials.js';
 
 /**
  * The one typed configuration of every Glider Gun process, read from the environment once at start-up.
@@ -32,10 +34,17 @@ const ConfigSchema = z.object({
   GLIDERGUN_KUBERNETES_RUNNER_IMAGE: z.string().min(1).optional(),
   GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(300),
   GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(120),
+  /** Secrets (type kubernetes.io/dockerconfigjson) in the runs' namespace that the kubelet pulls template images with. */
+  GLIDERGUN_KUBERNETES_IMAGE_PULL_SECRETS: z
+    .string()
+    .regex(/^\s*([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\s*(,\s*|$))*$/, 'must be a comma-separated list of Secret names')
+    .default(''),
   /** Where template builds push images: `<host[:port]>/<path>`. Unset: builds are refused (BUILDS_UNAVAILABLE). */
   GLIDERGUN_REGISTRY: z.string().regex(/^[a-z0-9][a-z0-9.-]*(:\d+)?(\/[a-z0-9._-]+)*$/, 'must be <host[:port]>/<path>').optional(),
   GLIDERGUN_REGISTRY_USERNAME: z.string().optional(),
   GLIDERGUN_REGISTRY_PASSWORD: z.string().optional(),
+  /** A Docker config file (`{"auths": {...}}`) with the credentials of the registries template images are pulled from. */
+  GLIDERGUN_REGISTRY_AUTH_FILE: z.string().min(1).optional(),
   GLIDERGUN_BUILD_TIMEOUT_SECONDS: z.coerce.number().int().min(10).default(1800),
   /** Uploaded .zip/.tgz sources, compressed. */
   GLIDERGUN_TEMPLATE_UPLOAD_MAX_BYTES: z.coerce.number().int().min(1024).default(50 * 1024 * 1024),
@@ -77,8 +86,10 @@ export interface Config {
     runnerImage: string | undefined;
     scheduleTimeoutSeconds: number;
     pullTimeoutSeconds: number;
+    imagePullSecrets: string[];
   };
-  registries: { insecure: string[] };
+  /** `credentials`: what images are pulled and inspected with, by registry (the build registry's first). */
+  registries: { insecure: string[]; credentials: RegistryAuth[] };
   builds: {
     registry: string | undefined;
     registryAuth: { username: string; password: string } | undefined;
@@ -110,6 +121,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(['GLIDERGUN_KUBERNETES_RUNNER_IMAGE: required with GLIDERGUN_KUBERNETES=true (the pod-runner image, infra/images/pod-runner)']);
   }
   const dataDir = path.resolve(e.GLIDERGUN_DATA_DIR);
+  const buildAuth =
+    e.GLIDERGUN_REGISTRY_USERNAME && e.GLIDERGUN_REGISTRY_PASSWORD ? { username: e.GLIDERGUN_REGISTRY_USERNAME, password: e.GLIDERGUN_REGISTRY_PASSWORD } : undefined;
+  const credentials: RegistryAuth[] = [];
+  if (buildAuth && e.GLIDERGUN_REGISTRY) credentials.push({ ...buildAuth, serveraddress: registryHostOf(e.GLIDERGUN_REGISTRY) });
+  if (e.GLIDERGUN_REGISTRY_AUTH_FILE) {
+    try {
+      credentials.push(...parseDockerConfig(readFileSync(e.GLIDERGUN_REGISTRY_AUTH_FILE, 'utf8')));
+    } catch (err) {
+      throw new ConfigError([`GLIDERGUN_REGISTRY_AUTH_FILE: ${e.GLIDERGUN_REGISTRY_AUTH_FILE}: ${err instanceof Error ? err.message : String(err)}`]);
+    }
+  }
   return {
     dataDir,
     databaseUrl: e.DATABASE_URL,
@@ -144,14 +166,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       runnerImage: e.GLIDERGUN_KUBERNETES_RUNNER_IMAGE,
       scheduleTimeoutSeconds: e.GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS,
       pullTimeoutSeconds: e.GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS,
+      imagePullSecrets: e.GLIDERGUN_KUBERNETES_IMAGE_PULL_SECRETS.split(',').map((s) => s.trim()).filter(Boolean),
     },
-    registries: { insecure: e.GLIDERGUN_INSECURE_REGISTRIES.split(',').map((r) => r.trim()).filter(Boolean) },
+    registries: { insecure: e.GLIDERGUN_INSECURE_REGISTRIES.split(',').map((r) => r.trim()).filter(Boolean), credentials },
     builds: {
       registry: e.GLIDERGUN_REGISTRY,
-      registryAuth:
-        e.GLIDERGUN_REGISTRY_USERNAME && e.GLIDERGUN_REGISTRY_PASSWORD
-          ? { username: e.GLIDERGUN_REGISTRY_USERNAME, password: e.GLIDERGUN_REGISTRY_PASSWORD }
-          : undefined,
+      registryAuth: buildAuth,
       timeoutSeconds: e.GLIDERGUN_BUILD_TIMEOUT_SECONDS,
       uploadMaxBytes: e.GLIDERGUN_TEMPLATE_UPLOAD_MAX_BYTES,
       allowFileGitUrls: e.GLIDERGUN_GIT_ALLOW_FILE_URLS,

@@ -2,6 +2,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { RegistryClient } from '../activities/execution/image-config.js';
 import { KubernetesExecutor } from '../activities/execution/kubernetes/executor.js';
 import type { Config } from '../core/config.js';
+import { RegistryCredentials } from '../core/registry-credentials.js';
 import type { Db } from '../core/db/pool.js';
 import { getAgentResult, grantRunAgent, runAgentStarted } from '../core/db/run-agents.js';
 
@@ -21,8 +22,9 @@ export function createKubernetesExecutor(config: Config, db: Db): KubernetesExec
       agentUrl: k.agentUrl,
       scheduleTimeoutSeconds: k.scheduleTimeoutSeconds,
       pullTimeoutSeconds: k.pullTimeoutSeconds,
+      imagePullSecrets: k.imagePullSecrets,
     },
-    new RegistryClient(config.registries.insecure),
+    new RegistryClient(config.registries.insecure, new RegistryCredentials(config.registries.credentials)),
     {
       grant: (g) => grantRunAgent(db, g),
       started: (runId) => runAgentStarted(db, runId),

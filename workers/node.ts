@@ -7,6 +7,7 @@ import type { LogSink } from '../activities/execution/logs.js';
 import { createNodeActivities } from '../activities/node.js';
 import type { Config } from '../core/config.js';
 import { loadNodeKey } from '../core/keys.js';
+import { RegistryCredentials } from '../core/registry-credentials.js';
 
 export const nodeTaskQueue = (nodeId: string): string => `node-${nodeId}`;
 
@@ -37,7 +38,15 @@ export async function createNodeWorker(opts: {
     namespace: config.temporal.namespace,
     taskQueue: nodeTaskQueue(config.node.id),
     activities: createNodeActivities({
-      adapter: new DockerExecutor(opts.docker, config.node.workDir, config.node.secretsDir, opts.logSink, opts.stateStore, opts.templateFiles),
+      adapter: new DockerExecutor(
+        opts.docker,
+        config.node.workDir,
+        config.node.secretsDir,
+        opts.logSink,
+        opts.stateStore,
+        opts.templateFiles,
+        new RegistryCredentials(config.registries.credentials),
+      ),
       nodePrivateKeyPem,
     }),
     // Runs are long and mostly waiting; the limit is about how many containers one node should carry.

@@ -23,6 +23,7 @@ import {
   type StateStore,
   type TemplateFileStore,
 } from './adapter.js';
+import { imageRegistryHost, RegistryCredentials } from '../../core/registry-credentials.js';
 
 const HEARTBEAT_MS = 2_000;
 /** How long the log may take to drain after the container has exited. */
@@ -60,6 +61,8 @@ export class DockerExecutor implements ExecutionAdapter {
     private readonly stateStore: StateStore,
     /** For ad-hoc templates, whose files are mounted at /template. */
     private readonly templateFiles?: TemplateFileStore,
+    /** What images are pulled with, by registry. */
+    private readonly registryCredentials = new RegistryCredentials(),
   ) {}
 
   runDir(runId: string): string {
@@ -314,18 +317,25 @@ export class DockerExecutor implements ExecutionAdapter {
     } catch (err) {
       if (statusCode(err) !== 404) throw err;
     }
-    ctx.log('pulling image', { image });
+    const auth = this.registryCredentials.for(imageRegistryHost(image));
+    ctx.log('pulling image', { image, ...(auth ? { as: auth.username } : {}) });
     try {
-      const stream = await this.docker.pull(image);
+      const stream = await this.docker.pull(image, auth ? { authconfig: auth } : {});
       await new Promise<void>((resolve, reject) => {
         this.docker.modem.followProgress(stream, (err: Error | null) => (err ? reject(err) : resolve()), () =>
           ctx.heartbeat({ phase: 'pulling' }),
         );
       });
     } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      const hint = /unauthorized|authentication required|no basic auth credentials|\b401\b/i.test(why)
+        ? auth
+          ? ` (the registry refuses the credentials of ${auth.username})`
+          : ' (the registry wants credentials and none are configured for it: see GLIDERGUN_REGISTRY_AUTH_FILE)'
+        : '';
       throw ApplicationFailure.create({
         type: ExecutionFailure.ImageUnavailable,
-        message: `image ${image} is not on this node and could not be pulled: ${err instanceof Error ? err.message : String(err)}`,
+        message: `image ${image} is not on this node and could not be pulled${hint}: ${why}`,
         nonRetryable: true,
       });
     }

@@ -11,16 +11,17 @@ export interface ImageConfig {
   digest: string;
 }
 
+import { RegistryCredentials, type RegistryAuth } from '../../core/registry-credentials.js';
+import { basicAuthorization, bearerToken, CredentialsRefusedError, MANIFEST_TYPES, registryBaseUrl } from '../registry-auth.js';
+
 export class ImageNotFoundError extends Error {
   override name = 'ImageNotFoundError';
 }
 
-const MANIFEST_TYPES = [
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-];
+/** The registry wants credentials that were not given, or refuses those that were: asking again won't help. */
+export class ImageAccessDeniedError extends Error {
+  override name = 'ImageAccessDeniedError';
+}
 
 export interface ImageReference {
   registry: string;
@@ -56,30 +57,26 @@ export class RegistryClient {
   constructor(
     /** Registries spoken to over plain HTTP (besides localhost and 127.0.0.0/8). */
     private readonly insecure: readonly string[] = [],
+    private readonly credentials = new RegistryCredentials(),
     private readonly timeoutMs = 20_000,
   ) {}
-
-  private baseUrl(registry: string): string {
-    const host = registry.replace(/:\d+$/, '');
-    const plain = this.insecure.includes(registry) || host === 'localhost' || /^127\./.test(host);
-    return `${plain ? 'http' : 'https'}://${registry}`;
-  }
 
   async imageConfig(image: string): Promise<ImageConfig> {
     const cached = this.cache.get(image);
     if (cached && image.includes('@')) return cached;
     const ref = parseImageReference(image);
-    const base = `${this.baseUrl(ref.registry)}/v2/${ref.repository}`;
-    let token: string | undefined;
+    const base = `${registryBaseUrl(ref.registry, this.insecure)}/v2/${ref.repository}`;
+    const auth = this.credentials.for(ref.registry);
+    let authorization: string | undefined;
     const get = async (url: string, accept: string): Promise<Response> => {
-      const headers: Record<string, string> = { accept };
-      if (token) headers.authorization = `Bearer ${token}`;
-      let res = await fetch(url, { headers, signal: AbortSignal.timeout(this.timeoutMs) });
-      if (res.status === 401 && !token) {
-        // Anonymous pull of a public image: the registry names where to get a token.
-        token = await anonymousToken(res.headers.get('www-authenticate'), this.timeoutMs);
-        if (token) res = await fetch(url, { headers: { ...headers, authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(this.timeoutMs) });
+      const signal = AbortSignal.timeout(this.timeoutMs);
+      const ask = () => fetch(url, { headers: { accept, ...(authorization ? { authorization } : {}) }, signal });
+      let res = await ask();
+      if (res.status === 401 && !authorization) {
+        authorization = await this.authorize(res.headers.get('www-authenticate') ?? '', auth, ref.registry, signal);
+        res = await ask();
       }
+      if (res.status === 401 || res.status === 403) throw new ImageAccessDeniedError(denied(ref.registry, auth, `${res.status} ${res.statusText}`));
       return res;
     };
 
@@ -103,17 +100,24 @@ export class RegistryClient {
     this.cache.set(image, result);
     return result;
   }
+
+  /** The Authorization a registry's challenge asks for: a Bearer token (anonymous without credentials) or Basic. */
+  private async authorize(challenge: string, auth: RegistryAuth | undefined, registry: string, signal: AbortSignal): Promise<string> {
+    if (/^bearer /i.test(challenge)) {
+      try {
+        return `Bearer ${await bearerToken(challenge, auth, signal)}`;
+      } catch (err) {
+        if (err instanceof CredentialsRefusedError) throw new ImageAccessDeniedError(denied(registry, auth, err.message));
+        throw err;
+      }
+    }
+    if (!auth) throw new ImageAccessDeniedError(denied(registry, auth, challenge || '401'));
+    return basicAuthorization(auth);
+  }
 }
 
-async function anonymousToken(challenge: string | null, timeoutMs: number): Promise<string | undefined> {
-  if (!challenge?.toLowerCase().startsWith('bearer ')) return undefined;
-  const params = Object.fromEntries([...challenge.slice(7).matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1]!, m[2]!]));
-  if (!params.realm) return undefined;
-  const url = new URL(params.realm);
-  if (params.service) url.searchParams.set('service', params.service);
-  if (params.scope) url.searchParams.set('scope', params.scope);
-  const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  if (!res.ok) return undefined;
-  const body = (await res.json()) as { token?: string; access_token?: string };
-  return body.token ?? body.access_token;
+function denied(registry: string, auth: RegistryAuth | undefined, why: string): string {
+  return auth
+    ? `registry ${registry} refuses the credentials of ${auth.username} (${why})`
+    : `registry ${registry} wants credentials and none are configured for it (${why}): see GLIDERGUN_REGISTRY_AUTH_FILE`;
 }

@@ -10,6 +10,7 @@
  */
 import type Docker from 'dockerode';
 import { parseImageReference } from '../execution/image-config.js';
+import { imageRegistryHost } from '../../core/registry-credentials.js';
 import { templateBuildContext } from './build-context.js';
 import { BuildTrace, removeBuildLeftovers, sweepAfterCancel, type BuildIdentity } from './build-leftovers.js';
 import { baseImagesOf, committedSteps, isImageReference, labelsOf } from './dockerfile.js';
@@ -147,11 +148,6 @@ async function removeImage(docker: Docker, name: string, noprune = false): Promi
     });
 }
 
-function registryHost(image: string): string {
-  const first = image.split('/')[0]!;
-  return image.includes('/') && /[.:]|^localhost$/.test(first) ? first : 'docker.io';
-}
-
 interface Context {
   docker: Docker;
   input: ImageBuildInput;
@@ -174,7 +170,7 @@ async function ensureBaseImages({ docker, input, stop, log }: Context): Promise<
       });
     if (!info) {
       log.line(`pulling base image ${image}`);
-      const auth = input.registryAuth && registryHost(image) === input.registryAuth.serveraddress ? input.registryAuth : undefined;
+      const auth = input.registryAuth && imageRegistryHost(image) === input.registryAuth.serveraddress ? input.registryAuth : undefined;
       let failure: string | undefined;
       try {
         const stream = await docker.pull(image, { abortSignal: stop.signal, ...(auth ? { authconfig: auth } : {}) });

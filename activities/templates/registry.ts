@@ -2,51 +2,11 @@
  * Asks a registry (distribution v2 / OCI) which manifest a tag points at, with the pusher's credentials:
  * the digest the engine reports after a push is checked against what the registry actually serves.
  */
+import type { RegistryAuth } from '../../core/registry-credentials.js';
+import { basicAuthorization as basic, bearerToken, CredentialsRefusedError, MANIFEST_TYPES, registryBaseUrl } from '../registry-auth.js';
 
-export interface RegistryAuth {
-  username: string;
-  password: string;
-  serveraddress: string;
-}
-
-const MANIFEST_TYPES = [
-  'application/vnd.docker.distribution.manifest.v2+json',
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.oci.image.index.v1+json',
-].join(', ');
-
-/** Plain HTTP for this machine's registries (as the engine does: 127.0.0.0/8 is insecure by default) and listed ones. */
-export function registryBaseUrl(registry: string, insecure: readonly string[] = []): string {
-  const host = registry.replace(/:\d+$/, '');
-  const plain = insecure.includes(registry) || host === 'localhost' || host === '[::1]' || /^127\./.test(host);
-  // Docker Hub's API is not at docker.io.
-  return `${plain ? 'http' : 'https'}://${registry === 'docker.io' ? 'registry-1.docker.io' : registry}`;
-}
-
-function basic(auth: RegistryAuth): string {
-  return `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
-}
-
-/** A token for a Bearer challenge (`realm`, `service`, `scope`), asked for with the credentials if given. */
-async function bearerToken(challenge: string, auth: RegistryAuth | undefined, signal: AbortSignal): Promise<string> {
-  const params = Object.fromEntries([...challenge.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1]!.toLowerCase(), m[2]!]));
-  if (!params.realm) throw new Error(`the registry's challenge names no realm: ${challenge}`);
-  const url = new URL(params.realm);
-  if (params.service) url.searchParams.set('service', params.service);
-  if (params.scope) url.searchParams.set('scope', params.scope);
-  const res = await fetch(url, { headers: auth ? { authorization: basic(auth) } : {}, signal });
-  if (res.status === 401 || res.status === 403) throw new CredentialsRefusedError(`the registry's token service refuses the credentials: ${res.status} ${res.statusText}`);
-  if (!res.ok) throw new Error(`the registry's token service answered ${res.status} ${res.statusText}`);
-  const body = (await res.json()) as { token?: string; access_token?: string };
-  const token = body.token ?? body.access_token;
-  if (!token) throw new Error('the registry\'s token service gave no token');
-  return token;
-}
-
-export class CredentialsRefusedError extends Error {
-  override name = 'CredentialsRefusedError';
-}
+export type { RegistryAuth };
+export { CredentialsRefusedError };
 
 /**
  * Asks whether the registry takes these credentials for pushing to the repository: `GET /v2/` with them
@@ -89,7 +49,7 @@ export async function manifestDigest(
 ): Promise<string> {
   const url = `${registryBaseUrl(ref.registry, opts.insecure)}/v2/${ref.repository}/manifests/${encodeURIComponent(ref.tag)}`;
   const head = (authorization?: string) =>
-    fetch(url, { method: 'HEAD', headers: { accept: MANIFEST_TYPES, ...(authorization ? { authorization } : {}) }, signal: opts.signal });
+    fetch(url, { method: 'HEAD', headers: { accept: MANIFEST_TYPES.join(', '), ...(authorization ? { authorization } : {}) }, signal: opts.signal });
   let res = await head();
   if (res.status === 401) {
     const challenge = res.headers.get('www-authenticate') ?? '';

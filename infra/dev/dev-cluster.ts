@@ -45,7 +45,7 @@ export async function startDevCluster(config: Config, docker: Docker, dir: strin
           agentUrl: `http://${cluster.hostAddress}:${agentPort}`,
           runnerImage,
         },
-        registries: { insecure: [...config.registries.insecure, cluster.registry] },
+        registries: { ...config.registries, insecure: [...config.registries.insecure, cluster.registry] },
         // Builds push where the cluster pulls from, unless the operator named a registry.
         builds: { ...config.builds, registry: config.builds.registry ?? `${cluster.registry}/glider-gun/templates` },
       },

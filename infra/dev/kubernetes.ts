@@ -545,6 +545,11 @@ export async function startImageRegistry(opts: { dir: string; logDir?: string; p
   return { address, stop: () => daemon.stop() };
 }
 
+/** containerd's hosts.toml for a registry it pulls from over plain HTTP. */
+export function registryHostsToml(registry: string): string {
+  return `server = "http://${registry}"\n\n[host."http://${registry}"]\n  capabilities = ["pull", "resolve"]\n`;
+}
+
 export interface TestCluster {
   /** kubeconfig of a cluster admin (system:masters). */
   adminKubeconfig: string;
@@ -556,6 +561,11 @@ export interface TestCluster {
   apiServerUrl: string;
   /** host:port of the image registry the node pulls from (plain HTTP, 127.0.0.1). */
   registry: string;
+  /**
+   * containerd's hosts folder (certs.d): another plain-HTTP registry the node should pull from gets a
+   * `<host:port>/hosts.toml` here (registryHostsToml), read at each pull.
+   */
+  registryHostsDir: string;
   /** An address of this host pods can reach (their gateway): listen on it for pods to call back. */
   hostAddress: string;
   nodeName: string;
@@ -705,10 +715,7 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
       later('mounts and cgroups', 'removing cached CNI results', async () => {
         for (const f of await readdir(CNI_RESULTS).catch(() => [])) if (f.startsWith(`${cniNetwork}-`)) await rm(path.join(CNI_RESULTS, f), { force: true });
       });
-      await writeFile(
-        path.join(registryHosts, registry, 'hosts.toml'),
-        `server = "http://${registry}"\n\n[host."http://${registry}"]\n  capabilities = ["pull", "resolve"]\n`,
-      );
+      await writeFile(path.join(registryHosts, registry, 'hosts.toml'), registryHostsToml(registry));
       const config = path.join(containerdDir, 'config.toml');
       await writeFile(
         config,
@@ -912,6 +919,7 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
       namespace,
       apiServerUrl,
       registry,
+      registryHostsDir: path.join(containerdDir, 'certs.d'),
       hostAddress,
       nodeName,
       binDir,

@@ -35,6 +35,7 @@ export interface TestServices {
  *   GG_TEST_KUBECONFIG_ADMIN   kubeconfig of a cluster admin (for test set-up and checks, not for the code under test)
  *   GG_TEST_K8S_NAMESPACE      the namespace runs go to
  *   GG_TEST_REGISTRY           host:port of the registry the node pulls from (`docker push` to it works)
+ *   GG_TEST_K8S_REGISTRY_HOSTS the node's containerd hosts folder: another registry to pull from gets <host:port>/hosts.toml
  *   GG_TEST_HOST_ADDRESS       an address of this host pods can reach: listen there for pods to call back
  *   GG_TEST_K8S_IMAGE_BUSYBOX, GG_TEST_K8S_IMAGE_EXAMPLE   the base images, already in that registry
  *   GG_TEST_RUNNER_IMAGE       the pod-runner image (infra/images/pod-runner), in that registry
@@ -46,6 +47,7 @@ function kubernetesEnv(cluster: TestCluster, images: { busybox: string; example:
     GG_TEST_KUBECONFIG_ADMIN: cluster.adminKubeconfig,
     GG_TEST_K8S_NAMESPACE: cluster.namespace,
     GG_TEST_REGISTRY: cluster.registry,
+    GG_TEST_K8S_REGISTRY_HOSTS: cluster.registryHostsDir,
     GG_TEST_HOST_ADDRESS: cluster.hostAddress,
     GG_TEST_K8S_IMAGE_BUSYBOX: images.busybox,
     GG_TEST_K8S_IMAGE_EXAMPLE: images.example,

@@ -1,7 +1,5 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
@@ -14,6 +12,7 @@ import { manifestDigest } from '../../activities/templates/registry.js';
 import { pushImageTo, startImageRegistry, type ImageRegistry } from '../../infra/dev/kubernetes.js';
 import { freePort } from '../../infra/dev/ports.js';
 import { scriptImage } from '../support/images.js';
+import { startGuardedRegistry } from '../support/registry.js';
 import { env, eventually, images } from '../support/system.js';
 
 type Entry = Partial<Header> & { name: string; body?: string | Buffer };
@@ -312,30 +311,14 @@ describe('template image builds (real engine, real registry)', () => {
 
   describe('a registry that wants credentials (Basic, in front of the registry)', () => {
     const auth = { username: 'builder', password: 's3cret' };
-    let server: http.Server;
+    let guard: Awaited<ReturnType<typeof startGuardedRegistry>>;
     let guarded: string;
 
     before(async () => {
-      const [host, port] = registry.split(':') as [string, string];
-      const expected = `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
-      server = http.createServer((req, res) => {
-        if (req.headers.authorization !== expected) {
-          res.writeHead(401, { 'www-authenticate': 'Basic realm="gg-test"', 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0' });
-          res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }));
-          return;
-        }
-        // Host goes through as it came: the registry's upload locations then point back here.
-        const upstream = http.request({ host, port: Number(port), path: req.url, method: req.method, headers: req.headers }, (up) => {
-          res.writeHead(up.statusCode ?? 502, up.headers);
-          up.pipe(res);
-        });
-        upstream.on('error', (err) => res.destroy(err));
-        req.pipe(upstream);
-      });
-      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-      guarded = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+      guard = await startGuardedRegistry(registry, auth);
+      guarded = guard.address;
     });
-    after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    after(() => guard.stop());
 
     it('fails with PushFailedError without credentials, or with wrong ones', async () => {
       for (const registryAuth of [undefined, { ...auth, password: 'wrong', serveraddress: guarded }]) {

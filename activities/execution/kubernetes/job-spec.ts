@@ -25,6 +25,8 @@ export interface JobSettings {
   /** How long a pod may wait for a node, and for its images, before the run fails (also in the Job's backstop deadline). */
   scheduleTimeoutSeconds: number;
   pullTimeoutSeconds: number;
+  /** dockerconfigjson Secrets in the namespace the kubelet pulls the template's and the runner's images with. */
+  imagePullSecrets?: readonly string[];
 }
 
 function labels(spec: RunSpec): Record<string, string> {
@@ -83,6 +85,7 @@ export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entr
           restartPolicy: 'Never',
           automountServiceAccountToken: false,
           enableServiceLinks: false,
+          ...(s.imagePullSecrets?.length ? { imagePullSecrets: s.imagePullSecrets.map((name) => ({ name })) } : {}),
           terminationGracePeriodSeconds: spec.stopGraceSeconds + ARCHIVE_GRACE_SECONDS,
           initContainers: [
             {
