@@ -5,6 +5,7 @@ import { createBuilderActivities } from '../activities/templates/build-activitie
 import type { Config } from '../core/config.js';
 import { builderTaskQueue } from '../core/domain.js';
 import type { Db } from '../core/db/pool.js';
+import { RegistryCredentials } from '../core/registry-credentials.js';
 
 /**
  * The builder worker: template image builds, on a machine with a Docker engine that can push to the
@@ -22,6 +23,7 @@ export async function createBuilderWorker(opts: { connection: NativeConnection; 
       docker: opts.docker,
       registry: config.builds.registry,
       registryAuth: config.builds.registryAuth,
+      pullCredentials: new RegistryCredentials(config.registries.credentials),
       insecureRegistries: config.registries.insecure,
       allowFileGitUrls: config.builds.allowFileGitUrls,
     }),

@@ -10,7 +10,7 @@
  */
 import type Docker from 'dockerode';
 import { parseImageReference } from '../execution/image-config.js';
-import { imageRegistryHost } from '../../core/registry-credentials.js';
+import { imageRegistryHost, type RegistryCredentials } from '../../core/registry-credentials.js';
 import { templateBuildContext } from './build-context.js';
 import { BuildTrace, removeBuildLeftovers, sweepAfterCancel, type BuildIdentity } from './build-leftovers.js';
 import { baseImagesOf, committedSteps, isImageReference, labelsOf } from './dockerfile.js';
@@ -52,6 +52,8 @@ export interface ImageBuildInput {
   tag: string;
   /** For the push, and for pulling base images from the same registry. */
   registryAuth?: RegistryAuth | undefined;
+  /** For pulling base images from other registries (GLIDERGUN_REGISTRY_AUTH_FILE). */
+  pullCredentials?: RegistryCredentials | undefined;
 }
 
 export interface ImageBuildOptions {
@@ -170,7 +172,8 @@ async function ensureBaseImages({ docker, input, stop, log }: Context): Promise<
       });
     if (!info) {
       log.line(`pulling base image ${image}`);
-      const auth = input.registryAuth && imageRegistryHost(image) === input.registryAuth.serveraddress ? input.registryAuth : undefined;
+      const host = imageRegistryHost(image);
+      const auth = input.registryAuth?.serveraddress === host ? input.registryAuth : input.pullCredentials?.for(host);
       let failure: string | undefined;
       try {
         const stream = await docker.pull(image, { abortSignal: stop.signal, ...(auth ? { authconfig: auth } : {}) });

@@ -11,6 +11,7 @@ import { BuildFailedError, PushFailedError, buildAndPushImage, type BuildAborted
 import { manifestDigest } from '../../activities/templates/registry.js';
 import { pushImageTo, startImageRegistry, type ImageRegistry } from '../../infra/dev/kubernetes.js';
 import { freePort } from '../../infra/dev/ports.js';
+import { RegistryCredentials } from '../../core/registry-credentials.js';
 import { scriptImage } from '../support/images.js';
 import { startGuardedRegistry } from '../support/registry.js';
 import { env, eventually, images } from '../support/system.js';
@@ -81,11 +82,11 @@ describe('template image builds (real engine, real registry)', () => {
     image: TemplateImageInput,
     source: Buffer,
     tag: string,
-    opts: { signal?: AbortSignal; timeoutMs?: number; onLog?: (l: string) => void; registryAuth?: RegistryAuth } = {},
+    opts: { signal?: AbortSignal; timeoutMs?: number; onLog?: (l: string) => void; registryAuth?: RegistryAuth; pullCredentials?: RegistryCredentials } = {},
   ) => {
     const lines: string[] = [];
     const t0 = Date.now();
-    const result = buildAndPushImage(docker, { dockerfile: generateDockerfile(image), source, tag, ...(opts.registryAuth ? { registryAuth: opts.registryAuth } : {}) }, {
+    const result = buildAndPushImage(docker, { dockerfile: generateDockerfile(image), source, tag, registryAuth: opts.registryAuth, pullCredentials: opts.pullCredentials }, {
       onLog: (l) => {
         lines.push(l);
         opts.onLog?.(l);
@@ -337,6 +338,33 @@ describe('template image builds (real engine, real registry)', () => {
         await absent(tag);
       }
       await assertClean('after unauthorized pushes');
+    });
+
+    it('pulls a base from a registry other than the push target with the pull credentials, and says why without them', async () => {
+      const pushed = await pushImageTo(registry, typeImage);
+      const [repo, tag] = [pushed.slice(registry.length + 1, pushed.lastIndexOf(':')), pushed.slice(pushed.lastIndexOf(':') + 1)];
+      // A door of its own, so the engine has never pulled the base under this name.
+      const other = await startGuardedRegistry(registry, auth);
+      try {
+        const base = `${other.address}/${repo}@${await manifestDigest({ registry, repository: repo, tag }, { signal: AbortSignal.timeout(10_000) })}`;
+        made.push(base);
+        const image = input({ baseImage: base });
+        const target = `${registry}/glider-gun/templates/${image.templateName}:1`;
+        const without = build(image, await sourceArchive(TEMPLATE_FILES), target);
+        await assert.rejects(without.result, (err: BuildFailedError) => {
+          assert.ok(err instanceof BuildFailedError, String(err));
+          assert.match(err.message, /the base image .* could not be pulled: .*(no basic auth credentials|unauthorized)/i);
+          return true;
+        });
+        const withCredentials = build(image, await sourceArchive(TEMPLATE_FILES), target, {
+          pullCredentials: new RegistryCredentials([{ ...auth, serveraddress: other.address }]),
+        });
+        const result = await withCredentials.result;
+        assert.equal(result.reference, `${registry}/glider-gun/templates/${image.templateName}@${result.digest}`);
+      } finally {
+        await other.stop();
+      }
+      await assertClean('after a build with a base from a guarded registry');
     });
 
     it('pulls the base and pushes the template with them, and reads the digest back with them', async () => {
