@@ -18,14 +18,19 @@ import { ARCHIVE_GRACE_SECONDS, jobName, runJob, runSecret, runSelector, type Jo
 import { observeRun, type PodObservation } from './observe.js';
 import { PodEvents } from './pod-events.js';
 
+/** After the pod ended, how long the runner's report may take to be visible. */
+const RESULT_WAIT_MS = 15_000;
 /** A pod event wakes the supervisor at once; without one it still looks this often. */
 const LOOK_MS = 5_000;
 /** While a stopped pod winds down its runner's report is awaited, which no pod event announces. */
 const LOOK_WHILE_STOPPING_MS = 1_000;
 /** Heartbeats carry the cancel to the activity, so they go on between looks. */
 const HEARTBEAT_MS = 1_000;
-/** After the pod ended, how long the runner's report may take to be visible. */
-const RESULT_WAIT_MS = 15_000;
+/**
+ * ...but only while the looks themselves go on: a call to the API server that hangs must end in a heartbeat
+ * timeout (and a retry that adopts the Job), not in an attempt that beats forever and never looks again.
+ */
+const STALE_LOOK_MS = 3 * LOOK_MS + RESULT_WAIT_MS;
 
 /** What the adapter needs of the run-agent records (core/db/run-agents.ts). */
 export interface RunAgents {
@@ -167,8 +172,11 @@ export class KubernetesExecutor implements ExecutionAdapter {
     let stopSentTo: string | undefined;
     let deadline: number | undefined;
     let progress: { phase: string; containerId?: string } = { phase: 'preparing' };
+    let lookedAt = Date.now();
     ctx.heartbeat(progress);
-    const heartbeat = setInterval(() => ctx.heartbeat(progress), HEARTBEAT_MS);
+    const heartbeat = setInterval(() => {
+      if (Date.now() - lookedAt < STALE_LOOK_MS) ctx.heartbeat(progress);
+    }, HEARTBEAT_MS);
     try {
       for (;;) {
         if (ctx.abandon?.aborted) {
@@ -177,6 +185,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
         if (!stopReason && ctx.signal.aborted) stopReason = 'cancelled';
         let lookAgainBy = Date.now() + LOOK_MS;
         const seen = await this.observe(spec.runId);
+        lookedAt = Date.now();
 
         if (seen.kind === 'ended') return await this.outcome(spec, seen, stopReason);
         if (seen.kind === 'no-pod') {
