@@ -90,8 +90,8 @@ describe('the Job adapter\'s pod watch', { skip: noCluster }, () => {
       const cancel = new AbortController();
       const cancelled = timed(events.next(mine, LONG_MS, [undefined, cancel.signal]));
       cancel.abort();
-      assert.ok((await cancelled) < 1_000, 'the signal ends the wait');
-      assert.ok((await timed(events.next(mine, LONG_MS, [cancel.signal]))) < 100, 'an aborted signal ends it at once');
+      assert.ok((await cancelled) < 2_000, 'the signal ends the wait');
+      assert.ok((await timed(events.next(mine, LONG_MS, [cancel.signal]))) < 500, 'an aborted signal ends it at once');
     } finally {
       await events.close();
     }
