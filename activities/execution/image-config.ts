@@ -3,6 +3,8 @@
  * (distribution v2 / OCI). The Kubernetes adapter needs the entrypoint because the pod-runner wraps it: a pod
  * can only replace an image's entrypoint, not run something around it.
  */
+import { RegistryCredentials, type RegistryAuth } from '../../core/registry-credentials.js';
+import { basicAuthorization, bearerToken, CredentialsRefusedError, MANIFEST_TYPES, registryBaseUrl } from '../registry-auth.js';
 
 export interface ImageConfig {
   entrypoint: string[];
@@ -10,9 +12,6 @@ export interface ImageConfig {
   /** The manifest's digest: the image the cluster will run, whatever the tag points at later. */
   digest: string;
 }
-
-import { RegistryCredentials, type RegistryAuth } from '../../core/registry-credentials.js';
-import { basicAuthorization, bearerToken, CredentialsRefusedError, MANIFEST_TYPES, registryBaseUrl } from '../registry-auth.js';
 
 export class ImageNotFoundError extends Error {
   override name = 'ImageNotFoundError';
