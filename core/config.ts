@@ -35,6 +35,8 @@ const ConfigSchema = z.object({
   GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(300),
   GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(120),
   /** Secrets (type kubernetes.io/dockerconfigjson) in the runs' namespace that the kubelet pulls template images with. */
+  /** A YAML or JSON file of what every run's pod gets besides the contract's own (activities/execution/kubernetes/pod-template.ts). */
+  GLIDERGUN_KUBERNETES_POD_TEMPLATE: z.string().min(1).optional(),
   GLIDERGUN_KUBERNETES_IMAGE_PULL_SECRETS: z
     .string()
     .regex(/^\s*([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\s*(,\s*|$))*$/, 'must be a comma-separated list of Secret names')
@@ -87,6 +89,7 @@ export interface Config {
     scheduleTimeoutSeconds: number;
     pullTimeoutSeconds: number;
     imagePullSecrets: string[];
+    podTemplateFile: string | undefined;
   };
   /** `credentials`: what images are pulled and inspected with, by registry (the build registry's first). */
   registries: { insecure: string[]; credentials: RegistryAuth[] };
@@ -167,6 +170,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       scheduleTimeoutSeconds: e.GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS,
       pullTimeoutSeconds: e.GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS,
       imagePullSecrets: e.GLIDERGUN_KUBERNETES_IMAGE_PULL_SECRETS.split(',').map((s) => s.trim()).filter(Boolean),
+      podTemplateFile: e.GLIDERGUN_KUBERNETES_POD_TEMPLATE,
     },
     registries: { insecure: e.GLIDERGUN_INSECURE_REGISTRIES.split(',').map((r) => r.trim()).filter(Boolean), credentials },
     builds: {

@@ -37,7 +37,7 @@ export async function createClusterWorker(opts: {
   if (config.kubernetes.enabled) {
     // The cluster is a target like a node: it gets each run's secrets sealed to its own key.
     const nodePrivateKeyPem = await loadNodeKey(path.join(config.dataDir, 'cluster'));
-    const executor = createKubernetesExecutor(config, opts.db);
+    const executor = await createKubernetesExecutor(config, opts.db);
     close = () => executor.close();
     activities = { ...activities, ...createNodeActivities({ adapter: executor, nodePrivateKeyPem }) };
   }

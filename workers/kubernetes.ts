@@ -1,13 +1,14 @@
 import { KubeConfig } from '@kubernetes/client-node';
 import { RegistryClient } from '../activities/execution/image-config.js';
 import { KubernetesExecutor } from '../activities/execution/kubernetes/executor.js';
+import { loadPodTemplate } from '../activities/execution/kubernetes/pod-template.js';
 import type { Config } from '../core/config.js';
 import { RegistryCredentials } from '../core/registry-credentials.js';
 import type { Db } from '../core/db/pool.js';
 import { getAgentResult, grantRunAgent, runAgentStarted } from '../core/db/run-agents.js';
 
 /** The main cluster's execution adapter: one Job per run, in the configured namespace. */
-export function createKubernetesExecutor(config: Config, db: Db): KubernetesExecutor {
+export async function createKubernetesExecutor(config: Config, db: Db): Promise<KubernetesExecutor> {
   const k = config.kubernetes;
   if (!k.runnerImage) throw new Error('GLIDERGUN_KUBERNETES_RUNNER_IMAGE is not set');
   const kubeConfig = new KubeConfig();
@@ -23,6 +24,7 @@ export function createKubernetesExecutor(config: Config, db: Db): KubernetesExec
       scheduleTimeoutSeconds: k.scheduleTimeoutSeconds,
       pullTimeoutSeconds: k.pullTimeoutSeconds,
       imagePullSecrets: k.imagePullSecrets,
+      ...(k.podTemplateFile ? { podTemplate: await loadPodTemplate(k.podTemplateFile) } : {}),
     },
     new RegistryClient(config.registries.insecure, new RegistryCredentials(config.registries.credentials)),
     {

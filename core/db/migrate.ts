@@ -26,6 +26,8 @@ export async function migrate(databaseUrl: string, log: (line: string) => void =
     migrationsTable: 'pgmigrations',
     checkOrder: true,
     singleTransaction: true,
+    // The API and the workers start together: the others wait for the first, then find nothing to do.
+    advisoryLockMode: 'wait',
     logger: { info: log, warn: log, error: log, debug: () => undefined },
     verbose: false,
   });

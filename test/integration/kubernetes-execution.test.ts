@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { BatchV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import { K8S_MANAGED_LABEL, jobName, runSelector } from '../../activities/execution/kubernetes/job-spec.js';
+import { FINISHED_JOB_TTL_SECONDS, K8S_MANAGED_LABEL, jobName, runSelector } from '../../activities/execution/kubernetes/job-spec.js';
+import { getAgentResult } from '../../core/db/run-agents.js';
 import { EXAMPLE_PARAMETERS, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
 import { pushToRegistry } from '../support/registry.js';
@@ -86,6 +87,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     assert.equal(job.spec?.backoffLimit, 0);
     assert.equal(job.spec?.podReplacementPolicy, 'Failed');
     assert.ok((job.spec?.activeDeadlineSeconds ?? 0) > 30, 'a deadline only as a backstop');
+    assert.equal(job.spec?.ttlSecondsAfterFinished, FINISHED_JOB_TTL_SECONDS, 'Kubernetes removes a Job nobody cleaned up');
     const pod = job.spec?.template.spec;
     assert.equal(pod?.restartPolicy, 'Never');
     assert.equal(pod?.automountServiceAccountToken, false);
@@ -122,6 +124,25 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     const after_ = await batch.readNamespacedJob({ name: jobName(runId), namespace }).catch(() => undefined);
     assert.ok(!after_ || after_.metadata?.uid === before_.metadata?.uid, 'the same Job, never a second one');
     await nothingLeft(runId);
+  });
+
+  it('finishes a run that ended while no worker watched it and whose Job was removed since, from its runner\'s report', async () => {
+    const runId = await startRun(example, { message: 'unwatched', sleep_seconds: 2 });
+    await eventually('the template to run', async () => ((await stdout(runId)).includes('example template') ? true : undefined), 120_000);
+    await sys.stopClusterWorker();
+    try {
+      await eventually('the runner to report', async () => getAgentResult(sys.db, runId), 60_000);
+      // As the TTL controller would, a day later (ttlSecondsAfterFinished).
+      await batch.deleteNamespacedJob({ name: jobName(runId), namespace, propagationPolicy: 'Background' });
+      await nothingLeft(runId);
+    } finally {
+      await sys.startClusterWorker();
+    }
+    const run = await ended(runId);
+    assert.equal(run.status, 'succeeded', run.message ?? '');
+    assert.equal(run.outputs?.runCount, 1);
+    assert.ok(run.stateVersion !== null, 'the state the runner archived is the run\'s');
+    assert.equal((await stdout(runId)).match(/example template: action/g)?.length, 1, 'the template ran once');
   });
 
   it('keeps every byte of a log that the kubelet rotated away (it keeps 2 files of 1 MiB here)', async () => {

@@ -8,7 +8,9 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import type Docker from 'dockerode';
 import pino from 'pino';
+import { BatchV1Api, KubeConfig } from '@kubernetes/client-node';
 import { WORKDIR_LABEL } from '../../activities/execution/adapter.js';
+import { K8S_MANAGED_LABEL, K8S_RUN_LABEL } from '../../activities/execution/kubernetes/job-spec.js';
 import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
 import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
 import { PostgresTemplateFiles } from '../../activities/storage/postgres-template-files.js';
@@ -181,6 +183,15 @@ export async function startTestSystem(
         const left = await docker.listContainers({ all: true, filters: { label: [`${WORKDIR_LABEL}=${config.node.workDir}`] } });
         return left.length === 0 ? true : undefined;
       }, 15_000).catch(() => undefined);
+      // Likewise a run's Job (and its Secret, which the Job owns) on the cluster target.
+      if (config.kubernetes.enabled) {
+        const batch = adminKubeConfig().makeApiClient(BatchV1Api);
+        const runIds = new Set((await db.query<{ id: string }>('SELECT id FROM runs')).rows.map((r) => r.id));
+        await eventually('this system\'s Jobs to be removed', async () => {
+          const jobs = await batch.listNamespacedJob({ namespace: config.kubernetes.namespace, labelSelector: `${K8S_MANAGED_LABEL}=true` });
+          return jobs.items.some((j) => runIds.has(j.metadata?.labels?.[K8S_RUN_LABEL] ?? '')) ? undefined : true;
+        }, 15_000).catch(() => undefined);
+      }
       await api.close();
       for (const entry of [...running]) await halt(entry);
       await connection.close();
@@ -188,6 +199,13 @@ export async function startTestSystem(
       await db.end();
     },
   };
+}
+
+/** The test cluster as its admin sees it (for checks and waits, never for the code under test). */
+function adminKubeConfig(): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
+  return kc;
 }
 
 /** A small JSON client for the API under test. */

@@ -53,6 +53,28 @@ async function orUndefinedIf404<T>(p: Promise<T>): Promise<T | undefined> {
   }
 }
 
+/**
+ * An object the API server refuses as invalid or forbidden (a pod template it rejects, a Secret over 1 MiB)
+ * is refused again on every retry: the run fails at once, with the server's own words.
+ */
+function refusedOrRetry(err: unknown, what: string): unknown {
+  const code = status(err);
+  if (code === undefined || code < 400 || code >= 500 || code === 408 || code === 429) return err;
+  return ApplicationFailure.create({ type: 'infrastructure', message: `Kubernetes refused the run's ${what} (${code}): ${apiMessage(err)}`, nonRetryable: true });
+}
+
+/** The API server's Status message, else the client's. */
+function apiMessage(err: unknown): string {
+  const body = (err as ApiException<unknown>).body;
+  try {
+    const parsed = (typeof body === 'string' ? JSON.parse(body) : body) as { message?: unknown } | undefined;
+    if (typeof parsed?.message === 'string') return parsed.message;
+  } catch {
+    // not JSON: the client's message below
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
 type StopReason = 'cancelled' | 'timeout';
 
 /**
@@ -89,6 +111,12 @@ export class KubernetesExecutor implements ExecutionAdapter {
     const name = jobName(spec.runId);
     let job = await orUndefinedIf404(this.batch.readNamespacedJob({ name, namespace: this.namespace }));
     if (!job) {
+      // The run ended while no worker watched it and its Job has since gone (ttlSecondsAfterFinished): the
+      // runner's report says how it ended, so the run is not lost.
+      if (await this.agents.result(spec.runId)) {
+        ctx.log('the Job is gone but its runner reported: the run ended unwatched', { job: name });
+        return this.outcome(spec, { kind: 'ended', podName: '', exitCode: undefined, reason: undefined, message: undefined }, spec.cancelNow ? 'cancelled' : undefined);
+      }
       if (await this.agents.started(spec.runId)) {
         throw ApplicationFailure.create({
           type: ExecutionFailure.ContainerVanished,
@@ -127,7 +155,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
     try {
       await this.core.createNamespacedSecret({ namespace: this.namespace, body: runSecret(spec, this.settings, credential, secrets) });
     } catch (err) {
-      if (status(err) !== 409) throw err;
+      if (status(err) !== 409) throw refusedOrRetry(err, 'Secret');
       const existing = await this.core.readNamespacedSecret({ name: secretName, namespace: this.namespace });
       credential = Buffer.from(existing.data?.credential ?? '', 'base64').toString('utf8');
     }
@@ -138,7 +166,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
       job = await this.batch.createNamespacedJob({ namespace: this.namespace, body: runJob(spec, this.settings, image) });
       ctx.log('Job created', { job: job.metadata?.name, image: image.ref });
     } catch (err) {
-      if (status(err) !== 409) throw err;
+      if (status(err) !== 409) throw refusedOrRetry(err, 'Job');
       // A concurrent attempt made it first: adopt that one.
       job = await this.batch.readNamespacedJob({ name: jobName(spec.runId), namespace: this.namespace });
     }

@@ -1,6 +1,7 @@
 import type { V1Job, V1Secret } from '@kubernetes/client-node';
 import type { RunSpec } from '../../../core/domain.js';
 import { SECRETS_FILE } from '../docker.js';
+import type { PodTemplate } from './pod-template.js';
 
 /** Labels on every Job, pod and Secret of a run, so leftovers can be found and a retry finds its Job. */
 export const K8S_MANAGED_LABEL = 'glider-gun.io/managed';
@@ -10,6 +11,12 @@ export const TEMPLATE_CONTAINER = 'template';
 
 /** Time the pod-runner gets after the template's grace period to archive /state and report. */
 export const ARCHIVE_GRACE_SECONDS = 300;
+/**
+ * A finished Job the adapter never removed (its worker died between recording the outcome and cleaning up,
+ * or the workflow was terminated) is removed by Kubernetes after this. Safe at any age: the runner reports
+ * before its pod ends, and an attempt that finds the Job gone reads that report.
+ */
+export const FINISHED_JOB_TTL_SECONDS = 24 * 3600;
 const RUNNER_DIR = '/gg';
 const AGENT_DIR = '/var/run/glider-gun';
 
@@ -27,6 +34,8 @@ export interface JobSettings {
   pullTimeoutSeconds: number;
   /** dockerconfigjson Secrets in the namespace the kubelet pulls the template's and the runner's images with. */
   imagePullSecrets?: readonly string[];
+  /** The operator's additions to every run's pod (pod-template.ts). */
+  podTemplate?: PodTemplate;
 }
 
 function labels(spec: RunSpec): Record<string, string> {
@@ -77,13 +86,21 @@ export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entr
       completions: 1,
       parallelism: 1,
       podReplacementPolicy: 'Failed',
+      ttlSecondsAfterFinished: FINISHED_JOB_TTL_SECONDS,
       activeDeadlineSeconds:
         spec.timeoutSeconds + spec.stopGraceSeconds + ARCHIVE_GRACE_SECONDS + s.scheduleTimeoutSeconds + s.pullTimeoutSeconds + 300,
       template: {
-        metadata: { labels: labels(spec) },
+        metadata: {
+          // Ours last: a run is always found by its labels.
+          labels: { ...s.podTemplate?.metadata?.labels, ...labels(spec) },
+          ...(s.podTemplate?.metadata?.annotations ? { annotations: s.podTemplate.metadata.annotations } : {}),
+        },
         spec: {
+          ...s.podTemplate?.spec,
           restartPolicy: 'Never',
-          automountServiceAccountToken: false,
+          // The pod needs no API access of its own; a template that does (Vault's Kubernetes login) gets it
+          // through the pod template's service account.
+          automountServiceAccountToken: s.podTemplate?.spec?.automountServiceAccountToken ?? false,
           enableServiceLinks: false,
           ...(s.imagePullSecrets?.length ? { imagePullSecrets: s.imagePullSecrets.map((name) => ({ name })) } : {}),
           terminationGracePeriodSeconds: spec.stopGraceSeconds + ARCHIVE_GRACE_SECONDS,
