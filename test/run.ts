@@ -75,6 +75,7 @@ async function main(): Promise<number> {
     const { docker, scratch, env } = services;
     const tapFile = path.join(scratch, 'results.tap');
     say(`running ${files.length} test files`);
+    let hung = false;
     const exitCode = await new Promise<number>((resolve) => {
       const child = spawn(
         process.execPath,
@@ -94,7 +95,17 @@ async function main(): Promise<number> {
           env: { ...process.env, ...env },
         },
       );
-      child.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0)));
+      // Without --test-force-exit a file that keeps its process alive would hang the run: say so and stop it.
+      const limitMinutes = Number(process.env.GG_TEST_MAX_MINUTES ?? 30);
+      const watchdog = setTimeout(() => {
+        hung = true;
+        say(`FAIL: the tests did not end within ${limitMinutes} min (GG_TEST_MAX_MINUTES): a test file keeps its process alive or hangs; stopping them`);
+        child.kill('SIGTERM');
+      }, limitMinutes * 60_000);
+      child.on('exit', (code, signal) => {
+        clearTimeout(watchdog);
+        resolve(code ?? (signal ? 1 : 0));
+      });
     });
 
     // Every test cleans up after itself; a container left behind is a bug in the product or in a test.
@@ -107,7 +118,7 @@ async function main(): Promise<number> {
     const tap = await readFile(tapFile, 'utf8').catch(() => '');
     const count = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
     let passed = count('pass');
-    let failed = count('fail') + count('cancelled');
+    let failed = count('fail') + count('cancelled') + (hung ? 1 : 0);
     if (leftovers.length > 0) {
       failed += 1;
       say(`FAIL: ${leftovers.length} container(s) left behind: ${leftovers.map((c) => c.Names.join(',')).join(' ')}`);
