@@ -11,6 +11,7 @@ import { FINISHED_JOB_TTL_SECONDS, K8S_MANAGED_LABEL, jobName, runSelector } fro
 import { getAgentResult } from '../../core/db/run-agents.js';
 import { EXAMPLE_PARAMETERS, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
+import { runGoneFromCluster } from '../support/kubernetes.js';
 import { pushToRegistry } from '../support/registry.js';
 import { env, eventually, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
@@ -53,17 +54,6 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     return res.text();
   }
 
-  /** Nothing of the run is left in the cluster: no Job, no pod, no Secret. */
-  async function nothingLeft(runId: string): Promise<void> {
-    await eventually(`run ${runId}'s Job, pod and Secret to be gone`, async () => {
-      const [jobs, pods, secrets] = await Promise.all([
-        batch.listNamespacedJob({ namespace, labelSelector: runSelector(runId) }),
-        core.listNamespacedPod({ namespace, labelSelector: runSelector(runId) }),
-        core.listNamespacedSecret({ namespace, labelSelector: runSelector(runId) }),
-      ]);
-      return jobs.items.length + pods.items.length + secrets.items.length === 0 ? true : undefined;
-    }, 60_000);
-  }
 
   before(async () => {
     sys = await startTestSystem({ nodeWorker: false, env: { ...(await kubernetesEnv()), GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS: '5' } });
@@ -107,7 +97,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
 
     assert.equal((await sys.call('POST', `/v1/runs/${runId}/cancel`)).status, 202);
     assert.equal((await ended(runId)).status, 'cancelled');
-    await nothingLeft(runId);
+    await runGoneFromCluster(runId);
   });
 
   it('adopts its running Job when the worker restarts mid-run: one pod, the template ran once', async () => {
@@ -123,7 +113,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     assert.equal((await stdout(runId)).match(/example template: action/g)?.length, 1, 'the template ran once');
     const after_ = await batch.readNamespacedJob({ name: jobName(runId), namespace }).catch(() => undefined);
     assert.ok(!after_ || after_.metadata?.uid === before_.metadata?.uid, 'the same Job, never a second one');
-    await nothingLeft(runId);
+    await runGoneFromCluster(runId);
   });
 
   it('finishes a run that ended while no worker watched it and whose Job was removed since, from its runner\'s report', async () => {
@@ -134,7 +124,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
       await eventually('the runner to report', async () => getAgentResult(sys.db, runId), 60_000);
       // As the TTL controller would, a day later (ttlSecondsAfterFinished).
       await batch.deleteNamespacedJob({ name: jobName(runId), namespace, propagationPolicy: 'Background' });
-      await nothingLeft(runId);
+      await runGoneFromCluster(runId);
     } finally {
       await sys.startClusterWorker();
     }
@@ -162,7 +152,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     const got = await stdout(runId);
     assert.equal(got.length, expected.length);
     assert.equal(createHash('sha256').update(got).digest('hex'), createHash('sha256').update(expected).digest('hex'));
-    await nothingLeft(runId);
+    await runGoneFromCluster(runId);
   });
 
   it('fails a pod that no node can take as unschedulable after the bounded wait, leaving nothing behind', async () => {
@@ -171,7 +161,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     assert.equal(run.status, 'failed');
     assert.equal(run.reason, 'unschedulable');
     assert.match(run.message ?? '', /Insufficient memory|nodes are available/);
-    await nothingLeft(runId);
+    await runGoneFromCluster(runId);
   });
 
   it('fails at once with image-unavailable when the template image is not in the registry', async () => {
@@ -181,7 +171,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     assert.equal(run.status, 'failed');
     assert.equal(run.reason, 'image-unavailable');
     assert.match(run.message ?? '', /not in registry/);
-    await nothingLeft(runId);
+    await runGoneFromCluster(runId);
   });
 });
 

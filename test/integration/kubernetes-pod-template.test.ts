@@ -8,11 +8,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { BatchV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
 import Docker from 'dockerode';
 import { runSelector } from '../../activities/execution/kubernetes/job-spec.js';
 import { createDeployment, registerExampleTemplate, waitForRun } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
+import { adminKubeConfig, runGoneFromCluster } from '../support/kubernetes.js';
 import { pushToRegistry } from '../support/registry.js';
 import { env, eventually, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
@@ -29,8 +30,7 @@ describe('the pod template of runs on Kubernetes', { skip: noCluster }, () => {
     namespace = env('GG_TEST_K8S_NAMESPACE');
     scratch = path.join(env('GG_TEST_SCRATCH'), `pod-template-${id}`);
     await mkdir(scratch, { recursive: true });
-    const admin = new KubeConfig();
-    admin.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
+    const admin = adminKubeConfig();
     batch = admin.makeApiClient(BatchV1Api);
     core = admin.makeApiClient(CoreV1Api);
     await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: account } } });
@@ -62,15 +62,6 @@ sleep 3
     assert.equal(run.status, 202);
     return run.body.id;
   };
-  const nothingLeft = (runId: string) =>
-    eventually(`run ${runId}'s Job, pod and Secret to be gone`, async () => {
-      const [jobs, pods, secrets] = await Promise.all([
-        batch.listNamespacedJob({ namespace, labelSelector: runSelector(runId) }),
-        core.listNamespacedPod({ namespace, labelSelector: runSelector(runId) }),
-        core.listNamespacedSecret({ namespace, labelSelector: runSelector(runId) }),
-      ]);
-      return jobs.items.length + pods.items.length + secrets.items.length === 0 ? true : undefined;
-    }, 60_000);
 
   it('runs the pod as the template says: account and token, groups, placement, labels and annotations', async () => {
     const sys = await withTemplate(
@@ -103,7 +94,7 @@ spec:
       const log = await (await fetch(`${sys.api.url}/v1/runs/${runId}/logs?stream=stdout`, { headers: { authorization: `Bearer ${sys.tokens.admin}` } })).text();
       assert.match(log, /^groups: .*\b4321\b/m);
       assert.match(log, /^token: yes$/m, 'the service account\'s token was mounted, as asked');
-      await nothingLeft(runId);
+      await runGoneFromCluster(runId);
     } finally {
       await sys.stop();
     }
@@ -120,7 +111,7 @@ spec:
       assert.equal(ended.reason, 'infrastructure');
       assert.match(ended.message ?? '', /Kubernetes refused the run's Job \(422\): .*nodeSelectorTerms: Required value/);
       assert.ok(Date.now() - t0 < 20_000, 'not retried');
-      await nothingLeft(runId);
+      await runGoneFromCluster(runId);
     } finally {
       await sys.stop();
     }

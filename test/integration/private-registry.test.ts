@@ -10,13 +10,13 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
-import { BatchV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import { runSelector } from '../../activities/execution/kubernetes/job-spec.js';
+import { CoreV1Api } from '@kubernetes/client-node';
 import Docker from 'dockerode';
 import { pushImageTo, registryHostsToml, startImageRegistry, type ImageRegistry } from '../../infra/dev/kubernetes.js';
 import { createDeployment, registerExampleTemplate, waitForRun } from '../support/fixtures.js';
+import { adminKubeConfig, runGoneFromCluster } from '../support/kubernetes.js';
 import { startGuardedRegistry } from '../support/registry.js';
-import { env, eventually, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
+import { env, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
 const PULLER = 'puller';
 const PULL_TIMEOUT_SECONDS = 8;
@@ -30,7 +30,6 @@ describe('template images in a registry that wants credentials', () => {
   let ownRegistry: ImageRegistry | undefined;
   let guards: Awaited<ReturnType<typeof startGuardedRegistry>>[] = [];
   let adminCore: CoreV1Api | undefined;
-  let adminBatch: BatchV1Api | undefined;
   const hostsFiles: string[] = [];
   /** The same image behind four doors: `known` (credentials everywhere), `workerOnly` (not in the pull secret), `unknown` (none), `wrong` (refused). */
   const image: Record<'known' | 'workerOnly' | 'unknown' | 'wrong', string> = { known: '', workerOnly: '', unknown: '', wrong: '' };
@@ -72,10 +71,7 @@ describe('template images in a registry that wants credentials', () => {
         await writeFile(path.join(dir, 'hosts.toml'), registryHostsToml(address));
         hostsFiles.push(dir);
       }
-      const admin = new KubeConfig();
-      admin.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
-      adminCore = admin.makeApiClient(CoreV1Api);
-      adminBatch = admin.makeApiClient(BatchV1Api);
+      adminCore = adminKubeConfig().makeApiClient(CoreV1Api);
       // The kubelet's credentials name only `known`: `workerOnly` shows what a missing pull secret does. The
       // Secret is made as docs/operators-guide.md says.
       const pullAuth = path.join(scratch, 'pull-auth.json');
@@ -110,21 +106,11 @@ describe('template images in a registry that wants credentials', () => {
     const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${deploymentId}/runs`, { action: 'deploy' });
     assert.equal(started.status, 202);
     const ended = await waitForRun(sys.call, started.body.id);
-    if (target.kind === 'cluster') await nothingLeft(ended.id);
+    // Whatever the outcome, the run's Job, pod and Secret go.
+    if (target.kind === 'cluster') await runGoneFromCluster(ended.id);
     return ended;
   };
 
-  /** Whatever the outcome, the run's Job, pod and Secret go. */
-  const nothingLeft = (runId: string) =>
-    eventually(`run ${runId}'s Job, pod and Secret to be gone`, async () => {
-      const namespace = env('GG_TEST_K8S_NAMESPACE');
-      const [jobs, pods, secrets] = await Promise.all([
-        adminBatch!.listNamespacedJob({ namespace, labelSelector: runSelector(runId) }),
-        adminCore!.listNamespacedPod({ namespace, labelSelector: runSelector(runId) }),
-        adminCore!.listNamespacedSecret({ namespace, labelSelector: runSelector(runId) }),
-      ]);
-      return jobs.items.length + pods.items.length + secrets.items.length === 0 ? true : undefined;
-    }, 60_000);
 
   describe('on a Docker node', () => {
     it('pulls with the configured credentials and runs the template', async () => {
