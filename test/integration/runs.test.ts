@@ -144,9 +144,10 @@ describe('a deployment runs its template container end to end', () => {
     assert.equal(second.status, 409);
     assert.equal(second.body.code, 'RUN_IN_PROGRESS');
     assert.equal(second.body.details.activeRunId, first.body.id);
-    const running = await eventually('the run to be running', async () => {
+    // Running is first `preparing` (started, its secrets sealed), then `executing` once handed to the target.
+    const running = await eventually('the run to be executing', async () => {
       const status = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).query(statusQuery);
-      return status.activeRun?.status === 'running' ? status : undefined;
+      return status.activeRun?.status === 'running' && status.activeRun.phase === 'executing' ? status : undefined;
     });
     assert.equal(running.status, 'running');
     assert.equal(running.activeRun?.phase, 'executing');
