@@ -216,9 +216,30 @@ export async function setRunPhase(db: Queryable, runId: string, phase: RunPhase)
   return getRun(db, runId);
 }
 
+/**
+ * The outputs a successful `deploy` should have written, as its template type declares them, that it did
+ * not: each becomes a warning on the run (it still succeeded: what it deployed is there).
+ */
+async function missingDeclaredOutputs(tx: Queryable, runId: string, outcome: RunOutcome): Promise<string[]> {
+  if (outcome.status !== 'succeeded') return [];
+  const { rows } = await tx.query<{ outputs: { name: string }[] }>(
+    `SELECT ttv.outputs FROM runs r
+       JOIN deployments d ON d.id = r.deployment_id
+       JOIN template_versions tv ON tv.template_name = d.template_name AND tv.version = d.template_version
+       JOIN template_type_versions ttv ON ttv.type_name = tv.type_name AND ttv.version = tv.type_version
+      WHERE r.id = $1 AND r.action = 'deploy'`,
+    [runId],
+  );
+  const declared = rows[0]?.outputs ?? [];
+  return declared
+    .filter((o) => !Object.prototype.hasOwnProperty.call(outcome.outputs ?? {}, o.name))
+    .map((o) => `the template type declares the output ${o.name}, which the template did not write to /state/outputs.json`);
+}
+
 export async function finishRun(db: Db, runId: string, outcome: RunOutcome): Promise<Run | undefined> {
   return inTransaction(db, async (tx) => {
     await lockDeploymentOfRun(tx, runId);
+    const warnings = [...(outcome.warnings ?? []), ...(await missingDeclaredOutputs(tx, runId, outcome))];
     const { rows } = await tx.query<RunRow>(
       `UPDATE runs SET status = $2, reason = $3, exit_code = $4, message = $5, outputs = $6, warnings = $7,
               state_version = $8, phase = NULL, finished_at = now()
@@ -230,7 +251,7 @@ export async function finishRun(db: Db, runId: string, outcome: RunOutcome): Pro
         outcome.exitCode ?? null,
         outcome.message ?? null,
         outcome.outputs ? JSON.stringify(outcome.outputs) : null,
-        JSON.stringify(outcome.warnings ?? []),
+        JSON.stringify(warnings),
         outcome.stateVersion ?? null,
       ],
     );

@@ -282,6 +282,19 @@ describe('template types, builds and versions', { skip: noCluster }, () => {
     assert.equal(await count(), before_, 'nothing stored');
   });
 
+  it('warns, after a successful deploy, of each output the type declares that the template did not write', async () => {
+    const type = await newType(baseImage, { adhoc: true, outputs: [{ name: 'label' }, { name: 'endpoint', description: 'where it answers' }] });
+    const template = await newTemplate();
+    const sourceId = await upload(await tgzOf(files('outputs')), 'application/gzip');
+    const v = await sys.call('POST', `/v1/templates/${template}/adhoc-versions`, { type: { name: type, version: 1 }, source: { kind: 'upload', sourceId }, parameters: plan });
+    assert.equal(v.status, 201, JSON.stringify(v.body));
+    const d = await sys.call<{ id: string }>('POST', '/v1/deployments', { template: { name: template }, parameters: { greeting: 'hi' }, target: { kind: 'node', node: sys.nodeId } });
+    const deployed = await runOnce(d.body.id);
+    assert.equal(deployed.status, 'succeeded', 'a missing output is worth a warning, not a failure');
+    assert.deepEqual(deployed.warnings, ['the template type declares the output endpoint, which the template did not write to /state/outputs.json']);
+    assert.deepEqual((await runOnce(d.body.id, 'destroy')).warnings, [], 'only a deploy is expected to write them');
+  });
+
   it('runs an ad-hoc template: its files mounted at /template in the type\'s generic image, without a build', async () => {
     const adhocType = await newType(baseImage, { adhoc: true });
     const template = await newTemplate();
