@@ -1,17 +1,20 @@
 import http from 'node:http';
 import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
+import { VersionApi } from '@kubernetes/client-node';
 import type { Connection } from '@temporalio/client';
 import { Client } from '@temporalio/client';
 import type Docker from 'dockerode';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
+import { registryBaseUrl } from '../activities/registry-auth.js';
 import { createApp } from '../api/app.js';
 import { ensureAdminToken, type AdminTokenState } from '../core/bootstrap.js';
 import type { Config } from '../core/config.js';
 import { SecretBox } from '../core/crypto.js';
 import { loadEncryptionKey } from '../core/keys.js';
 import type { Db } from '../core/db/pool.js';
+import { loadKubeConfig } from './kubernetes.js';
 
 const VERSION = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
 
@@ -46,6 +49,22 @@ export async function startApiServer(opts: {
   if (docker) {
     probes.docker = async () => {
       await docker.ping();
+    };
+  }
+  if (config.kubernetes.enabled) {
+    // /version answers any authenticated caller: it needs nothing of the worker's Role.
+    const version = loadKubeConfig(config.kubernetes).makeApiClient(VersionApi);
+    probes.kubernetes = async () => {
+      await version.getCode();
+    };
+  }
+  const registry = config.builds.registry;
+  if (registry) {
+    // Reachable is enough here: 401 is a registry asking for the credentials builds push with.
+    const url = `${registryBaseUrl(registry.split('/')[0]!, config.registries.insecure)}/v2/`;
+    probes.registry = async () => {
+      const res = await fetch(url, { signal: AbortSignal.timeout(3_000) });
+      if (res.status >= 500) throw new Error(`${url} answered ${res.status}`);
     };
   }
   const secrets = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));

@@ -7,16 +7,21 @@ import { RegistryCredentials } from '../core/registry-credentials.js';
 import type { Db } from '../core/db/pool.js';
 import { getAgentResult, grantRunAgent, runAgentStarted } from '../core/db/run-agents.js';
 
-/** The main cluster's execution adapter: one Job per run, in the configured namespace. */
-export async function createKubernetesExecutor(config: Config, db: Db): Promise<KubernetesExecutor> {
-  const k = config.kubernetes;
-  if (!k.runnerImage) throw new Error('GLIDERGUN_KUBERNETES_RUNNER_IMAGE is not set');
+/** GLIDERGUN_KUBECONFIG, else the in-cluster ServiceAccount when running in a pod, else the default kubeconfig. */
+export function loadKubeConfig(k: Config['kubernetes']): KubeConfig {
   const kubeConfig = new KubeConfig();
   if (k.kubeconfig) kubeConfig.loadFromFile(k.kubeconfig);
   else if (process.env.KUBERNETES_SERVICE_HOST) kubeConfig.loadFromCluster();
   else kubeConfig.loadFromDefault();
+  return kubeConfig;
+}
+
+/** The main cluster's execution adapter: one Job per run, in the configured namespace. */
+export async function createKubernetesExecutor(config: Config, db: Db): Promise<KubernetesExecutor> {
+  const k = config.kubernetes;
+  if (!k.runnerImage) throw new Error('GLIDERGUN_KUBERNETES_RUNNER_IMAGE is not set');
   return new KubernetesExecutor(
-    kubeConfig,
+    loadKubeConfig(k),
     {
       namespace: k.namespace,
       runnerImage: k.runnerImage,

@@ -4,6 +4,12 @@ import { HealthSchema } from '../schemas.js';
 
 const PROBE_TIMEOUT_MS = 3_000;
 
+/** The error and what caused it: fetch says only "fetch failed", its cause says "connect ECONNREFUSED …". */
+function describe(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  return err.cause instanceof Error && err.cause.message ? `${err.message}: ${err.cause.message}` : err.message;
+}
+
 async function probe(check: () => Promise<void>): Promise<{ ok: boolean; error?: string }> {
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -15,7 +21,7 @@ async function probe(check: () => Promise<void>): Promise<{ ok: boolean; error?:
     ]);
     return { ok: true };
   } catch (err) {
-    return { ok: false, error: err instanceof Error ? err.message : String(err) };
+    return { ok: false, error: describe(err) };
   } finally {
     clearTimeout(timer);
   }
@@ -27,7 +33,7 @@ export function healthRoutes(deps: Pick<ApiDeps, 'probes'>): AnyRoute[] {
       method: 'get',
       path: '/healthz',
       operationId: 'getHealth',
-      summary: 'Report whether Postgres, Temporal and the Docker engine answer',
+      summary: 'Report whether Postgres, Temporal, the Docker engine, the Kubernetes API server and the build registry answer (those configured)',
       tag: 'system',
       roles: 'public',
       responses: { 200: { description: 'all dependencies answer', schema: HealthSchema }, 503: { description: 'a dependency is down', schema: HealthSchema } },

@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createDeployment, registerExampleTemplate, uniqueName } from '../support/fixtures.js';
-import { apiClient, startTestSystem, type TestSystem } from '../support/system.js';
+import { freePort } from '../../infra/dev/ports.js';
+import { apiClient, env, startTestSystem, type TestSystem } from '../support/system.js';
 
 interface ErrorBody {
   code: string;
@@ -165,7 +168,39 @@ describe('the API refuses bad input', () => {
     const res = await call<{ status: string; checks: Record<string, { ok: boolean }> }>('GET', '/healthz');
     assert.equal(res.status, 200);
     assert.equal(res.body.status, 'ok');
-    assert.deepEqual(Object.keys(res.body.checks).sort(), ['docker', 'postgres', 'temporal']);
+    // The build registry is checked when there is one (the test cluster's, when it runs).
+    assert.deepEqual(Object.keys(res.body.checks).sort(), ['docker', 'postgres', ...(process.env.GG_TEST_REGISTRY ? ['registry'] : []), 'temporal']);
+  });
+});
+
+describe('health when the Kubernetes API server and the build registry cannot be reached', () => {
+  it('reports each as down, with why, and answers 503', async () => {
+    // Ports nothing listens on (not port 1: fetch refuses that one before trying).
+    const [apiPort, registryPort] = [await freePort(), await freePort()];
+    const kubeconfig = path.join(env('GG_TEST_SCRATCH'), `dead-kubeconfig-${process.pid}.yaml`);
+    await writeFile(
+      kubeconfig,
+      `apiVersion: v1\nkind: Config\nclusters: [{name: gone, cluster: {server: "https://127.0.0.1:${apiPort}", insecure-skip-tls-verify: true}}]\n` +
+        'users: [{name: u, user: {token: x}}]\ncontexts: [{name: c, context: {cluster: gone, user: u}}]\ncurrent-context: c\n',
+    );
+    const down = await startTestSystem({
+      nodeWorker: false,
+      clusterWorker: false,
+      env: { GLIDERGUN_KUBERNETES: 'true', GLIDERGUN_KUBECONFIG: kubeconfig, GLIDERGUN_KUBERNETES_RUNNER_IMAGE: '127.0.0.1:5000/runner:1', GLIDERGUN_REGISTRY: `127.0.0.1:${registryPort}/templates` },
+    });
+    try {
+      const health = await down.call<{ status: string; checks: Record<string, { ok: boolean; error?: string }> }>('GET', '/healthz');
+      console.log(`health with both down: ${JSON.stringify(health.body)}`);
+      assert.equal(health.status, 503);
+      assert.equal(health.body.status, 'degraded');
+      assert.equal(health.body.checks.kubernetes?.ok, false);
+      assert.match(health.body.checks.kubernetes?.error ?? '', /ECONNREFUSED/, 'says why');
+      assert.equal(health.body.checks.registry?.ok, false);
+      assert.match(health.body.checks.registry?.error ?? '', /ECONNREFUSED/);
+      assert.equal(health.body.checks.postgres?.ok, true);
+    } finally {
+      await down.stop();
+    }
   });
 });
 

@@ -116,6 +116,13 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     await runGoneFromCluster(runId);
   });
 
+  it('reports the Kubernetes API server and the build registry in /healthz', async () => {
+    const health = await sys.call<{ status: string; checks: Record<string, { ok: boolean }> }>('GET', '/healthz');
+    assert.equal(health.status, 200, JSON.stringify(health.body));
+    assert.equal(health.body.checks.kubernetes?.ok, true);
+    assert.equal(health.body.checks.registry?.ok, true);
+  });
+
   it('finishes a run that ended while no worker watched it and whose Job was removed since, from its runner\'s report', async () => {
     const runId = await startRun(example, { message: 'unwatched', sleep_seconds: 2 });
     await eventually('the template to run', async () => ((await stdout(runId)).includes('example template') ? true : undefined), 120_000);
