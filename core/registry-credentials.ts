@@ -66,8 +66,4 @@ export class RegistryCredentials {
   for(registry: string): RegistryAuth | undefined {
     return this.byHost.get(registryHostOf(registry));
   }
-
-  get hosts(): string[] {
-    return [...this.byHost.keys()];
-  }
 }
