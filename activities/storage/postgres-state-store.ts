@@ -1,7 +1,6 @@
 import type { SecretBox } from '../../core/crypto.js';
 import type { Db } from '../../core/db/pool.js';
-import { setRunPhase } from '../../core/db/runs.js';
-import { readStateVersion, writeStateVersion } from '../../core/db/state.js';
+import { archiveStateForRun, restoreStateForRun } from '../../core/db/state.js';
 import type { StateStore } from '../execution/adapter.js';
 
 /** State versions of a node inside the cluster (the built-in node `local`): encrypted chunks in Postgres. */
@@ -13,14 +12,11 @@ export class PostgresStateStore implements StateStore {
     private readonly keep?: number,
   ) {}
 
-  async write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>) {
-    await setRunPhase(this.db, runId, 'archiving');
-    return writeStateVersion(this.db, this.box, { deploymentId, runId, keep: this.keep }, archive);
+  write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>) {
+    return archiveStateForRun(this.db, this.box, { deploymentId, runId, keep: this.keep }, archive);
   }
 
-  async *read(deploymentId: string, version: number, runId: string) {
-    await setRunPhase(this.db, runId, 'restoring');
-    yield* readStateVersion(this.db, this.box, deploymentId, version);
-    await setRunPhase(this.db, runId, 'executing');
+  read(deploymentId: string, version: number, runId: string) {
+    return restoreStateForRun(this.db, this.box, { runId, deploymentId }, version);
   }
 }

@@ -10,9 +10,9 @@ import { z } from 'zod';
 import type { SecretBox } from '../../core/crypto.js';
 import { appendLogChunk, storedLogLengths, type LogStream } from '../../core/db/logs.js';
 import type { Db } from '../../core/db/pool.js';
-import { setRunPhase } from '../../core/db/runs.js';
+import { markRunPhase } from '../../core/db/runs.js';
 import { markRunAgentStarted, recordAgentResult, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
-import { readStateVersion, writeStateVersion } from '../../core/db/state.js';
+import { archiveStateForRun, restoreStateForRun } from '../../core/db/state.js';
 import { readSourceArchive } from '../../core/db/template-sources.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
 import { MAX_OUTPUTS_BYTES, parseOutputs } from '../../core/outputs.js';
@@ -77,14 +77,11 @@ export function agentRouter(deps: AgentDeps): Router {
       await markRunAgentStarted(deps.db, grant.runId);
       if (grant.restoreVersion === undefined) {
         res.status(204).end();
-        await setRunPhase(deps.db, grant.runId, 'executing');
+        await markRunPhase(deps.db, grant.runId, 'executing');
         return;
       }
-      await setRunPhase(deps.db, grant.runId, 'restoring');
       res.status(200).type('application/gzip');
-      await pipeline(readStateVersion(deps.db, deps.secrets, grant.deploymentId, grant.restoreVersion), res);
-      // All sent: the runner unpacks it and starts the template.
-      await setRunPhase(deps.db, grant.runId, 'executing');
+      await pipeline(restoreStateForRun(deps.db, deps.secrets, grant, grant.restoreVersion), res);
     })().catch((err: unknown) => {
       // Headers are gone: the runner sees a cut stream (and a gzip error) and fails the run.
       if (!res.headersSent) next(err);
@@ -110,9 +107,7 @@ export function agentRouter(deps: AgentDeps): Router {
       next(new AppError(ErrorCode.UnsupportedMediaType, 'the state archive must be sent as application/gzip'));
       return;
     }
-    setRunPhase(deps.db, grant.runId, 'archiving')
-      .then(() => writeStateVersion(deps.db, deps.secrets, { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.stateVersionsKept }, req))
-      .then(
+    archiveStateForRun(deps.db, deps.secrets, { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.stateVersionsKept }, req).then(
       (v) => res.status(200).json({ version: v.version, sha256: v.sha256, sizeBytes: v.sizeBytes }),
       (err: unknown) => next(err),
     );

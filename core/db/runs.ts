@@ -211,8 +211,13 @@ export async function requestRunCancel(db: Db, runId: string, by: string): Promi
   });
 }
 
-export async function setRunPhase(db: Queryable, runId: string, phase: RunPhase): Promise<Run | undefined> {
+/** Sets an active run's phase; a run that has ended keeps none. */
+export async function markRunPhase(db: Queryable, runId: string, phase: RunPhase): Promise<void> {
   await db.query(`UPDATE runs SET phase = $2 WHERE id = $1 AND status IN ('running', 'cancelling') AND started_at IS NOT NULL`, [runId, phase]);
+}
+
+export async function setRunPhase(db: Queryable, runId: string, phase: RunPhase): Promise<Run | undefined> {
+  await markRunPhase(db, runId, phase);
   return getRun(db, runId);
 }
 

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { SecretBox } from '../crypto.js';
 import { inTransaction, type Db, type Queryable } from './pool.js';
+import { markRunPhase } from './runs.js';
 
 export interface StateVersion {
   deploymentId: string;
@@ -134,6 +135,27 @@ async function applyRetention(tx: Queryable, deploymentId: string, keep: number 
         AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status IN ('pending', 'running', 'cancelling'))`,
     [deploymentId],
   );
+}
+
+/**
+ * A run's /state restored: its phase is `restoring` while the version is read, `executing` once it is read
+ * whole. The node's store and the agent API both restore through here, so both tell the phase alike.
+ */
+export async function* restoreStateForRun(db: Db, box: SecretBox, run: { runId: string; deploymentId: string }, version: number): AsyncGenerator<Buffer> {
+  await markRunPhase(db, run.runId, 'restoring');
+  yield* readStateVersion(db, box, run.deploymentId, version);
+  await markRunPhase(db, run.runId, 'executing');
+}
+
+/** A run's /state archived (writeStateVersion), its phase `archiving` meanwhile. */
+export async function archiveStateForRun(
+  db: Db,
+  box: SecretBox,
+  opts: { deploymentId: string; runId: string; keep?: number },
+  archive: AsyncIterable<Buffer>,
+): Promise<StateVersion> {
+  await markRunPhase(db, opts.runId, 'archiving');
+  return writeStateVersion(db, box, opts, archive);
 }
 
 /** The archive of a complete version, decrypted chunk by chunk; fails if a chunk or the checksum is wrong. */
