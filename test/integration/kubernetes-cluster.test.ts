@@ -5,6 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import { ApiException, AppsV1Api, BatchV1Api, CoreV1Api, KubeConfig, type V1Job, type V1Pod } from '@kubernetes/client-node';
 import { newId } from '../../core/ids.js';
 import { env, eventually } from '../support/system.js';
+import { adminKubeConfig } from '../support/kubernetes.js';
 
 const enabled = !!process.env.GG_TEST_KUBECONFIG_WORKER;
 
@@ -39,8 +40,7 @@ describe('the Kubernetes test cluster', { skip: !enabled && 'GG_TEST_KUBERNETES=
     batch = kc.makeApiClient(BatchV1Api);
     core = kc.makeApiClient(CoreV1Api);
     apps = kc.makeApiClient(AppsV1Api);
-    const admin = new KubeConfig();
-    admin.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
+    const admin = adminKubeConfig();
     adminCore = admin.makeApiClient(CoreV1Api);
   });
 

@@ -6,12 +6,12 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { BatchV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { FINISHED_JOB_TTL_SECONDS, K8S_MANAGED_LABEL, jobName, runSelector } from '../../activities/execution/kubernetes/job-spec.js';
 import { getAgentResult } from '../../core/db/run-agents.js';
 import { EXAMPLE_PARAMETERS, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
-import { runGoneFromCluster } from '../support/kubernetes.js';
+import { adminKubeConfig, runGoneFromCluster } from '../support/kubernetes.js';
 import { pushToRegistry } from '../support/registry.js';
 import { env, eventually, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
@@ -58,8 +58,7 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
   before(async () => {
     sys = await startTestSystem({ nodeWorker: false, env: { ...(await kubernetesEnv()), GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS: '5' } });
     // Assertions look with the admin's eyes; the system under test uses the worker's ServiceAccount.
-    const admin = new KubeConfig();
-    admin.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
+    const admin = adminKubeConfig();
     batch = admin.makeApiClient(BatchV1Api);
     core = admin.makeApiClient(CoreV1Api);
     namespace = env('GG_TEST_K8S_NAMESPACE');
@@ -210,8 +209,7 @@ describe('runs on Kubernetes whose images the node cannot pull', { skip: noClust
     assert.equal(run.status, 'failed');
     assert.equal(run.reason, 'image-unavailable');
     assert.match(run.message ?? '', /no-such-runner/);
-    const admin = new KubeConfig();
-    admin.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
+    const admin = adminKubeConfig();
     const batch = admin.makeApiClient(BatchV1Api);
     await eventually('the Job to be gone', async () => {
       const jobs = await batch.listNamespacedJob({ namespace: env('GG_TEST_K8S_NAMESPACE'), labelSelector: runSelector(r.body.id) });

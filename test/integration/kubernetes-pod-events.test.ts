@@ -5,6 +5,7 @@ import { K8S_MANAGED_LABEL, K8S_RUN_LABEL } from '../../activities/execution/kub
 import { PodEvents } from '../../activities/execution/kubernetes/pod-events.js';
 import { newId } from '../../core/ids.js';
 import { env, eventually, noCluster } from '../support/system.js';
+import { adminKubeConfig } from '../support/kubernetes.js';
 
 /** How long a wait lasts when nothing wakes it: far longer than any event takes to arrive. */
 const LONG_MS = 60_000;
@@ -24,8 +25,7 @@ describe('the Job adapter\'s pod watch', { skip: noCluster }, () => {
     namespace = env('GG_TEST_K8S_NAMESPACE');
     worker = new KubeConfig();
     worker.loadFromFile(env('GG_TEST_KUBECONFIG_WORKER'));
-    const admin = new KubeConfig();
-    admin.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
+    const admin = adminKubeConfig();
     adminCore = admin.makeApiClient(CoreV1Api);
   });
 

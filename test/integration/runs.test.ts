@@ -2,17 +2,8 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { cancelSignal, deploymentWorkflowId, statusQuery } from '../../workflows/messages.js';
-import { createDeployment, registerExampleTemplate } from '../support/fixtures.js';
+import { createDeployment, registerExampleTemplate, type RunBody } from '../support/fixtures.js';
 import { apiClient, eventually, startTestSystem, type TestSystem } from '../support/system.js';
-
-interface RunBody {
-  id: string;
-  status: string;
-  reason: string | null;
-  exitCode: number | null;
-  message: string | null;
-  outputs: Record<string, unknown> | null;
-}
 
 describe('a deployment runs its template container end to end', () => {
   let sys: TestSystem;

@@ -1,6 +1,6 @@
 import { BatchV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { runSelector } from '../../activities/execution/kubernetes/job-spec.js';
-import { env, eventually } from './system.js';
+import { env, eventually } from './env.js';
 
 /** The test cluster as its admin sees it: for set-up and checks, never for the code under test. */
 export function adminKubeConfig(): KubeConfig {

@@ -8,7 +8,7 @@ import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import type Docker from 'dockerode';
 import pino from 'pino';
-import { BatchV1Api, KubeConfig } from '@kubernetes/client-node';
+import { BatchV1Api } from '@kubernetes/client-node';
 import { WORKDIR_LABEL } from '../../activities/execution/adapter.js';
 import { K8S_MANAGED_LABEL, K8S_RUN_LABEL } from '../../activities/execution/kubernetes/job-spec.js';
 import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
@@ -24,12 +24,10 @@ import { createBuilderWorker } from '../../workers/builder.js';
 import { createClusterWorker } from '../../workers/cluster.js';
 import { createDockerClient, createNodeWorker } from '../../workers/node.js';
 import { freePort } from '../../infra/dev/ports.js';
+import { env, eventually } from './env.js';
+import { adminKubeConfig } from './kubernetes.js';
 
-export function env(name: string): string {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run the tests with 'npm test', which starts the services they need`);
-  return value;
-}
+export { env, eventually };
 
 export const images = {
   get busybox() {
@@ -201,13 +199,6 @@ export async function startTestSystem(
   };
 }
 
-/** The test cluster as its admin sees it (for checks and waits, never for the code under test). */
-function adminKubeConfig(): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
-  return kc;
-}
-
 /** A small JSON client for the API under test. */
 export function apiClient(baseUrl: string, token?: string) {
   return async function call<T = Record<string, unknown>>(
@@ -227,12 +218,3 @@ export function apiClient(baseUrl: string, token?: string) {
   };
 }
 
-export async function eventually<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}

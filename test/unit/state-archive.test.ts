@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { lstat, mkdir, readFile, readlink, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { packState, unpackState } from '../../activities/execution/state-archive.js';
+import { tempDirs } from '../support/temp-dirs.js';
 
 async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -30,19 +30,8 @@ async function* once(buf: Buffer): AsyncGenerator<Buffer> {
 }
 
 describe('state archives', () => {
-  let root: string;
-  let n = 0;
-  const fresh = async () => {
-    const dir = path.join(root, `d${n++}`);
-    await mkdir(dir);
-    return dir;
-  };
-  before(async () => {
-    root = await mkdtemp(path.join(os.tmpdir(), 'gg-archive-'));
-  });
-  after(async () => {
-    await rm(root, { recursive: true, force: true });
-  });
+  const dirs = tempDirs('gg-archive-');
+  const fresh = () => dirs.fresh();
 
   it('round-trips files, folders, modes and links without following them', async () => {
     const src = await fresh();
@@ -72,7 +61,7 @@ describe('state archives', () => {
       const outside = await fresh();
       const list = entries.map((e) => ('linkname' in e ? { ...e, linkname: outside } : e));
       await assert.rejects(unpackState(dst, once(await hostileArchive(list))));
-      assert.equal(existsSync(path.join(root, 'evil')), false);
+      assert.equal(existsSync(path.join(dirs.root, 'evil')), false);
       assert.equal(existsSync('/tmp/gg-evil-absolute'), false);
       assert.equal(existsSync(path.join(outside, 'evil')), false);
     });

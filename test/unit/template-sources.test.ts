@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import {
@@ -21,6 +20,7 @@ import {
   type UploadFormat,
 } from '../../core/template-sources/index.js';
 import { deflatedZeros, writeZip, type ZipEntrySpec } from '../support/zip.js';
+import { tempDirs } from '../support/temp-dirs.js';
 
 // One description of an entry, written as a tar entry or as a zip entry, so each hostile case runs on both.
 interface Spec {
@@ -403,19 +403,8 @@ describe('template sources: good sources', () => {
 });
 
 describe('template sources: folders (normalizeDirectory)', () => {
-  let root: string;
-  let n = 0;
-  const fresh = async () => {
-    const dir = path.join(root, `d${n++}`);
-    await mkdir(dir);
-    return dir;
-  };
-  before(async () => {
-    root = await mkdtemp(path.join(os.tmpdir(), 'gg-sources-'));
-  });
-  after(async () => {
-    await rm(root, { recursive: true, force: true });
-  });
+  const dirs = tempDirs('gg-sources-');
+  const fresh = () => dirs.fresh();
 
   it('gives the same digest as an upload of the same files, leaving .git out', async () => {
     const dir = await fresh();
