@@ -95,7 +95,6 @@ export interface Config {
   registries: { insecure: string[]; credentials: RegistryAuth[] };
   builds: {
     registry: string | undefined;
-    registryAuth: { username: string; password: string } | undefined;
     timeoutSeconds: number;
     uploadMaxBytes: number;
     allowFileGitUrls: boolean;
@@ -124,10 +123,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(['GLIDERGUN_KUBERNETES_RUNNER_IMAGE: required with GLIDERGUN_KUBERNETES=true (the pod-runner image, infra/images/pod-runner)']);
   }
   const dataDir = path.resolve(e.GLIDERGUN_DATA_DIR);
-  const buildAuth =
-    e.GLIDERGUN_REGISTRY_USERNAME && e.GLIDERGUN_REGISTRY_PASSWORD ? { username: e.GLIDERGUN_REGISTRY_USERNAME, password: e.GLIDERGUN_REGISTRY_PASSWORD } : undefined;
   const credentials: RegistryAuth[] = [];
-  if (buildAuth && e.GLIDERGUN_REGISTRY) credentials.push({ ...buildAuth, serveraddress: registryHostOf(e.GLIDERGUN_REGISTRY) });
+  // The build registry's push credentials first: they are also what its images are pulled with.
+  if (e.GLIDERGUN_REGISTRY && e.GLIDERGUN_REGISTRY_USERNAME && e.GLIDERGUN_REGISTRY_PASSWORD) {
+    credentials.push({ username: e.GLIDERGUN_REGISTRY_USERNAME, password: e.GLIDERGUN_REGISTRY_PASSWORD, serveraddress: registryHostOf(e.GLIDERGUN_REGISTRY) });
+  }
   if (e.GLIDERGUN_REGISTRY_AUTH_FILE) {
     try {
       credentials.push(...parseDockerConfig(readFileSync(e.GLIDERGUN_REGISTRY_AUTH_FILE, 'utf8')));
@@ -175,7 +175,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     registries: { insecure: e.GLIDERGUN_INSECURE_REGISTRIES.split(',').map((r) => r.trim()).filter(Boolean), credentials },
     builds: {
       registry: e.GLIDERGUN_REGISTRY,
-      registryAuth: buildAuth,
       timeoutSeconds: e.GLIDERGUN_BUILD_TIMEOUT_SECONDS,
       uploadMaxBytes: e.GLIDERGUN_TEMPLATE_UPLOAD_MAX_BYTES,
       allowFileGitUrls: e.GLIDERGUN_GIT_ALLOW_FILE_URLS,

@@ -15,7 +15,7 @@ import { SourceRejectedError } from '../../core/template-sources/index.js';
 import { generateDockerfile } from './dockerfile.js';
 import { fetchGitSource } from './git-source.js';
 import { buildAndPushImage } from './image-build.js';
-import type { RegistryCredentials } from '../../core/registry-credentials.js';
+import { registryHostOf, type RegistryCredentials } from '../../core/registry-credentials.js';
 
 /** What a finished image build hands to the database side. */
 export interface BuiltImage {
@@ -113,9 +113,8 @@ export function createBuilderActivities(deps: {
   docker: Docker;
   /** Where template images go: `<host[:port]>/<path>`; each build pushes `<registry>/<template>:<build id>`. */
   registry: string;
-  registryAuth?: { username: string; password: string } | undefined;
-  /** What base images are pulled with, by registry. */
-  pullCredentials?: RegistryCredentials | undefined;
+  /** What the push goes with (the registry's own entry) and base images are pulled with, by registry. */
+  registryCredentials?: RegistryCredentials | undefined;
   /** Registries spoken to over plain HTTP (loopback ones always are). */
   insecureRegistries?: readonly string[] | undefined;
   allowFileGitUrls: boolean;
@@ -178,8 +177,8 @@ export function createBuilderActivities(deps: {
               dockerfile,
               source: archive,
               tag: `${deps.registry}/${build.templateName}:${buildId}`,
-              ...(deps.registryAuth ? { registryAuth: { ...deps.registryAuth, serveraddress: deps.registry.split('/')[0]! } } : {}),
-              pullCredentials: deps.pullCredentials,
+              registryAuth: deps.registryCredentials?.for(registryHostOf(deps.registry)),
+              pullCredentials: deps.registryCredentials,
             },
             { signal: ctx.cancellationSignal, onLog: (l) => log.line(l), timeoutMs: timeoutSeconds * 1000, insecureRegistries: deps.insecureRegistries },
           );
