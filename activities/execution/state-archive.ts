@@ -1,4 +1,5 @@
-import { constants, createReadStream } from 'node:fs';
+import { constants } from 'node:fs';
+import { once } from 'node:events';
 import { lstat, mkdir, open, readdir, readlink, symlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -8,25 +9,87 @@ import tar from 'tar-stream';
 
 export const GZIP_LEVEL = 6;
 
+/** How much of a file is read at once while it is archived. */
+const READ_BYTES = 256 * 1024;
+
+type EntrySink = ReturnType<tar.Pack['entry']>;
+
 /**
  * Archives a run's /state as tar + gzip, streamed. The folder is the template's to fill, so nothing in it
  * is trusted: symbolic links are stored as links and never followed, files are opened without following
  * links and must still be regular files once open, and FIFOs, sockets and devices are skipped (with a
  * warning) instead of being read, which could block or reach outside.
+ *
+ * Every failure ends as one error on the returned stream, never as an 'error' event nobody listens to: a
+ * file that cannot be read or a folder that cannot be walked destroys it with that error. A reader that
+ * stops early (its store failed) or destroys it stops the walk, and the open file is closed.
  */
 export function packState(dir: string, warn: (message: string) => void): Readable {
   const pack = tar.pack();
+  const gzip = zlib.createGzip({ level: GZIP_LEVEL, chunkSize: 256 * 1024 });
+  // streamx's pipe with a callback: an error or an early close of either side destroys the other (a reader
+  // destroying gzip destroys the pack, which destroys its current entry), and the callback takes the error
+  // instead of an 'error' event on the pack.
+  (pack as unknown as { pipe(to: NodeJS.WritableStream, done: (err: Error | null) => void): void }).pipe(gzip, () => undefined);
+  let stopped = false;
+  pack.once('close', () => {
+    stopped = true;
+  });
+
+  /** Adds one entry and settles when it is whole in the archive, or fails when the pack is destroyed. */
+  const entry = (header: Partial<tar.Header> & { name: string }, write?: (sink: EntrySink, failed: Promise<never>) => Promise<void>): Promise<void> => {
+    if (stopped) return Promise.reject(new Error('the state archive was stopped'));
+    let sink!: EntrySink;
+    const done = new Promise<void>((resolve, reject) => {
+      sink = pack.entry(header, (err) => (err ? reject(err) : resolve()));
+    });
+    // A destroyed pack destroys its entries with its error; the callback above reports it, this keeps the
+    // sink's own 'error' event from being thrown.
+    sink.on('error', () => undefined);
+    if (!write) return done;
+    const failed = done.then(() => new Promise<never>(() => undefined));
+    failed.catch(() => undefined);
+    return write(sink, failed).then(
+      () => done,
+      (err: unknown) => {
+        sink.destroy(err instanceof Error ? err : new Error(String(err)));
+        throw err;
+      },
+    );
+  };
+
+  /** Copies `size` bytes of an open file into its entry, with back-pressure, stopping when the pack is gone. */
+  const copy = async (relPath: string, handle: FileHandle, size: number, sink: EntrySink, failed: Promise<never>): Promise<void> => {
+    let position = 0;
+    let shrank = false;
+    while (position < size) {
+      const buffer = Buffer.allocUnsafe(Math.min(READ_BYTES, size - position));
+      const { bytesRead } = shrank ? { bytesRead: 0 } : await Promise.race([handle.read(buffer, 0, buffer.length, position), failed]);
+      if (bytesRead === 0) {
+        // The header already promised `size` bytes: the rest is zeros, as GNU tar does, and said so.
+        if (!shrank) warn(`${relPath} shrank while being archived; its last ${size - position} bytes are stored as zeros`);
+        shrank = true;
+        buffer.fill(0);
+      }
+      const piece = bytesRead === 0 || bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
+      position += piece.length;
+      if (!sink.write(piece)) await Promise.race([once(sink, 'drain'), failed]);
+    }
+    sink.end(null);
+  };
+
   const walk = async (rel: string): Promise<void> => {
     const names = (await readdir(path.join(dir, rel))).sort();
     for (const name of names) {
+      if (stopped) return;
       const relPath = rel ? `${rel}/${name}` : name;
       const full = path.join(dir, relPath);
       const info = await lstat(full);
       const header = { name: relPath, mode: info.mode & 0o7777, mtime: info.mtime };
       if (info.isSymbolicLink()) {
-        pack.entry({ ...header, type: 'symlink', linkname: await readlink(full) });
+        await entry({ ...header, type: 'symlink', linkname: await readlink(full) });
       } else if (info.isDirectory()) {
-        pack.entry({ ...header, name: `${relPath}/`, type: 'directory' });
+        await entry({ ...header, name: `${relPath}/`, type: 'directory' });
         await walk(relPath);
       } else if (info.isFile()) {
         const handle = await open(full, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -36,16 +99,7 @@ export function packState(dir: string, warn: (message: string) => void): Readabl
             warn(`${relPath} changed into something other than a file while being archived; skipped`);
             continue;
           }
-          if (opened.size === 0) {
-            pack.entry({ ...header, size: 0 }, '');
-            continue;
-          }
-          await new Promise<void>((resolve, reject) => {
-            const entry = pack.entry({ ...header, size: opened.size }, (err) => (err ? reject(err) : resolve()));
-            const source = createReadStream('', { fd: handle.fd, autoClose: false, start: 0, end: opened.size - 1 });
-            source.on('error', reject);
-            source.pipe(entry);
-          });
+          await entry({ ...header, size: opened.size }, (sink, failed) => copy(relPath, handle, opened.size, sink, failed));
         } finally {
           await handle.close();
         }
@@ -54,12 +108,13 @@ export function packState(dir: string, warn: (message: string) => void): Readabl
       }
     }
   };
-  walk('')
-    .then(() => pack.finalize())
-    .catch((err: unknown) => pack.destroy(err instanceof Error ? err : new Error(String(err))));
-  const gzip = zlib.createGzip({ level: GZIP_LEVEL, chunkSize: 256 * 1024 });
-  pack.on('error', (err) => gzip.destroy(err));
-  return pack.pipe(gzip);
+  walk('').then(
+    () => {
+      if (!stopped) pack.finalize();
+    },
+    (err: unknown) => pack.destroy(err instanceof Error ? err : new Error(String(err))),
+  );
+  return gzip;
 }
 
 /** Entry names must stay inside the folder they are restored into. */
