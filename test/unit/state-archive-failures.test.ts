@@ -15,6 +15,10 @@ import { tempDirs } from '../support/temp-dirs.js';
 const openFds = async (): Promise<string[]> => (await readdir('/proc/self/fd')).sort();
 const settle = () => new Promise((r) => setTimeout(r, 200));
 
+async function* from(pieces: Buffer[]): AsyncGenerator<Buffer> {
+  for (const p of pieces) yield await Promise.resolve(p);
+}
+
 async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const p of stream) parts.push(p);
@@ -102,7 +106,7 @@ describe('state archives under failure', () => {
     assert.equal(warnings.length, 1);
     assert.match(warnings[0]!, /shrinking shrank while being archived/);
     const restored = await dirs.fresh();
-    await unpackState(restored, [Buffer.concat(parts)]);
+    await unpackState(restored, from([Buffer.concat(parts)]));
     const back = await readFile(path.join(restored, 'shrinking'));
     assert.equal(back.length, content.length, 'the size the header promised');
     const kept = back.findIndex((b, i) => b !== content[i]);
@@ -133,12 +137,12 @@ describe('state archives under failure', () => {
     it('fails on a corrupt archive', async () => {
       const archive = Buffer.from(await archiveOf());
       randomBytes(4096).copy(archive, Math.floor(archive.length / 2));
-      await assert.rejects(unpackState(await dirs.fresh(), pieces(archive)));
+      await assert.rejects(unpackState(await dirs.fresh(), from(pieces(archive))));
     });
 
     it('fails on an archive cut half-way', async () => {
       const archive = await archiveOf();
-      await assert.rejects(unpackState(await dirs.fresh(), pieces(archive.subarray(0, archive.length / 2))), /unexpected end/i);
+      await assert.rejects(unpackState(await dirs.fresh(), from(pieces(archive.subarray(0, archive.length / 2)))), /unexpected end/i);
     });
 
     it('stops reading its source when writing the folder fails half-way', async () => {
