@@ -43,3 +43,71 @@ export async function bearerToken(challenge: string, auth: RegistryAuth | undefi
   if (!token) throw new Error('the registry\'s token service gave no token');
   return token;
 }
+
+/**
+ * The registry gave no usable answer for as long as we were prepared to wait: no connection, no answer in
+ * time, or only 5xx/429. Retrying the whole activity would only repeat the wait (a dead registry once took
+ * 10 attempts and 66 s to be reported), so callers treat it as final.
+ */
+export class RegistryUnavailableError extends Error {
+  override name = 'RegistryUnavailableError';
+}
+
+/** How long one registry call may go unanswered in total, retries included (docs/operators-guide.md promises it). */
+export const REGISTRY_PATIENCE_MS = 8_000;
+/** One request's own limit: a manifest or a token is small, a registry slower than this is not working. */
+const REQUEST_TIMEOUT_MS = 5_000;
+
+/** A 5xx or 429: the registry is there but cannot serve now. */
+class NotServing extends Error {}
+
+/** fetch's own failures (no connection, reset, DNS, timeout), as opposed to an answer we did not like. */
+function transportFailure(err: unknown): string | undefined {
+  if (err instanceof NotServing) return err.message;
+  if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) return 'no answer in time';
+  if (err instanceof TypeError && err.message === 'fetch failed') {
+    const cause = err.cause as { code?: string; message?: string } | undefined;
+    return cause?.message ?? cause?.code ?? err.message;
+  }
+  return undefined;
+}
+
+/**
+ * Runs `ask` (one registry call) again while the registry does not answer or answers 5xx/429, with short
+ * pauses, until `deadline`; then throws RegistryUnavailableError naming the registry, `what` was asked and why.
+ * An answer (any other status) or another failure is returned or thrown as is.
+ */
+export async function askPatiently<T>(
+  registry: string,
+  what: string,
+  ask: (signal: AbortSignal) => Promise<T>,
+  deadline = Date.now() + REGISTRY_PATIENCE_MS,
+): Promise<T> {
+  const started = Date.now();
+  for (let tries = 1; ; tries++) {
+    let why: string;
+    try {
+      return await ask(AbortSignal.timeout(Math.max(250, Math.min(REQUEST_TIMEOUT_MS, deadline - Date.now()))));
+    } catch (err) {
+      const failure = transportFailure(err);
+      if (failure === undefined) throw err;
+      why = failure;
+    }
+    const pause = Math.min(2_000, 250 * 2 ** (tries - 1));
+    if (Date.now() + pause >= deadline) {
+      const seconds = ((Date.now() - started) / 1000).toFixed(1);
+      throw new RegistryUnavailableError(`registry ${registry} does not answer (${why}; ${tries} tries in ${seconds}s) for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, pause));
+  }
+}
+
+/** fetch, but a 5xx or 429 counts as no answer (askPatiently asks again). */
+export async function fetchServed(url: string | URL, init: RequestInit): Promise<Response> {
+  const res = await fetch(url, init);
+  if (res.status >= 500 || res.status === 429) {
+    await res.body?.cancel();
+    throw new NotServing(`it answered ${res.status} ${res.statusText}`.trim());
+  }
+  return res;
+}

@@ -4,7 +4,19 @@
  * can only replace an image's entrypoint, not run something around it.
  */
 import { RegistryCredentials, type RegistryAuth } from '../../core/registry-credentials.js';
-import { basicAuthorization, bearerToken, CredentialsRefusedError, MANIFEST_TYPES, registryBaseUrl } from '../registry-auth.js';
+import {
+  askPatiently,
+  basicAuthorization,
+  bearerToken,
+  CredentialsRefusedError,
+  fetchServed,
+  MANIFEST_TYPES,
+  REGISTRY_PATIENCE_MS,
+  registryBaseUrl,
+  RegistryUnavailableError,
+} from '../registry-auth.js';
+
+export { RegistryUnavailableError };
 
 export interface ImageConfig {
   entrypoint: string[];
@@ -57,9 +69,14 @@ export class RegistryClient {
     /** Registries spoken to over plain HTTP (besides localhost and 127.0.0.0/8). */
     private readonly insecure: readonly string[] = [],
     private readonly credentials = new RegistryCredentials(),
-    private readonly timeoutMs = 20_000,
+    /** How long the registry may go unanswered over one inspection before RegistryUnavailableError. */
+    private readonly patienceMs = REGISTRY_PATIENCE_MS,
   ) {}
 
+  /**
+   * Throws ImageNotFoundError, ImageAccessDeniedError or RegistryUnavailableError (no answer within
+   * `patienceMs`, retries included) when asking again would not help; anything else may be worth it.
+   */
   async imageConfig(image: string): Promise<ImageConfig> {
     const cached = this.cache.get(image);
     if (cached && image.includes('@')) return cached;
@@ -67,12 +84,15 @@ export class RegistryClient {
     const base = `${registryBaseUrl(ref.registry, this.insecure)}/v2/${ref.repository}`;
     const auth = this.credentials.for(ref.registry);
     let authorization: string | undefined;
+    const deadline = Date.now() + this.patienceMs;
     const get = async (url: string, accept: string): Promise<Response> => {
-      const signal = AbortSignal.timeout(this.timeoutMs);
-      const ask = () => fetch(url, { headers: { accept, ...(authorization ? { authorization } : {}) }, signal });
+      const what = `${new URL(url).pathname} of image ${image}`;
+      const ask = () =>
+        askPatiently(ref.registry, what, (signal) => fetchServed(url, { headers: { accept, ...(authorization ? { authorization } : {}) }, signal }), deadline);
       let res = await ask();
       if (res.status === 401 && !authorization) {
-        authorization = await this.authorize(res.headers.get('www-authenticate') ?? '', auth, ref.registry, signal);
+        const challenge = res.headers.get('www-authenticate') ?? '';
+        authorization = await askPatiently(ref.registry, `a token for image ${image}`, (signal) => this.authorize(challenge, auth, ref.registry, signal), deadline);
         res = await ask();
       }
       if (res.status === 401 || res.status === 403) throw new ImageAccessDeniedError(denied(ref.registry, auth, `${res.status} ${res.statusText}`));

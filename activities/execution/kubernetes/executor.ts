@@ -13,7 +13,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { AgentResult } from '../../../core/db/run-agents.js';
 import type { RunOutcome, RunSpec } from '../../../core/domain.js';
 import { ExecutionFailure, type ExecutionAdapter, type ExecutionContext } from '../adapter.js';
-import { ImageAccessDeniedError, ImageNotFoundError, parseImageReference, type RegistryClient } from '../image-config.js';
+import { ImageAccessDeniedError, ImageNotFoundError, parseImageReference, RegistryUnavailableError, type RegistryClient } from '../image-config.js';
 import { ARCHIVE_GRACE_SECONDS, jobName, runJob, runSecret, runSelector, type JobSettings } from './job-spec.js';
 import { observeRun, type PodObservation } from './observe.js';
 import { PodEvents } from './pod-events.js';
@@ -140,8 +140,9 @@ export class KubernetesExecutor implements ExecutionAdapter {
       const ref = parseImageReference(spec.image);
       image = { ref: `${ref.registry}/${ref.repository}@${config.digest}`, entrypoint: config.entrypoint };
     } catch (err) {
-      // Missing or refused is final; anything else (the registry down, a timeout) is worth another attempt.
-      const final = err instanceof ImageNotFoundError || err instanceof ImageAccessDeniedError;
+      // Missing, refused, or a registry that did not answer within the client's patience (retries included) is
+      // final: another attempt would only repeat the wait. Anything else is worth another attempt.
+      const final = err instanceof ImageNotFoundError || err instanceof ImageAccessDeniedError || err instanceof RegistryUnavailableError;
       throw ApplicationFailure.create({
         type: ExecutionFailure.ImageUnavailable,
         message: final ? err.message : `image ${spec.image} could not be inspected: ${err instanceof Error ? err.message : String(err)}`,
