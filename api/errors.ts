@@ -78,7 +78,7 @@ function isUnavailable(err: unknown): boolean {
 }
 
 /** Body-parser errors carry a `type`; everything else that is not an AppError is an internal error. */
-function toAppError(err: unknown): AppError {
+export function toAppError(err: unknown): AppError {
   if (err instanceof AppError) return err;
   if (isUnavailable(err)) return new AppError(ErrorCode.DependencyUnavailable, 'the database is unavailable; try again shortly');
   const type = typeof err === 'object' && err !== null && 'type' in err ? err.type : undefined;
@@ -94,6 +94,12 @@ export function errorHandler(logError: (err: unknown, req: { method: string; pat
   return (err: unknown, req, res, _next) => {
     const appError = toAppError(err);
     if (appError.code === ErrorCode.Internal || appError.code === ErrorCode.DependencyUnavailable) logError(err, req);
+    if (res.headersSent) {
+      // A streamed answer failed half-way: its status is gone, so cut the connection and the client sees a
+      // broken download rather than a short one that looks complete.
+      if (!res.writableEnded) res.destroy();
+      return;
+    }
     const body: ErrorBody = { code: appError.code, message: appError.message };
     if (appError.details) body.details = appError.details;
     res.status(HTTP_STATUS[appError.code]).json(body);

@@ -142,11 +142,20 @@ export class DockerExecutor implements ExecutionAdapter {
     // Files the template writes in /logs are stored as they grow, beside stdout and stderr.
     const files = new LogFileTailer(path.join(this.runDir(runId), 'logs'), (name, data) => collector.entry(name, new Date(), data));
     const tailing = setInterval(() => void files.poll(), LOG_FILES_POLL_MS);
+    // The engine's errors reach the loop below through its iterator; this keeps one that comes after the loop
+    // has ended (a socket reset while it is being closed) from being thrown out of the process.
+    stream.on('error', () => undefined);
     const done = (async () => {
-      for await (const piece of stream) demux.push(piece as Buffer);
-      clearInterval(tailing);
-      await files.poll(); // what the files hold at the end
-      await collector.end();
+      try {
+        for await (const piece of stream) demux.push(piece as Buffer);
+        clearInterval(tailing);
+        await files.poll(); // what the files hold at the end
+        await collector.end();
+      } finally {
+        // A stream that failed (the container removed under it, the engine gone) leaves no timer running.
+        clearInterval(tailing);
+        collector.abandon();
+      }
     })();
     done.catch(() => undefined); // observed by finished(); never an unhandled rejection
     return {

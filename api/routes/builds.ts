@@ -15,6 +15,7 @@ import { NameParams } from '../schemas.js';
 import { BuildParams, BuildSchema, CreateBuildBody, SourceId, StoredSourceSchema } from '../template-schemas.js';
 import { z } from '../zod.js';
 import { AUTHORS, READERS } from '../http/roles.js';
+import { gone, pause, send } from '../http/streaming.js';
 
 const ACTIVE = new Set(['pending', 'running']);
 const FOLLOW_POLL_MS = 250;
@@ -142,25 +143,28 @@ export function buildRoutes(deps: Pick<ApiDeps, 'db' | 'temporal' | 'taskQueue' 
       query: z.strictObject({ follow: z.enum(['true', 'false']).optional() }),
       responses: { 200: { description: 'the log, one line per line', schema: z.string(), contentType: 'text/plain' } },
       errors: [ErrorCode.BuildNotFound],
-      async handler({ params, query, req, res }) {
+      async handler({ params, query, res }) {
         await buildOr404(params.id);
         res.status(200).type('text/plain; charset=utf-8');
         let after = 0;
-        let closed = false;
-        req.on('close', () => (closed = true));
+        const sendLines = async (lines: { line: string }[]): Promise<boolean> => {
+          for (const l of lines) if (!(await send(res, `${l.line}\n`))) return false;
+          return true;
+        };
+        // Stops as soon as the client has gone; a failure once lines were sent cuts the connection (errorHandler).
         for (;;) {
           const lines = await readBuildLog(db, params.id, after);
-          for (const l of lines) res.write(`${l.line}\n`);
+          if (!(await sendLines(lines))) return undefined;
           if (lines.length > 0) after = lines[lines.length - 1]!.seq;
           if (lines.length === 1000) continue;
-          if (query.follow !== 'true' || closed) break;
+          if (query.follow !== 'true' || gone(res)) break;
           const build = await getBuild(db, params.id);
           if (!build || !ACTIVE.has(build.status)) {
             // Lines written as it ended.
-            for (const l of await readBuildLog(db, params.id, after)) res.write(`${l.line}\n`);
+            if (!(await sendLines(await readBuildLog(db, params.id, after)))) return undefined;
             break;
           }
-          await new Promise((r) => setTimeout(r, FOLLOW_POLL_MS));
+          await pause(res, FOLLOW_POLL_MS);
         }
         res.end();
         return undefined;

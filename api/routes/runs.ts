@@ -3,65 +3,76 @@ import { getRun, insertRun, listRuns, requestRunCancel } from '../../core/db/run
 import { getTemplateVersion } from '../../core/db/templates.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
-import type { Request, Response } from 'express';
+import { ACTIVE_RUN_STATUSES } from '../../core/domain.js';
+import type { Response } from 'express';
 import type { ApiDeps } from '../deps.js';
 import { dispatchRun, signalCancel } from '../dispatch.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
 import { CreateRunBody, CursorPage, DeploymentParams, ListRunsQuery, LogQuery, RunParams, RunSchema, encodeCursor } from '../schemas.js';
 import { z } from '../zod.js';
 import { OPERATORS, READERS } from '../http/roles.js';
+import { gone, pause, send } from '../http/streaming.js';
+import { toAppError } from '../errors.js';
 import { cursorOrThrow, loadDeployment } from './deployments.js';
 
 const FOLLOW_POLL_MS = 250;
 const KEEPALIVE_MS = 15_000;
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** Server-Sent Events of a run's log chunks until the run has ended and every chunk has been sent. */
+/**
+ * Server-Sent Events of a run's log chunks until the run has ended and every chunk has been sent. Stops as
+ * soon as the client goes away. Once the stream is open a failure can no longer be an HTTP status: the
+ * follower gets an `error` event (it may reconnect with Last-Event-ID), and the failure goes on to the
+ * error handler to be logged.
+ */
 async function followLog(
   db: ApiDeps['db'],
   runId: string,
   opts: { stream?: LogStream | undefined; after: number },
-  req: Request,
   res: Response,
 ): Promise<void> {
   res.status(200).set({ 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
   res.flushHeaders();
-  let closed = false;
-  req.on('close', () => {
-    closed = true;
-  });
   let after = opts.after;
   let lastWrite = Date.now();
-  for (;;) {
-    // Read the status first: once a run has ended its log is complete, so one more read sends the rest.
-    const run = await getRun(db, runId);
-    const ended = !run || !['pending', 'running', 'cancelling'].includes(run.status);
-    for (;;) {
-      const chunks = await readLogChunks(db, runId, { afterSeq: after, limit: 200, stream: opts.stream });
-      for (const c of chunks) {
-        let text: string | undefined;
-        try {
-          text = utf8.decode(c.data);
-        } catch {
-          text = undefined;
+  try {
+    while (!gone(res)) {
+      // Read the status first: once a run has ended its log is complete, so one more read sends the rest.
+      const run = await getRun(db, runId);
+      const ended = !run || !(ACTIVE_RUN_STATUSES as readonly string[]).includes(run.status);
+      for (;;) {
+        const chunks = await readLogChunks(db, runId, { afterSeq: after, limit: 200, stream: opts.stream });
+        for (const c of chunks) {
+          let text: string | undefined;
+          try {
+            text = utf8.decode(c.data);
+          } catch {
+            text = undefined;
+          }
+          const event = { seq: c.seq, stream: c.stream, offset: c.offset, at: c.at, ...(text !== undefined ? { text } : { base64: c.data.toString('base64') }) };
+          if (!(await send(res, `event: log\nid: ${c.seq}\ndata: ${JSON.stringify(event)}\n\n`))) return;
+          after = c.seq;
+          lastWrite = Date.now();
         }
-        const event = { seq: c.seq, stream: c.stream, offset: c.offset, at: c.at, ...(text !== undefined ? { text } : { base64: c.data.toString('base64') }) };
-        res.write(`event: log\nid: ${c.seq}\ndata: ${JSON.stringify(event)}\n\n`);
-        after = c.seq;
+        if (chunks.length < 200) break;
+      }
+      if (ended) {
+        await send(res, `event: end\ndata: ${JSON.stringify({ status: run?.status ?? 'unknown', reason: run?.reason ?? null })}\n\n`);
+        res.end();
+        return;
+      }
+      if (Date.now() - lastWrite > KEEPALIVE_MS) {
+        if (!(await send(res, ': keep-alive\n\n'))) return;
         lastWrite = Date.now();
       }
-      if (chunks.length < 200) break;
+      await pause(res, FOLLOW_POLL_MS);
     }
-    if (ended || closed) {
-      if (!closed) res.write(`event: end\ndata: ${JSON.stringify({ status: run?.status ?? 'unknown', reason: run?.reason ?? null })}\n\n`);
-      res.end();
-      return;
+  } catch (err) {
+    if (!gone(res)) {
+      const { code, message } = toAppError(err);
+      res.end(`event: error\ndata: ${JSON.stringify({ code, message, lastEventId: after })}\n\n`);
     }
-    if (Date.now() - lastWrite > KEEPALIVE_MS) {
-      res.write(': keep-alive\n\n');
-      lastWrite = Date.now();
-    }
-    await new Promise((r) => setTimeout(r, FOLLOW_POLL_MS));
+    throw err;
   }
 }
 
@@ -151,7 +162,7 @@ export function runRoutes(deps: ApiDeps): AnyRoute[] {
       operationId: 'getRunLogs',
       summary: "Download or follow a run's log (stdout and stderr as produced, sensitive values masked)",
       description:
-        'Plain text in the order the chunks were stored; `stream` selects one stream. With `follow=true`, Server-Sent Events: each `log` event (id = its sequence number) carries `{seq, stream, offset, at, text}` (or `base64` instead of `text` for bytes that are not UTF-8), from `from` or `Last-Event-ID` on, and an `end` event with the run\'s final status closes the stream.',
+        'Plain text in the order the chunks were stored; `stream` selects one stream. With `follow=true`, Server-Sent Events: each `log` event (id = its sequence number) carries `{seq, stream, offset, at, text}` (or `base64` instead of `text` for bytes that are not UTF-8), from `from` or `Last-Event-ID` on, and an `end` event with the run\'s final status closes the stream. If the log cannot be read any more (the database went away), an `error` event `{code, message, lastEventId}` closes it instead: reconnect with `Last-Event-ID`.',
       tag: 'runs',
       roles: READERS,
       params: RunParams,
@@ -162,7 +173,7 @@ export function runRoutes(deps: ApiDeps): AnyRoute[] {
         if (!(await getRun(db, params.id))) throw notFound(ErrorCode.RunNotFound, 'run', params.id);
         if (query.follow) {
           const lastEventId = Number(req.get('last-event-id'));
-          await followLog(db, params.id, { stream: query.stream, after: Number.isInteger(lastEventId) && lastEventId > 0 ? lastEventId : (query.from ?? 0) }, req, res);
+          await followLog(db, params.id, { stream: query.stream, after: Number.isInteger(lastEventId) && lastEventId > 0 ? lastEventId : (query.from ?? 0) }, res);
           return undefined;
         }
         res.status(200).type('text/plain; charset=utf-8');
@@ -170,7 +181,7 @@ export function runRoutes(deps: ApiDeps): AnyRoute[] {
         for (;;) {
           const chunks = await readLogChunks(db, params.id, { afterSeq: after, limit: 200, stream: query.stream });
           for (const c of chunks) {
-            if (!res.write(c.data)) await new Promise((r) => res.once('drain', r));
+            if (!(await send(res, c.data))) return undefined; // the client has gone
           }
           if (chunks.length < 200) break;
           after = chunks[chunks.length - 1]!.seq;

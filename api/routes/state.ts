@@ -5,6 +5,7 @@ import { defineRoute, type AnyRoute } from '../http/route.js';
 import { DeploymentId, DeploymentParams, VersionNumber } from '../schemas.js';
 import { z } from '../zod.js';
 import { OPERATORS, READERS } from '../http/roles.js';
+import { send } from '../http/streaming.js';
 import { loadDeployment } from './deployments.js';
 
 const StateVersionSchema = z
@@ -79,7 +80,7 @@ export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets' | 'stateVersion
         res.setHeader('content-disposition', `attachment; filename="${params.id}-state-${params.version}.tar.gz"`);
         try {
           for await (const chunk of readStateVersion(db, deps.secrets, params.id, params.version)) {
-            if (!res.write(chunk)) await new Promise((r) => res.once('drain', r));
+            if (!(await send(res, chunk))) return undefined; // the client has gone: leaving the loop closes the reader
           }
           res.end();
         } catch (err) {
