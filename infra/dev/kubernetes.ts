@@ -3,21 +3,33 @@
  * kube-controller-manager, kube-scheduler, and a kubelet on a containerd of its own (not Docker's), with
  * pods on a CNI bridge, and a local image registry the node pulls from over plain HTTP.
  *
- * Everything lives under one folder (`dir`) and uses ephemeral ports, its own bridge, subnet and cgroup,
- * so several clusters can run side by side and next to a dev stack. `stop()` tears it all down again.
+ * Everything lives under one folder (`dir`) and uses ephemeral ports, its own bridge, subnet, cgroup root,
+ * containerd socket and CNI network, named after the folder (leftovers.ts, clusterNames), so several clusters
+ * can run side by side and next to a dev stack's, and what a dead one left is found again from its folder.
+ * Its daemons die with the process that started them (daemons.ts). `stop()` tears it all down in order.
  * The components are built from source on first use (infra/k8s/build.sh, cached by version).
+ *
+ * The parts, one concern each: pki.ts, pod-network.ts, cgroups.ts, containerd.ts, registry.ts, mounts.ts.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, openSync } from 'node:fs';
-import { access, constants, mkdir, readFile, readdir, readlink, rm, rmdir, writeFile } from 'node:fs/promises';
-import https from 'node:https';
-import http from 'node:http';
+import { spawn } from 'node:child_process';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cacheDir } from './cache.js';
+import { get, isExecutable, run, SYSTEM_PATH } from './commands.js';
+import { containerdConfig, ensurePauseImage, killRemainingContainers, killShims, removeAllPods } from './containerd.js';
+import { createCgroupRoot, removeCgroupRoot } from './cgroups.js';
+import { Hopeless, startDaemon, waitForDaemon } from './daemons.js';
+import { clusterNames } from './leftovers.js';
+import { unmountUnder } from './mounts.js';
+import { makePki, SERVICE_CIDR, writeKubeconfig } from './pki.js';
+import { CNI_BIN_DIR, CNI_RESULTS, cniConfig, createPodNetwork, removePodNetwork } from './pod-network.js';
 import { freePort } from './ports.js';
 import { say as defaultSay, step, waitFor, type Say } from './progress.js';
+import { pushImageTo, registryHostsToml, startImageRegistry } from './registry.js';
+
+// Tests import the registry helpers from here.
+export { pushImageTo, registryHostsToml, startImageRegistry, type ImageRegistry } from './registry.js';
 
 export const KUBERNETES_VERSION = '1.34.4';
 /** The namespace infra/k8s/rbac.yaml sets up for runs, and the ServiceAccount the worker acts as. */
@@ -28,35 +40,6 @@ const K8S_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'k
 const BUILD_SCRIPT = path.join(K8S_DIR, 'build.sh');
 const RBAC_FILE = path.join(K8S_DIR, 'rbac.yaml');
 const BINARIES = ['kube-apiserver', 'kube-controller-manager', 'kube-scheduler', 'kubelet', 'kubectl', 'etcd'];
-/** Debian's containernetworking-plugins. */
-const CNI_BIN_DIR = '/usr/lib/cni';
-const CNI_RESULTS = '/var/lib/cni/results';
-const SERVICE_CIDR = '10.96.0.0/16';
-const SERVICE_IP = '10.96.0.1';
-const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-
-async function isExecutable(file: string): Promise<boolean> {
-  return access(file, constants.X_OK).then(
-    () => true,
-    () => false,
-  );
-}
-
-/** Runs a command to its end; its stdout, or an error with its stderr. */
-function run(command: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      command,
-      args,
-      { env: opts.env ?? { ...process.env, PATH: `${process.env.PATH ?? ''}:${SYSTEM_PATH}` }, maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 120_000 },
-      (err, stdout, stderr) => {
-        if (err) reject(new Error(`${path.basename(command)} ${args.join(' ')} failed: ${stderr.trim() || err.message}`));
-        else resolve(stdout);
-      },
-    );
-    if (opts.input !== undefined) child.stdin?.end(opts.input);
-  });
-}
 
 /**
  * The Kubernetes components (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl and
@@ -86,468 +69,6 @@ export async function ensureKubernetesBinaries(out: Say = defaultSay): Promise<s
     }),
   out, 60_000);
   return path.join(folder, 'bin');
-}
-
-/** A daemon of the cluster, its output in a log file. */
-interface Daemon {
-  name: string;
-  logFile: string;
-  child: ChildProcess;
-  /** Why it ended, once it has. */
-  exit: string | undefined;
-  stop(graceMs?: number): Promise<void>;
-}
-
-/** Daemons still running; killed if this process exits without stopping its cluster. */
-const running = new Set<ChildProcess>();
-let exitHook = false;
-
-/**
- * Starts a daemon in a process group of its own, so a Ctrl-C in the terminal reaches only the test
- * runner, which then stops the cluster in order (the kubelet first, pods with it).
- */
-function startDaemon(name: string, binary: string, args: string[], logDir: string, env?: NodeJS.ProcessEnv): Daemon {
-  const logFile = path.join(logDir, `${name}.log`);
-  const fd = openSync(logFile, 'a');
-  let child: ChildProcess;
-  try {
-    child = spawn(binary, args, { stdio: ['ignore', fd, fd], detached: true, env: env ?? { ...process.env, PATH: `${process.env.PATH ?? ''}:${SYSTEM_PATH}` } });
-  } finally {
-    closeSync(fd);
-  }
-  running.add(child);
-  child.on('exit', () => running.delete(child));
-  if (!exitHook) {
-    exitHook = true;
-    process.on('exit', () => {
-      for (const c of running) c.kill('SIGKILL');
-    });
-  }
-  const daemon: Daemon = {
-    name,
-    logFile,
-    child,
-    exit: undefined,
-    async stop(graceMs = 10_000) {
-      if (daemon.exit !== undefined) return;
-      const done = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-      await done;
-      clearTimeout(timer);
-    },
-  };
-  child.on('error', (err) => (daemon.exit = `could not start: ${err.message}`));
-  child.on('exit', (code, signal) => (daemon.exit = signal ? `killed by ${signal}` : `exited with ${code}`));
-  return daemon;
-}
-
-async function tail(file: string, lines = 40): Promise<string> {
-  const text = await readFile(file, 'utf8').catch(() => '');
-  return text.split('\n').slice(-lines - 1).join('\n');
-}
-
-/** A readiness check's verdict that waiting longer will not change. */
-class Hopeless extends Error {}
-
-/**
- * Waits for a daemon's readiness check (as progress.ts's waitFor, but giving up at once when the daemon
- * dies or the check says Hopeless); on failure prints the end of the daemon's log.
- */
-async function waitForDaemon(daemon: Daemon, what: string, check: () => Promise<unknown>, timeoutMs: number, out: Say): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let nextReport = Date.now() + 5_000;
-  for (;;) {
-    let failure: Error | undefined;
-    try {
-      if (daemon.exit !== undefined) throw new Hopeless(`${daemon.name} ${daemon.exit}`);
-      await check();
-      return;
-    } catch (err) {
-      const last = err instanceof Error ? err : new Error(String(err));
-      if (last instanceof Hopeless) failure = last;
-      else if (Date.now() > deadline) failure = new Error(`${what} not ready after ${timeoutMs / 1000}s: ${last.message}`);
-    }
-    if (failure) {
-      out(`${daemon.name} did not come up (${failure.message}); the end of ${daemon.logFile}:\n${await tail(daemon.logFile)}`);
-      throw failure;
-    }
-    if (Date.now() > nextReport) {
-      out(`waiting for ${what} ...`);
-      nextReport = Date.now() + 5_000;
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-/** GET over HTTP(S); fails unless the status is 2xx. */
-function get(url: string, tls: https.RequestOptions = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const request = (url.startsWith('https:') ? https : http).get(url, { ...tls, timeout: 3000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (c: string) => (body += c));
-      res.on('end', () => ((res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300 ? resolve(body) : reject(new Error(`${url}: HTTP ${res.statusCode} ${body.slice(0, 200)}`))));
-    });
-    request.on('timeout', () => request.destroy(new Error(`${url}: timed out`)));
-    request.on('error', reject);
-  });
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// PKI
-
-interface CertFiles {
-  cert: string;
-  key: string;
-}
-
-interface Pki {
-  dir: string;
-  ca: CertFiles;
-  apiserver: CertFiles;
-  apiserverKubeletClient: CertFiles;
-  admin: CertFiles;
-  controllerManager: CertFiles;
-  scheduler: CertFiles;
-  kubeletClient: CertFiles;
-  kubeletServing: CertFiles;
-  serviceAccountKey: string;
-  serviceAccountPub: string;
-}
-
-const OPENSSL_CONFIG = `[req]
-distinguished_name = dn
-[dn]
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign,digitalSignature
-subjectKeyIdentifier = hash
-`;
-
-async function makeCert(
-  pki: string,
-  ca: CertFiles,
-  name: string,
-  subject: string,
-  usage: 'serverAuth' | 'clientAuth',
-  sans: string[] = [],
-): Promise<CertFiles> {
-  const files = { cert: path.join(pki, `${name}.crt`), key: path.join(pki, `${name}.key`) };
-  const csr = path.join(pki, `${name}.csr`);
-  const ext = path.join(pki, `${name}.ext`);
-  await writeFile(
-    ext,
-    [
-      '[leaf]',
-      'basicConstraints = critical,CA:FALSE',
-      'keyUsage = critical,digitalSignature,keyEncipherment',
-      `extendedKeyUsage = ${usage}`,
-      'authorityKeyIdentifier = keyid',
-      ...(sans.length ? [`subjectAltName = ${sans.join(',')}`] : []),
-      '',
-    ].join('\n'),
-  );
-  await run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', files.key]);
-  await run('openssl', ['req', '-new', '-config', path.join(pki, 'openssl.cnf'), '-key', files.key, '-subj', subject, '-out', csr]);
-  await run('openssl', [
-    'x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-set_serial', `0x${randomBytes(12).toString('hex')}`,
-    '-days', '30', '-extfile', ext, '-extensions', 'leaf', '-out', files.cert,
-  ]);
-  await rm(csr);
-  await rm(ext);
-  return files;
-}
-
-async function makePki(dir: string, hostAddress: string, nodeName: string): Promise<Pki> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  await writeFile(path.join(dir, 'openssl.cnf'), OPENSSL_CONFIG);
-  const ca = { cert: path.join(dir, 'ca.crt'), key: path.join(dir, 'ca.key') };
-  await run('openssl', [
-    'req', '-x509', '-new', '-config', path.join(dir, 'openssl.cnf'), '-extensions', 'ca', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
-    '-nodes', '-keyout', ca.key, '-out', ca.cert, '-days', '30', '-subj', `/CN=glider-gun-test-ca-${nodeName}`,
-  ]);
-  const serviceAccountKey = path.join(dir, 'sa.key');
-  const serviceAccountPub = path.join(dir, 'sa.pub');
-  await run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', serviceAccountKey]);
-  await run('openssl', ['pkey', '-in', serviceAccountKey, '-pubout', '-out', serviceAccountPub]);
-  const apiserverNames = ['kubernetes', 'kubernetes.default', 'kubernetes.default.svc', 'kubernetes.default.svc.cluster.local', 'localhost'];
-  const [apiserver, apiserverKubeletClient, admin, controllerManager, scheduler, kubeletClient, kubeletServing] = await Promise.all([
-    makeCert(dir, ca, 'apiserver', '/CN=kube-apiserver', 'serverAuth', [
-      'IP:127.0.0.1', `IP:${hostAddress}`, `IP:${SERVICE_IP}`, ...apiserverNames.map((n) => `DNS:${n}`),
-    ]),
-    // The apiserver's identity towards kubelets (logs, exec); kubelets ask the apiserver whether it may.
-    makeCert(dir, ca, 'apiserver-kubelet-client', '/O=system:masters/CN=kube-apiserver-kubelet-client', 'clientAuth'),
-    makeCert(dir, ca, 'admin', '/O=system:masters/CN=glider-gun-test-admin', 'clientAuth'),
-    makeCert(dir, ca, 'controller-manager', '/CN=system:kube-controller-manager', 'clientAuth'),
-    makeCert(dir, ca, 'scheduler', '/CN=system:kube-scheduler', 'clientAuth'),
-    // The Node authorizer and NodeRestriction know a kubelet by this name and group.
-    makeCert(dir, ca, 'kubelet-client', `/O=system:nodes/CN=system:node:${nodeName}`, 'clientAuth'),
-    makeCert(dir, ca, 'kubelet-serving', `/CN=${nodeName}`, 'serverAuth', [`DNS:${nodeName}`, `IP:${hostAddress}`, 'IP:127.0.0.1']),
-  ]);
-  return { dir, ca, apiserver, apiserverKubeletClient, admin, controllerManager, scheduler, kubeletClient, kubeletServing, serviceAccountKey, serviceAccountPub };
-}
-
-async function writeKubeconfig(file: string, server: string, caFile: string, user: CertFiles | { token: string }): Promise<void> {
-  const b64 = async (f: string) => (await readFile(f)).toString('base64');
-  const credentials =
-    'token' in user
-      ? [`    token: ${user.token}`]
-      : [`    client-certificate-data: ${await b64(user.cert)}`, `    client-key-data: ${await b64(user.key)}`];
-  await writeFile(
-    file,
-    [
-      'apiVersion: v1',
-      'kind: Config',
-      'clusters:',
-      '- name: glider-gun-test',
-      '  cluster:',
-      `    server: ${server}`,
-      `    certificate-authority-data: ${await b64(caFile)}`,
-      'users:',
-      '- name: user',
-      '  user:',
-      ...credentials,
-      'contexts:',
-      '- name: glider-gun-test',
-      '  context:',
-      '    cluster: glider-gun-test',
-      '    user: user',
-      'current-context: glider-gun-test',
-      '',
-    ].join('\n'),
-    { mode: 0o600 },
-  );
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Network: a bridge of our own, whose address is the pods' gateway and the host address pods can reach.
-
-interface PodNetwork {
-  bridge: string;
-  subnet: string;
-  gateway: string;
-}
-
-async function createPodNetwork(id: string): Promise<PodNetwork> {
-  const used = (await run('ip', ['-4', '-o', 'addr'])) + (await run('ip', ['-4', 'route']));
-  const candidates = Array.from({ length: 256 }, (_, i) => i).filter((i) => !used.includes(`10.244.${i}.`));
-  if (candidates.length === 0) throw new Error('no free /24 left in 10.244.0.0/16 for the pod network');
-  const third = candidates[randomBytes(2).readUInt16BE() % candidates.length]!;
-  const network = { bridge: `gg${id}`, subnet: `10.244.${third}.0/24`, gateway: `10.244.${third}.1` };
-  await run('ip', ['link', 'add', 'name', network.bridge, 'type', 'bridge']);
-  await run('ip', ['addr', 'add', `${network.gateway}/24`, 'dev', network.bridge]);
-  await run('ip', ['link', 'set', network.bridge, 'up']);
-  return network;
-}
-
-function cniConfig(network: PodNetwork, ipamDir: string, name: string): string {
-  return JSON.stringify(
-    {
-      cniVersion: '0.4.0',
-      name,
-      plugins: [
-        {
-          type: 'bridge',
-          bridge: network.bridge,
-          isGateway: true,
-          ipMasq: false,
-          hairpinMode: true,
-          ipam: { type: 'host-local', ranges: [[{ subnet: network.subnet, gateway: network.gateway }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: ipamDir },
-        },
-        { type: 'portmap', capabilities: { portMappings: true } },
-        // Docker sets the FORWARD policy to DROP, and bridged traffic passes iptables (br_netfilter): this
-        // plugin accepts the pods' own traffic.
-        { type: 'firewall' },
-      ],
-    },
-    null,
-    2,
-  );
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// cgroups (v1 here): the kubelet's pods live under a cgroup root of this cluster's own.
-
-const CGROUP_V1 = '/sys/fs/cgroup';
-
-/** The v1 hierarchies; with `unified`, also the cgroup2 one runc uses beside them (hybrid mode). */
-async function cgroupHierarchies(withUnified = false): Promise<string[]> {
-  const entries = await readdir(CGROUP_V1, { withFileTypes: true }).catch(() => []);
-  return entries.filter((e) => e.isDirectory() && (withUnified || e.name !== 'unified')).map((e) => e.name);
-}
-
-async function createCgroupRoot(name: string): Promise<void> {
-  for (const controller of await cgroupHierarchies()) {
-    const dir = path.join(CGROUP_V1, controller, name);
-    await mkdir(dir, { recursive: true });
-    if (controller === 'cpuset') {
-      // A new cpuset starts empty; a child can only take what its parent has.
-      for (const file of ['cpuset.cpus', 'cpuset.mems']) {
-        await writeFile(path.join(dir, file), await readFile(path.join(CGROUP_V1, controller, file), 'utf8'));
-      }
-    }
-  }
-}
-
-async function removeCgroupTree(dir: string): Promise<void> {
-  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
-  for (const e of entries) if (e.isDirectory()) await removeCgroupTree(path.join(dir, e.name));
-  await rmdir(dir).catch(() => undefined);
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The sandbox ("pause") image: registry.k8s.io can't be reached, so we make one: a static C program.
-
-const PAUSE_C = `#include <signal.h>
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
-static void down(int sig) { (void)sig; _exit(0); }
-static void reap(int sig) { (void)sig; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
-int main(void) {
-  struct sigaction a = {0}, r = {0};
-  a.sa_handler = down; sigaction(SIGINT, &a, NULL); sigaction(SIGTERM, &a, NULL);
-  r.sa_handler = reap; r.sa_flags = SA_NOCLDSTOP; sigaction(SIGCHLD, &r, NULL);
-  for (;;) pause();
-}
-`;
-
-async function ensurePauseImage(workDir: string): Promise<string> {
-  const ref = `glider-gun/pause:${createHash('sha256').update(PAUSE_C).digest('hex').slice(0, 12)}`;
-  const known = await run('docker', ['image', 'inspect', ref]).then(
-    () => true,
-    () => false,
-  );
-  if (known) return ref;
-  const dir = path.join(workDir, 'pause');
-  await mkdir(dir, { recursive: true });
-  await writeFile(path.join(dir, 'pause.c'), PAUSE_C);
-  await run('gcc', ['-static', '-Os', '-s', '-o', path.join(dir, 'pause'), path.join(dir, 'pause.c')]).catch((err: unknown) => {
-    throw new Error(`${String(err)}\n(gcc and libc6-dev are needed for the pause image: infra/dev/provision-host.sh installs them)`);
-  });
-  const tar = await run('tar', ['-C', dir, '-cf', path.join(dir, 'pause.tar'), 'pause']).then(() => path.join(dir, 'pause.tar'));
-  await run('docker', ['import', '--change', 'ENTRYPOINT ["/pause"]', tar, ref]);
-  return ref;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// containerd
-
-function containerdConfig(opts: { root: string; state: string; socket: string; optDir: string; runcRoot: string; sandboxImage: string; cniConfDir: string; registryHosts: string }): string {
-  const q = (s: string) => JSON.stringify(s);
-  return `version = 2
-root = ${q(opts.root)}
-state = ${q(opts.state)}
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-
-[grpc]
-  address = ${q(opts.socket)}
-
-[ttrpc]
-  address = ${q(`${opts.socket}.ttrpc`)}
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = ${q(opts.optDir)}
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = ${q(opts.sandboxImage)}
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  # Never ask for an oom_score_adj below containerd's own: lowering it needs CAP_SYS_RESOURCE, which a
-  # sandboxed root may lack (then runc fails with "can't get final child's PID from pipe: EOF").
-  restrict_oom_score_adj = true
-  enable_selinux = false
-  disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = ${q(opts.runcRoot)}
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = ${q(CNI_BIN_DIR)}
-    conf_dir = ${q(opts.cniConfDir)}
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = ${q(opts.registryHosts)}
-`;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-
-/**
- * Tags a local Docker image into a registry (host:port) and pushes it; returns the reference to pull.
- * `glider-gun/busybox:abc` becomes `<registry>/glider-gun/busybox:abc`; a registry host in the local name is replaced.
- */
-export async function pushImageTo(registry: string, localRef: string): Promise<string> {
-  const [first, ...rest] = localRef.split('/');
-  const withoutHost = rest.length > 0 && /[.:]|^localhost$/.test(first!) ? rest.join('/') : localRef;
-  const target = `${registry}/${withoutHost.includes(':') ? withoutHost : `${withoutHost}:latest`}`;
-  await run('docker', ['tag', localRef, target]);
-  try {
-    await run('docker', ['push', '--quiet', target], { timeoutMs: 300_000 });
-  } finally {
-    // Only the tag goes: the image stays under its own name, and ports don't pile up in `docker images`.
-    await run('docker', ['rmi', target]).catch(() => undefined);
-  }
-  return target;
-}
-
-export interface ImageRegistry {
-  /** host:port on 127.0.0.1, plain HTTP (the Docker engine pushes there without configuration). */
-  address: string;
-  stop(): Promise<void>;
-}
-
-/**
- * Debian's docker-registry (distribution) on 127.0.0.1, storing under `dir`: the test cluster's registry,
- * and one a test starts for itself (`readOnly`: one that refuses pushes).
- */
-export async function startImageRegistry(opts: { dir: string; logDir?: string; port?: number; readOnly?: boolean; say?: Say }): Promise<ImageRegistry> {
-  const out = opts.say ?? defaultSay;
-  const address = `127.0.0.1:${opts.port ?? (await freePort())}`;
-  await mkdir(opts.dir, { recursive: true });
-  const config = path.join(opts.dir, 'registry.yml');
-  await writeFile(
-    config,
-    [
-      'version: 0.1',
-      'log:',
-      '  level: warn',
-      '  accesslog:',
-      '    disabled: true',
-      'storage:',
-      '  filesystem:',
-      `    rootdirectory: ${JSON.stringify(path.join(opts.dir, 'data'))}`,
-      '  delete:',
-      '    enabled: true',
-      ...(opts.readOnly ? ['  maintenance:', '    readonly:', '      enabled: true'] : []),
-      'http:',
-      `  addr: ${address}`,
-      '',
-    ].join('\n'),
-  );
-  const daemon = startDaemon('registry', 'docker-registry', ['serve', config], opts.logDir ?? opts.dir);
-  try {
-    await waitForDaemon(daemon, `the registry at ${address}`, () => get(`http://${address}/v2/`), 30_000, out);
-  } catch (err) {
-    await daemon.stop();
-    throw err;
-  }
-  return { address, stop: () => daemon.stop() };
-}
-
-/** containerd's hosts.toml for a registry it pulls from over plain HTTP. */
-export function registryHostsToml(registry: string): string {
-  return `server = "http://${registry}"\n\n[host."http://${registry}"]\n  capabilities = ["pull", "resolve"]\n`;
 }
 
 export interface TestCluster {
@@ -586,6 +107,11 @@ export interface TestClusterOptions {
   namespace?: string;
   /** The components' folder; ensureKubernetesBinaries() otherwise. */
   binDir?: string;
+  /**
+   * A registry (host:port, plain HTTP) the node pulls from and pushImage pushes to, kept by the caller (the
+   * dev stack keeps its images across restarts); otherwise the cluster runs one of its own under `dir`.
+   */
+  registry?: string;
 }
 
 /** Starts a single-node cluster; see the file's header. Fails (after cleaning up) if a part does not come up. */
@@ -593,8 +119,8 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
   const out = opts.say ?? defaultSay;
   const namespace = opts.namespace ?? RUNS_NAMESPACE;
   const dir = path.resolve(opts.dir);
-  const id = randomBytes(3).toString('hex');
-  const nodeName = `gg-node-${id}`;
+  // Host-wide names (bridge, cgroup, CNI network) follow from the folder: what a dead cluster left is found from it.
+  const { nodeName, bridge, cgroupRoot, cniNetwork, socket } = clusterNames(dir);
   const logDir = path.join(dir, 'logs');
   await mkdir(logDir, { recursive: true });
   out(`Kubernetes test cluster ${nodeName} in ${dir} (daemon logs in ${logDir})`);
@@ -634,10 +160,10 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
       Array.from({ length: 8 }, () => freePort()),
     );
     const apiServerUrl = `https://127.0.0.1:${apiPort}`;
-    const registry = `127.0.0.1:${registryPort}`;
+    const registry = opts.registry ?? `127.0.0.1:${registryPort}`;
 
-    const network = await step('Kubernetes: creating the pod network bridge', () => createPodNetwork(id), out);
-    later('network', 'removing the pod network bridge', () => run('ip', ['link', 'del', network.bridge]));
+    const network = await step('Kubernetes: creating the pod network bridge', () => createPodNetwork(bridge), out);
+    later('network', 'removing the pod network bridge', () => removePodNetwork(network.bridge));
     const hostAddress = network.gateway;
     out(`Kubernetes: pods on ${network.subnet} (bridge ${network.bridge}), host address ${hostAddress}`);
 
@@ -664,9 +190,11 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
     // The registry and etcd first (the pause image goes to the registry meanwhile).
     const pushImage = (localRef: string) => pushImageTo(registry, localRef);
 
-    const startRegistry = step('Kubernetes: starting the image registry', async () => {
-      const daemon = await startImageRegistry({ dir: path.join(dir, 'registry'), logDir, port: registryPort, say: out });
-      later('etcd and registry', 'stopping the registry', () => daemon.stop());
+    const startRegistry = step(opts.registry ? `Kubernetes: pushing the sandbox image to ${registry}` : 'Kubernetes: starting the image registry', async () => {
+      if (!opts.registry) {
+        const daemon = await startImageRegistry({ dir: path.join(dir, 'registry'), logDir, port: registryPort, say: out });
+        later('etcd and registry', 'stopping the registry', () => daemon.stop());
+      }
       const pause = await ensurePauseImage(dir);
       return pushImage(pause);
     }, out);
@@ -702,8 +230,6 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
     // containerd comes up while the apiserver does.
     const containerdDir = path.join(dir, 'containerd');
     const ipamDir = path.join(dir, 'cni', 'ipam');
-    const cniNetwork = `glider-gun-${id}`;
-    const socket = path.join(dir, 'containerd.sock');
     const ctr = (args: string[]) => run('ctr', ['--address', socket, '--namespace', 'k8s.io', ...args], { timeoutMs: 30_000 });
     const startContainerd = step('Kubernetes: starting containerd (its own instance, with the CRI plugin)', async () => {
       const cniConfDir = path.join(dir, 'cni', 'net.d');
@@ -824,13 +350,12 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
       }, out),
     ]);
 
-    const cgroupRoot = `glider-gun-${id}`;
     const podLogsDir = path.join(dir, 'pod-logs');
     const kubeletRoot = path.join(dir, 'kubelet');
     const startKubelet = step('Kubernetes: starting the kubelet', async () => {
       await createCgroupRoot(cgroupRoot);
       later('mounts and cgroups', 'removing the pods\' cgroups', async () => {
-        for (const hierarchy of await cgroupHierarchies(true)) await removeCgroupTree(path.join(CGROUP_V1, hierarchy, cgroupRoot));
+        await removeCgroupRoot(cgroupRoot);
       });
       const config = path.join(dir, 'kubelet-config.yaml');
       await writeFile(
@@ -899,7 +424,10 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
         if (ready.trim() !== 'True') throw new Error(`node ${nodeName} Ready=${ready || 'unknown'}`);
       }, 120_000, out);
     }, out);
-    later('mounts and cgroups', 'unmounting what the node left mounted', () => unmountUnder([dir], out));
+    later('mounts and cgroups', 'unmounting what the node left mounted', async () => {
+      const count = await unmountUnder([dir]);
+      if (count > 0) out(`Kubernetes cluster: unmounted ${count} mount(s) under its folder`);
+    });
 
     await Promise.all([startControlPlane, startKubelet]);
 
@@ -933,94 +461,3 @@ export async function startTestCluster(opts: TestClusterOptions): Promise<TestCl
   }
 }
 
-type Kubectl = (args: string[], o?: { kubeconfig?: string; input?: string }) => Promise<string>;
-type Ctr = (args: string[]) => Promise<string>;
-
-async function runningTasks(ctr: Ctr): Promise<string[]> {
-  const listing = await ctr(['tasks', 'ls']);
-  return listing
-    .split('\n')
-    .slice(1)
-    .map((l) => l.trim().split(/\s+/))
-    .filter((f) => f.length >= 3 && f[2] !== 'STOPPED')
-    .map((f) => f[0]!);
-}
-
-/** Deletes every pod at once and waits (briefly) until the kubelet has stopped their containers and sandboxes. */
-async function removeAllPods(kubectl: Kubectl, ctr: Ctr, ipamDir: string, out: Say): Promise<void> {
-  // Jobs and other owners would make their pods again: they go first, leaving their pods to us (orphan), since
-  // the garbage collector would delete them with their own grace period (30s by default).
-  await kubectl(['delete', 'jobs,replicasets,daemonsets,statefulsets,deployments', '--all', '--all-namespaces', '--cascade=orphan', '--wait=false', '--request-timeout', '10s']).catch(() => undefined);
-  // A grace period of 1s, not a forced deletion: the kubelet would then give each pod its own.
-  await kubectl(['delete', 'pods', '--all', '--all-namespaces', '--grace-period=1', '--wait=false', '--request-timeout', '10s']).catch(() => undefined);
-  await waitFor('the pods\' containers to stop', async () => {
-    const left = await runningTasks(ctr);
-    if (left.length > 0) throw new Error(`${left.length} containers still running`);
-    // A sandbox's network is torn down after its container stopped: host-local keeps a file per IP in use.
-    const ips = (await readdir(ipamDir, { recursive: true }).catch(() => [])).filter((f) => /\d+\.\d+\.\d+\.\d+$/.test(f));
-    if (ips.length > 0) throw new Error(`${ips.length} pod IPs still in use`);
-  }, 30_000, out).catch((err: unknown) => out(`Kubernetes cluster: ${err instanceof Error ? err.message : String(err)}; killing them`));
-}
-
-/** What the kubelet did not stop: killed through containerd, network namespaces unmounted. */
-async function killRemainingContainers(ctr: Ctr, out: Say): Promise<void> {
-  const containers = (await ctr(['containers', 'ls', '-q'])).split('\n').filter(Boolean);
-  if (containers.length === 0) return;
-  out(`Kubernetes cluster: removing ${containers.length} container(s) from containerd`);
-  const netns = new Set<string>();
-  for (const id of containers) {
-    const info = await ctr(['containers', 'info', id]).catch(() => '');
-    for (const m of info.matchAll(/"path":\s*"(\/var\/run\/netns\/[^"]+|\/run\/netns\/[^"]+)"/g)) netns.add(m[1]!);
-  }
-  for (const id of await runningTasks(ctr).catch(() => [])) await ctr(['tasks', 'kill', '--signal', 'SIGKILL', '--all', id]).catch(() => undefined);
-  await new Promise((r) => setTimeout(r, 500));
-  for (const id of containers) {
-    await ctr(['tasks', 'delete', '--force', id]).catch(() => undefined);
-    await ctr(['containers', 'delete', id]).catch(() => undefined);
-  }
-  for (const ns of netns) {
-    await run('umount', [ns]).catch(() => undefined);
-    await rm(ns, { force: true }).catch(() => undefined);
-  }
-  // libcni's cached results of sandboxes torn down without CNI DEL (ours are also removed by network name).
-  for (const id of containers) await rm(path.join(CNI_RESULTS, `cni-loopback-${id}-lo`), { force: true });
-}
-
-/** containerd's shims outlive it by design: those serving our containerd go too. */
-async function killShims(socket: string, out: Say): Promise<void> {
-  for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    const args = cmdline.split('\0');
-    if (!args[0]?.includes('containerd-shim')) continue;
-    const address = args[args.indexOf('-address') + 1];
-    if (args.includes('-address') && address === socket) {
-      out(`Kubernetes cluster: killing shim ${pid}`);
-      try {
-        process.kill(Number(pid), 'SIGKILL');
-      } catch {
-        // gone already
-      }
-    }
-  }
-}
-
-/** Unmounts every mount below the given folders, deepest first, and the pods' log links in /var/log/containers. */
-async function unmountUnder(dirs: string[], out: Say): Promise<void> {
-  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
-  const points = mountinfo
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((p): p is string => !!p)
-    .map((p) => p.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p) => dirs.some((d) => p.startsWith(`${d}/`)))
-    .sort((a, b) => b.length - a.length);
-  if (points.length > 0) out(`Kubernetes cluster: unmounting ${points.length} mount(s) under its folder`);
-  for (const p of points) await run('umount', [p]).catch(() => run('umount', ['-l', p]));
-  // The kubelet links each container's log from /var/log/containers into podLogsDir.
-  const links = await readdir('/var/log/containers').catch(() => []);
-  for (const link of links) {
-    const file = path.join('/var/log/containers', link);
-    const target = await readlink(file).catch(() => '');
-    if (dirs.some((d) => target.startsWith(`${d}/`))) await rm(file, { force: true });
-  }
-}

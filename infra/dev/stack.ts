@@ -2,6 +2,10 @@
  * `npm start`: the whole system on one machine with embedded defaults — a Temporal dev server with its UI,
  * Postgres (DATABASE_URL, or an embedded one), migrations, the base images, the cluster worker, the node
  * worker of the built-in node `local` and the HTTP API. Ctrl-C stops everything.
+ *
+ * If this process dies instead (a crash, `kill -9`), nothing it started outlives it: its daemons get
+ * SIGKILL from the kernel (processes.ts, diesWithParent), and a watchdog clears the rest (watchdog.ts). The
+ * next start clears whatever is left anyway (leftovers.ts), so it always starts.
  */
 import http from 'node:http';
 import path from 'node:path';
@@ -22,15 +26,15 @@ import { createLogger } from '../../workers/logger.js';
 import { startReconciler } from '../../workers/reconciler.js';
 import { createDockerClient, createNodeWorker } from '../../workers/node.js';
 import { startDevCluster, type DevCluster } from './dev-cluster.js';
-import { startImageRegistry } from './kubernetes.js';
+import { startDevRegistry } from './dev-registry.js';
 import { ensureBaseImages } from './images.js';
+import { clearStackLeftovers } from './leftovers.js';
 import { isPortInUse } from './ports.js';
 import { startEmbeddedPostgres, type Postgres } from './postgres.js';
 import { say, step } from './progress.js';
+import { liveRecord, removeRecord, writeRecord } from './run-records.js';
 import { ensureTemporalCli, startTemporalServer, type TemporalServer } from './temporal.js';
-
-/** The dev stack's registry (template builds push there); its images are kept in <data dir>/registry. */
-const DEV_REGISTRY_PORT = Number(process.env.GLIDERGUN_DEV_REGISTRY_PORT ?? 5050);
+import { awaitEarlierWatchdog, startWatchdog } from './watchdog.js';
 
 /** A node worker has no workflows by design; the SDK's warning about that is noise here. */
 class QuietLogger extends DefaultLogger {
@@ -59,13 +63,23 @@ async function main(): Promise<void> {
       say(`  stopping ${what}`);
       await stop().catch((err: unknown) => say(`  while stopping ${what}: ${String(err)}`));
     }
+    await removeRecord(config.dataDir, 'stack', process.pid);
     say('stopped');
     process.exit(code);
   };
   process.on('SIGINT', () => void stopAll(0));
   process.on('SIGTERM', () => void stopAll(0));
+  // `npm start` runs us under tsx: if that launcher is killed, we are adopted by another process; stop in order.
+  const launcher = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== launcher) {
+      say(`the launcher (pid ${launcher}) has gone`);
+      void stopAll(1);
+    }
+  }, 1_000).unref();
 
   try {
+    await takeDataDir(config.dataDir);
     if (await isPortInUse(config.api.port, config.api.host)) {
       throw new Error(`port ${config.api.port} is in use: stop what uses it, or set GLIDERGUN_API_PORT`);
     }
@@ -106,23 +120,28 @@ async function main(): Promise<void> {
     const docker = createDockerClient(config.docker.host);
     // GLIDERGUN_DEV_KUBERNETES=true: a single-node Kubernetes of our own (the tests' one) for the `cluster` target.
     let devCluster: DevCluster | undefined;
-    if (process.env.GLIDERGUN_DEV_KUBERNETES === 'true') {
-      devCluster = await startDevCluster(config, docker, path.join(config.dataDir, 'kubernetes'));
-      onStop('the Kubernetes cluster', () => devCluster!.cluster.stop());
-    }
-    let workerConfig = devCluster?.config ?? config;
-    if (!workerConfig.builds.registry) {
-      // Builds need a registry: run Debian's docker-registry with the stack's data, so they work out of the box.
+    const devKubernetes = process.env.GLIDERGUN_DEV_KUBERNETES === 'true';
+    // Builds need a registry, and the dev cluster pulls from one: Debian's docker-registry with the stack's
+    // data, on a port kept across restarts, since every built template version names it.
+    let devRegistry: string | undefined;
+    if (devKubernetes || !config.builds.registry) {
       try {
-        const registry = await step('starting the image registry for template builds', () =>
-          startImageRegistry({ dir: path.join(config.dataDir, 'registry'), port: DEV_REGISTRY_PORT }),
-        );
+        const registry = await step('starting the image registry', () => startDevRegistry(config.dataDir, say));
         onStop('the image registry', () => registry.stop());
-        workerConfig = { ...workerConfig, builds: { ...workerConfig.builds, registry: `${registry.address}/glider-gun/templates` } };
+        devRegistry = registry.address;
       } catch (err) {
+        if (devKubernetes) throw err;
         say(`no image registry (${err instanceof Error ? err.message : String(err)}): template builds are refused until`);
         say('  GLIDERGUN_REGISTRY names one (infra/dev/provision-host.sh installs docker-registry)');
       }
+    }
+    if (devKubernetes) {
+      devCluster = await startDevCluster(config, docker, path.join(config.dataDir, 'kubernetes'), devRegistry!);
+      onStop('the Kubernetes cluster', () => devCluster!.cluster.stop());
+    }
+    let workerConfig = devCluster?.config ?? config;
+    if (!workerConfig.builds.registry && devRegistry) {
+      workerConfig = { ...workerConfig, builds: { ...workerConfig.builds, registry: `${devRegistry}/glider-gun/templates` } };
     }
 
     const { worker: clusterWorker, close: closeClusterWorker } = await step('bundling workflows and starting the cluster worker', () =>
@@ -200,6 +219,7 @@ async function main(): Promise<void> {
     if (temporal?.uiUrl) say(`Temporal UI  ${temporal.uiUrl}`);
     say(`Temporal     ${config.temporal.address}   (temporal workflow list --address ${config.temporal.address})`);
     say(`data         ${config.dataDir}`);
+    if (devRegistry) say(`registry     ${devRegistry}   (its images in ${path.join(config.dataDir, 'registry')}; the port is kept)`);
     if (exampleImage) say(`example image glider-gun/example-template:latest (see docs/operators-guide.md for a first deployment)`);
     if (devCluster) {
       say(`Kubernetes   target {"kind":"cluster"} runs Jobs in namespace ${devCluster.cluster.namespace}; image ${devCluster.exampleImage}`);
@@ -210,6 +230,23 @@ async function main(): Promise<void> {
     say(`start-up failed: ${err instanceof Error ? err.message : String(err)}`);
     await stopAll(1);
   }
+}
+
+/**
+ * One stack per data dir. What an earlier start left (it died) is cleared first, once its watchdog is
+ * done; then a watchdog of our own is started before anything else, to clear up after us should we die.
+ */
+async function takeDataDir(dataDir: string): Promise<void> {
+  const other = await liveRecord(dataDir, 'stack');
+  if (other && other.pid !== process.pid) {
+    throw new Error(`another dev stack (pid ${other.pid}) runs on ${dataDir}: stop it first (Ctrl-C in its terminal, or kill ${other.pid}), or set GLIDERGUN_DATA_DIR`);
+  }
+  await awaitEarlierWatchdog(dataDir, say);
+  const cleared = await step('clearing what an earlier start left behind', () => clearStackLeftovers(dataDir));
+  if (cleared.length > 0) say(`  an earlier start had died: cleared ${cleared.join(', ')}`);
+  await writeRecord(dataDir, 'stack', process.pid);
+  const watchdog = await startWatchdog(dataDir, say);
+  say(`watchdog (pid ${watchdog.pid}) clears up should this process die; its log: ${watchdog.logFile}`);
 }
 
 await main();

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTES } from '../../workflows/messages.js';
 import { cacheDir } from './cache.js';
+import { diesWithParent } from './processes.js';
 import { say as defaultSay, step, waitFor, type Say } from './progress.js';
 
 /** Later tags carry a `replace` directive that `go install` refuses (DESIGN.md, section 6). */
@@ -84,7 +85,9 @@ export async function startTemporalServer(opts: {
   }
   for (const key of SEARCH_ATTRIBUTES) args.push('--search-attribute', `${key.name}=Keyword`);
 
-  const child: ChildProcess = spawn(opts.binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: false });
+  // The kernel ends the server if this process dies without stopping it (a crash, kill -9): no orphan on the port.
+  const cmd = diesWithParent(opts.binary, args);
+  const child: ChildProcess = spawn(cmd.command, cmd.args, { stdio: ['ignore', 'pipe', 'pipe'], detached: false });
   let output = '';
   const keep = (chunk: Buffer) => {
     output = (output + chunk.toString('utf8')).slice(-8000);
