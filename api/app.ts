@@ -86,7 +86,7 @@ export function createApp(deps: ApiDeps): Express {
     agentRouter({
       db: deps.db,
       secrets: deps.secrets,
-      stateVersionsKept: deps.stateVersionsKept,
+      state: deps.state,
       logMaxBytes: deps.logMaxBytes ?? Number.MAX_SAFE_INTEGER,
     }),
   );

@@ -1,5 +1,6 @@
 import type { Client } from '@temporalio/client';
 import type { Logger } from 'pino';
+import type { StatePolicy } from '../core/config.js';
 import type { SecretBox } from '../core/crypto.js';
 import type { Db } from '../core/db/pool.js';
 
@@ -11,8 +12,8 @@ export interface ApiDeps {
   kubernetesEnabled: boolean;
   /** The longest run timeout a template or deployment may ask for. */
   maxRunTimeoutSeconds: number;
-  /** How many state versions each deployment keeps. */
-  stateVersionsKept?: number;
+  /** How many state versions each deployment keeps, and how large one may be. */
+  state: StatePolicy;
   /** Per run and stream: the most log an agent may store. */
   logMaxBytes?: number;
   /** Template builds: where images go, limits on sources. */

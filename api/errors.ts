@@ -1,5 +1,6 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
 import type { z } from 'zod';
+import { StateStorageError } from '../core/db/state.js';
 import { AppError, ErrorCode } from '../core/errors.js';
 
 /** The one place error codes become HTTP statuses. */
@@ -14,6 +15,9 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.DeploymentNotFound]: 404,
   [ErrorCode.RunNotFound]: 404,
   [ErrorCode.StateVersionNotFound]: 404,
+  [ErrorCode.StateCorrupt]: 409,
+  [ErrorCode.StateTooLarge]: 413,
+  [ErrorCode.StateWriteSuperseded]: 409,
   [ErrorCode.NodeNotFound]: 404,
   [ErrorCode.TemplateExists]: 409,
   [ErrorCode.TemplateTypeNotFound]: 404,
@@ -78,8 +82,15 @@ function isUnavailable(err: unknown): boolean {
 }
 
 /** Body-parser errors carry a `type`; everything else that is not an AppError is an internal error. */
+const STATE_ERROR_CODES = {
+  'state-corrupt': ErrorCode.StateCorrupt,
+  'state-too-large': ErrorCode.StateTooLarge,
+  'state-write-superseded': ErrorCode.StateWriteSuperseded,
+} as const;
+
 export function toAppError(err: unknown): AppError {
   if (err instanceof AppError) return err;
+  if (err instanceof StateStorageError) return new AppError(STATE_ERROR_CODES[err.reason], err.message, err.details);
   if (isUnavailable(err)) return new AppError(ErrorCode.DependencyUnavailable, 'the database is unavailable; try again shortly');
   const type = typeof err === 'object' && err !== null && 'type' in err ? err.type : undefined;
   if (type === 'entity.parse.failed') return new AppError(ErrorCode.MalformedJson, 'the request body is not valid JSON');

@@ -40,6 +40,13 @@ export const LimitsSchema = z
     timeoutSeconds: z.number().int().min(1).optional().openapi({ description: 'run timeout; at most the installation maximum' }),
     cpus: z.number().positive().max(256).optional().openapi({ description: 'CPU limit of the container' }),
     memoryMb: z.number().int().min(6).max(1024 * 1024).optional().openapi({ description: 'memory limit of the container, MiB' }),
+    stateMaxMb: z
+      .number()
+      .int()
+      .min(1)
+      .max(1024 * 1024)
+      .optional()
+      .openapi({ description: 'largest /state archive (compressed) a run may store, MiB; beyond it the run fails as state-too-large and the previous version stays current' }),
   })
   .openapi('RunLimits');
 

@@ -60,6 +60,8 @@ const ConfigSchema = z.object({
   GLIDERGUN_LOG_MAX_BYTES: z.coerce.number().int().min(1024).default(64 * 1024 * 1024),
   /** How many state versions each deployment keeps (the newest); older ones are deleted with their data. */
   GLIDERGUN_STATE_VERSIONS_KEPT: z.coerce.number().int().min(1).default(50),
+  /** The largest /state archive (compressed) a deployment may store, MiB; a deployment or template version may set its own. */
+  GLIDERGUN_STATE_MAX_MB: z.coerce.number().int().min(1).default(4096),
   GLIDERGUN_STOP_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
   GLIDERGUN_NODE_WAIT_SECONDS: z.coerce.number().int().min(1).default(600),
   /** 32 bytes, base64. Unset: generated at first start into <data dir>/encryption-key. */
@@ -68,6 +70,11 @@ const ConfigSchema = z.object({
   GLIDERGUN_SECRETS_DIR: z.string().min(1).default('/dev/shm/glider-gun'),
   GLIDERGUN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
 });
+
+export interface StatePolicy {
+  versionsKept: number;
+  maxMb: number;
+}
 
 export interface Config {
   dataDir: string;
@@ -100,7 +107,8 @@ export interface Config {
     allowFileGitUrls: boolean;
   };
   runs: { timeoutSeconds: number; maxTimeoutSeconds: number; stopGraceSeconds: number; nodeWaitSeconds: number; logMaxBytes: number };
-  state: { versionsKept: number };
+  /** How state versions are kept: how many per deployment, and how large one may be unless set per deployment. */
+  state: StatePolicy;
   logLevel: z.infer<typeof ConfigSchema>['GLIDERGUN_LOG_LEVEL'];
 }
 
@@ -186,7 +194,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       nodeWaitSeconds: e.GLIDERGUN_NODE_WAIT_SECONDS,
       logMaxBytes: e.GLIDERGUN_LOG_MAX_BYTES,
     },
-    state: { versionsKept: e.GLIDERGUN_STATE_VERSIONS_KEPT },
+    state: { versionsKept: e.GLIDERGUN_STATE_VERSIONS_KEPT, maxMb: e.GLIDERGUN_STATE_MAX_MB },
     logLevel: e.GLIDERGUN_LOG_LEVEL,
   };
 }

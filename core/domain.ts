@@ -22,6 +22,10 @@ export const FAILURE_REASONS = [
   /** Kubernetes found no node for the pod within the bound. */
   'unschedulable',
   'container-vanished',
+  /** The state version to restore is damaged (a chunk missing or altered); the template did not start. */
+  'state-corrupt',
+  /** /state outgrew the deployment's state size limit; the previous version stays current. */
+  'state-too-large',
   'infrastructure',
 ] as const;
 export type FailureReason = (typeof FAILURE_REASONS)[number];
@@ -49,6 +53,8 @@ export interface RunLimits {
   timeoutSeconds?: number | undefined;
   cpus?: number | undefined;
   memoryMb?: number | undefined;
+  /** The largest /state archive a run may store, MiB (core/db/state.ts stateLimitBytes). */
+  stateMaxMb?: number | undefined;
 }
 
 /** The limits a run gets: the most specific setting wins, and the timeout never exceeds the maximum. */

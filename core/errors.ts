@@ -32,6 +32,12 @@ export enum ErrorCode {
   DeploymentNotFound = 'DEPLOYMENT_NOT_FOUND',
   RunNotFound = 'RUN_NOT_FOUND',
   StateVersionNotFound = 'STATE_VERSION_NOT_FOUND',
+  /** A state version's stored chunks are missing or altered: it cannot be restored or downloaded. */
+  StateCorrupt = 'STATE_CORRUPT',
+  /** A /state archive over the deployment's limit. */
+  StateTooLarge = 'STATE_TOO_LARGE',
+  /** A newer attempt of the same run is writing its state version; this one's writes are refused. */
+  StateWriteSuperseded = 'STATE_WRITE_SUPERSEDED',
   NodeNotFound = 'NODE_NOT_FOUND',
   InvalidParameters = 'INVALID_PARAMETERS',
   LimitExceeded = 'LIMIT_EXCEEDED',

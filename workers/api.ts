@@ -75,7 +75,7 @@ export async function startApiServer(opts: {
     taskQueue: config.temporal.taskQueue,
     kubernetesEnabled: config.kubernetes.enabled,
     maxRunTimeoutSeconds: config.runs.maxTimeoutSeconds,
-    stateVersionsKept: config.state.versionsKept,
+    state: config.state,
     logMaxBytes: config.runs.logMaxBytes,
     builds: config.builds,
     secrets,

@@ -5,7 +5,8 @@ import { loadPodTemplate } from '../activities/execution/kubernetes/pod-template
 import type { Config } from '../core/config.js';
 import { RegistryCredentials } from '../core/registry-credentials.js';
 import type { Db } from '../core/db/pool.js';
-import { getAgentResult, grantRunAgent, runAgentStarted } from '../core/db/run-agents.js';
+import { getAgentResult, getAgentStateFailure, grantRunAgent, runAgentStarted } from '../core/db/run-agents.js';
+import { getRun } from '../core/db/runs.js';
 
 /** GLIDERGUN_KUBECONFIG, else the in-cluster ServiceAccount when running in a pod, else the default kubeconfig. */
 export function loadKubeConfig(k: Config['kubernetes']): KubeConfig {
@@ -36,6 +37,8 @@ export async function createKubernetesExecutor(config: Config, db: Db): Promise<
       grant: (g) => grantRunAgent(db, g),
       started: (runId) => runAgentStarted(db, runId),
       result: (runId) => getAgentResult(db, runId),
+      stateFailure: (runId) => getAgentStateFailure(db, runId),
+      archiving: async (runId) => (await getRun(db, runId))?.phase === 'archiving',
     },
   );
 }

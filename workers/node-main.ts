@@ -24,7 +24,7 @@ const worker = await createNodeWorker({
   config,
   docker: createDockerClient(config.docker.host),
   logSink: new PostgresLogSink(db),
-  stateStore: new PostgresStateStore(db, box, config.state.versionsKept),
+  stateStore: new PostgresStateStore(db, box, config.state),
 });
 process.stderr.write(`[glider-gun] node worker '${config.node.id}' polls task queue node-${config.node.id}\n`);
 await worker.run();

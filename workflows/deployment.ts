@@ -29,7 +29,7 @@ import {
 
 /** Continue-as-new well before Temporal's history limits (51,200 events); a run takes ~30 events. */
 const MAX_HISTORY_EVENTS = 5_000;
-const KNOWN_REASONS: readonly FailureReason[] = ['timeout', 'node-unavailable', 'image-unavailable', 'container-vanished'];
+const KNOWN_REASONS: readonly FailureReason[] = ['timeout', 'node-unavailable', 'image-unavailable', 'container-vanished', 'state-corrupt', 'state-too-large'];
 
 const db = proxyActivities<RunActivities>({
   startToCloseTimeout: '30 seconds',

@@ -11,7 +11,7 @@ export interface ExecutionContext {
    */
   abandon?: AbortSignal;
   /** Called at least every few seconds while the container runs; progress is shown in the Temporal UI. */
-  heartbeat(details: { phase: string; containerId?: string }): void;
+  heartbeat(details: { phase: string; containerId?: string; bytes?: number }): void;
   log(message: string, fields?: Record<string, unknown>): void;
 }
 
@@ -32,7 +32,12 @@ export interface ExecutionAdapter {
  */
 export interface StateStore {
   /** Idempotent per run: writing again for the same run returns the version already written. */
-  write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>): Promise<{ version: number; sha256: string; sizeBytes: number }>;
+  write(
+    deploymentId: string,
+    runId: string,
+    archive: AsyncIterable<Buffer>,
+    onProgress?: (bytes: number) => void,
+  ): Promise<{ version: number; sha256: string; sizeBytes: number }>;
   /** `runId` is the run the version is restored for. */
   read(deploymentId: string, version: number, runId: string): AsyncIterable<Buffer>;
 }

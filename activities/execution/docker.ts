@@ -26,6 +26,11 @@ import {
 import { imageRegistryHost, RegistryCredentials } from '../../core/registry-credentials.js';
 
 const HEARTBEAT_MS = 2_000;
+/**
+ * Restore and archive heartbeat while bytes move, however slowly; a store that moves nothing for this long
+ * stops the heartbeats, so the attempt times out and a retry (fenced: core/db/state.ts) takes over.
+ */
+const STORAGE_STALL_MS = 120_000;
 /** How long the log may take to drain after the container has exited. */
 const LOG_DRAIN_MS = 30_000;
 const LOG_FILES_POLL_MS = 1_000;
@@ -44,6 +49,41 @@ async function exists(p: string): Promise<boolean> {
     () => true,
     () => false,
   );
+}
+
+class RestoreCancelled extends Error {}
+
+/** The restored archive's bytes, counted for the heartbeats; stops at a cancel. */
+async function* counted(source: AsyncIterable<Buffer>, progress: (bytes: number) => void, signal: AbortSignal): AsyncGenerator<Buffer> {
+  let bytes = 0;
+  for await (const piece of source) {
+    if (signal.aborted) throw new RestoreCancelled('cancelled while restoring');
+    bytes += piece.length;
+    progress(bytes);
+    yield piece;
+  }
+}
+
+/**
+ * Runs a storage step (restore or archive) with heartbeats every few seconds for as long as it makes
+ * progress: a slow store costs time, never a heartbeat timeout, and the heartbeats carry a cancel to it.
+ */
+async function whileStoring<T>(ctx: ExecutionContext, phase: 'restoring' | 'archiving', work: (progress: (bytes: number) => void) => Promise<T>): Promise<T> {
+  let bytes = 0;
+  let movedAt = Date.now();
+  const beat = () => {
+    if (Date.now() - movedAt < STORAGE_STALL_MS) ctx.heartbeat({ phase, bytes });
+  };
+  beat();
+  const timer = setInterval(beat, HEARTBEAT_MS);
+  try {
+    return await work((n) => {
+      bytes = n;
+      movedAt = Date.now();
+    });
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 /**
@@ -86,10 +126,13 @@ export class DockerExecutor implements ExecutionAdapter {
           nonRetryable: true,
         });
       }
-      await this.prepare(dir, spec, ctx);
+      if (!(await this.prepare(dir, spec, ctx))) {
+        // Cancelled while restoring: the template never started and the previous version stays current.
+        return { status: 'cancelled', message: 'cancelled while /state was being restored; the template was not started' };
+      }
       if (ctx.signal.aborted) {
-        // Cancelled while restoring: the template never starts, and /state (as restored) is still archived.
-        const archived = await this.stateStore.write(spec.deploymentId, spec.runId, packState(path.join(dir, 'state'), () => undefined));
+        // Cancelled after restoring: the template never starts, and /state (as restored) is still archived.
+        const archived = await this.archive(spec, ctx, () => undefined);
         return { status: 'cancelled', message: 'cancelled before the container started', stateVersion: archived.version };
       }
       await this.writeSecrets(spec.runId, secrets);
@@ -124,10 +167,20 @@ export class DockerExecutor implements ExecutionAdapter {
     }
     await logs.finished(LOG_DRAIN_MS);
     // Whatever the outcome (success, failure, timeout, cancel), /state becomes the deployment's next version.
-    ctx.heartbeat({ phase: 'archiving' });
     const warnings = [...(outcome.warnings ?? [])];
-    const archived = await this.stateStore.write(spec.deploymentId, spec.runId, packState(path.join(dir, 'state'), (w) => warnings.push(w)));
+    const cancelledBefore = ctx.signal.aborted;
+    const archived = await this.archive(spec, ctx, (w) => warnings.push(w));
+    if (ctx.signal.aborted && !cancelledBefore) {
+      // The template had ended: there was nothing left to stop, and the archive was not cut short.
+      warnings.push('a cancel arrived while /state was being archived, after the template had ended; the archive was completed');
+    }
     return { ...outcome, warnings, stateVersion: archived.version };
+  }
+
+  /** /state archived as the next version, heartbeating while it is stored. A cancel does not cut it short. */
+  private archive(spec: RunSpec, ctx: ExecutionContext, warn: (message: string) => void) {
+    const archive = packState(path.join(this.runDir(spec.runId), 'state'), warn);
+    return whileStoring(ctx, 'archiving', (progress) => this.stateStore.write(spec.deploymentId, spec.runId, archive, progress));
   }
 
   private async followLogs(container: Docker.Container, spec: RunSpec, secrets: string[], source: 'attach' | 'log-driver') {
@@ -284,15 +337,27 @@ export class DockerExecutor implements ExecutionAdapter {
     }
   }
 
-  /** Lays out /state (restored from the previous version) and /logs afresh; only before the container exists. */
-  private async prepare(dir: string, spec: RunSpec, ctx: ExecutionContext): Promise<void> {
+  /**
+   * Lays out /state (restored from the previous version) and /logs afresh; only before the container exists.
+   * False when a cancel arrived while restoring: the restore stops there and nothing is archived.
+   */
+  private async prepare(dir: string, spec: RunSpec, ctx: ExecutionContext): Promise<boolean> {
     await rm(dir, { recursive: true, force: true });
     const stateDir = path.join(dir, 'state');
     await mkdir(stateDir, { recursive: true });
     await mkdir(path.join(dir, 'logs'), { recursive: true });
     if (spec.restoreStateVersion !== undefined) {
-      ctx.heartbeat({ phase: 'restoring' });
-      await unpackState(stateDir, this.stateStore.read(spec.deploymentId, spec.restoreStateVersion, spec.runId));
+      const version = spec.restoreStateVersion;
+      const cancelled = await whileStoring(ctx, 'restoring', async (progress) => {
+        try {
+          await unpackState(stateDir, counted(this.stateStore.read(spec.deploymentId, version, spec.runId), progress, ctx.signal));
+          return false;
+        } catch (err) {
+          if (ctx.signal.aborted && err instanceof RestoreCancelled) return true;
+          throw err;
+        }
+      });
+      if (cancelled) return false;
     }
     if (spec.templateFiles) await this.unpackTemplateFiles(path.join(dir, 'template'), spec.templateFiles);
     // The restored file may be anything the template left (even a link to a host file): replace, never follow.
@@ -304,6 +369,7 @@ export class DockerExecutor implements ExecutionAdapter {
     } finally {
       await handle.close();
     }
+    return true;
   }
 
   /** An ad-hoc template's files, checked against the digest the run was given, then read-only for the container. */

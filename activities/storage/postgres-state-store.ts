@@ -1,22 +1,45 @@
+import { ApplicationFailure } from '@temporalio/common';
+import type { StatePolicy } from '../../core/config.js';
 import type { SecretBox } from '../../core/crypto.js';
 import type { Db } from '../../core/db/pool.js';
-import { archiveStateForRun, restoreStateForRun } from '../../core/db/state.js';
+import { StateStorageError, archiveStateForRun, restoreStateForRun } from '../../core/db/state.js';
 import type { StateStore } from '../execution/adapter.js';
+
+/**
+ * A damaged version or an archive over the limit ends the run with that reason at once: retrying cannot
+ * help. A superseded write is not retried either: the attempt that superseded it is the one that counts.
+ */
+function asFailure(err: unknown): unknown {
+  if (!(err instanceof StateStorageError)) return err;
+  return ApplicationFailure.create({ type: err.reason, message: err.message, details: [err.details], nonRetryable: true });
+}
 
 /** State versions of a node inside the cluster (the built-in node `local`): encrypted chunks in Postgres. */
 export class PostgresStateStore implements StateStore {
   constructor(
     private readonly db: Db,
     private readonly box: SecretBox,
-    /** How many versions each deployment keeps. */
-    private readonly keep?: number,
+    private readonly policy: StatePolicy,
   ) {}
 
-  write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>) {
-    return archiveStateForRun(this.db, this.box, { deploymentId, runId, keep: this.keep }, archive);
+  async write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>, onProgress?: (bytes: number) => void) {
+    try {
+      return await archiveStateForRun(
+        this.db,
+        this.box,
+        { deploymentId, runId, keep: this.policy.versionsKept, defaultMaxMb: this.policy.maxMb, onProgress },
+        archive,
+      );
+    } catch (err) {
+      throw asFailure(err);
+    }
   }
 
-  read(deploymentId: string, version: number, runId: string) {
-    return restoreStateForRun(this.db, this.box, { runId, deploymentId }, version);
+  async *read(deploymentId: string, version: number, runId: string) {
+    try {
+      yield* restoreStateForRun(this.db, this.box, { runId, deploymentId }, version);
+    } catch (err) {
+      throw asFailure(err);
+    }
   }
 }

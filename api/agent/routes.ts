@@ -7,12 +7,13 @@
 import { pipeline } from 'node:stream/promises';
 import express, { Router, type NextFunction, type Request, type Response } from 'express';
 import { z } from 'zod';
+import type { StatePolicy } from '../../core/config.js';
 import type { SecretBox } from '../../core/crypto.js';
 import { appendLogChunk, storedLogLengths, type LogStream } from '../../core/db/logs.js';
 import type { Db } from '../../core/db/pool.js';
 import { markRunPhase } from '../../core/db/runs.js';
-import { markRunAgentStarted, recordAgentResult, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
-import { archiveStateForRun, restoreStateForRun } from '../../core/db/state.js';
+import { getAgentStateFailure, markRunAgentStarted, recordAgentResult, recordAgentStateFailure, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
+import { StateStorageError, archiveStateForRun, restoreStateForRun } from '../../core/db/state.js';
 import { readSourceArchive } from '../../core/db/template-sources.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
 import { MAX_OUTPUTS_BYTES, parseOutputs } from '../../core/outputs.js';
@@ -20,7 +21,7 @@ import { MAX_OUTPUTS_BYTES, parseOutputs } from '../../core/outputs.js';
 export interface AgentDeps {
   db: Db;
   secrets: SecretBox;
-  stateVersionsKept?: number | undefined;
+  state: StatePolicy;
   /** Per stream: the runner enforces the cap itself; this only bounds what a misbehaving one can store. */
   logMaxBytes: number;
 }
@@ -80,9 +81,15 @@ export function agentRouter(deps: AgentDeps): Router {
         await markRunPhase(deps.db, grant.runId, 'executing');
         return;
       }
+      // A damaged version is refused before any byte (the reader checks it before its first chunk), and
+      // remembered: the run ends as state-corrupt. A chunk found altered half-way is remembered too, so the
+      // runner's retry is refused at once.
+      const known = await getAgentStateFailure(deps.db, grant.runId);
+      if (known?.reason === 'state-corrupt') throw new StateStorageError('state-corrupt', known.message, { deploymentId: grant.deploymentId, version: grant.restoreVersion });
       res.status(200).type('application/gzip');
       await pipeline(restoreStateForRun(deps.db, deps.secrets, grant, grant.restoreVersion), res);
-    })().catch((err: unknown) => {
+    })().catch(async (err: unknown) => {
+      if (err instanceof StateStorageError) await recordAgentStateFailure(deps.db, grant.runId, err).catch(() => undefined);
       // Headers are gone: the runner sees a cut stream (and a gzip error) and fails the run.
       if (!res.headersSent) next(err);
       else res.destroy(err instanceof Error ? err : new Error(String(err)));
@@ -107,9 +114,18 @@ export function agentRouter(deps: AgentDeps): Router {
       next(new AppError(ErrorCode.UnsupportedMediaType, 'the state archive must be sent as application/gzip'));
       return;
     }
-    archiveStateForRun(deps.db, deps.secrets, { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.stateVersionsKept }, req).then(
+    archiveStateForRun(
+      deps.db,
+      deps.secrets,
+      { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.state.versionsKept, defaultMaxMb: deps.state.maxMb },
+      req,
+    ).then(
       (v) => res.status(200).json({ version: v.version, sha256: v.sha256, sizeBytes: v.sizeBytes }),
-      (err: unknown) => next(err),
+      async (err: unknown) => {
+        // Over the limit, the run ends as state-too-large whatever the runner reports; the rest of the body is not read.
+        if (err instanceof StateStorageError && err.reason === 'state-too-large') await recordAgentStateFailure(deps.db, grant.runId, err).catch(() => undefined);
+        next(err);
+      },
     );
   });
 

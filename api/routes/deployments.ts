@@ -3,6 +3,7 @@ import { deploymentWorkflowId } from '../../workflows/messages.js';
 import type { Db } from '../../core/db/pool.js';
 import { getRun, getRuns, runSummary, type Run } from '../../core/db/runs.js';
 import { getTemplate, getTemplateVersion } from '../../core/db/templates.js';
+import { reclaimStateSpace } from '../../core/db/state.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
 import { resolveParameters } from '../../core/parameters.js';
@@ -147,6 +148,8 @@ export function deploymentRoutes(deps: ApiDeps): AnyRoute[] {
           .getHandle(deploymentWorkflowId(params.id))
           .terminate('deployment purged')
           .catch(() => undefined);
+        // Its state's space is reusable by the time the purge answers (docs/operators-guide.md, "Disk space").
+        await reclaimStateSpace(db).catch((err: unknown) => deps.log.warn({ err }, 'could not reclaim the space of purged state versions'));
         return { status: 204 };
       },
     }),

@@ -1,4 +1,4 @@
-import { getStateVersion, listStateVersions, readStateVersion, rollbackStateVersion } from '../../core/db/state.js';
+import { getStateVersion, listStateVersions, readStateVersion, rollbackStateVersion, verifyStateVersion } from '../../core/db/state.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import type { ApiDeps } from '../deps.js';
 import { defineRoute, type AnyRoute } from '../http/route.js';
@@ -21,7 +21,7 @@ const StateVersionSchema = z
 
 const StateVersionParams = z.object({ id: DeploymentId, version: VersionNumber });
 
-export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets' | 'stateVersionsKept'>): AnyRoute[] {
+export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets' | 'state'>): AnyRoute[] {
   const { db } = deps;
   return [
     defineRoute({
@@ -48,10 +48,10 @@ export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets' | 'stateVersion
       roles: OPERATORS,
       params: StateVersionParams,
       responses: { 201: { description: 'the new version', schema: StateVersionSchema } },
-      errors: [ErrorCode.DeploymentNotFound, ErrorCode.StateVersionNotFound, ErrorCode.RunInProgress],
+      errors: [ErrorCode.DeploymentNotFound, ErrorCode.StateVersionNotFound, ErrorCode.RunInProgress, ErrorCode.StateCorrupt],
       async handler({ params }) {
         await loadDeployment(db, params.id);
-        const result = await rollbackStateVersion(db, deps.secrets, params.id, params.version, deps.stateVersionsKept);
+        const result = await rollbackStateVersion(db, deps.secrets, params.id, params.version, deps.state.versionsKept);
         if (result === 'not-found') throw notFound(ErrorCode.StateVersionNotFound, 'state version', `${params.id}@${params.version}`);
         if (result === 'run-active') {
           throw new AppError(ErrorCode.RunInProgress, `deployment '${params.id}' has an active run; roll back when it has ended`, { deploymentId: params.id });
@@ -69,11 +69,13 @@ export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets' | 'stateVersion
       roles: OPERATORS,
       params: StateVersionParams,
       responses: { 200: { description: 'the archive; X-Checksum-Sha256 is its sha256', schema: z.string(), contentType: 'application/gzip' } },
-      errors: [ErrorCode.DeploymentNotFound, ErrorCode.StateVersionNotFound],
+      errors: [ErrorCode.DeploymentNotFound, ErrorCode.StateVersionNotFound, ErrorCode.StateCorrupt],
       async handler({ params, res }) {
         await loadDeployment(db, params.id);
         const meta = await getStateVersion(db, params.id, params.version);
         if (!meta) throw notFound(ErrorCode.StateVersionNotFound, 'state version', `${params.id}@${params.version}`);
+        // Every chunk is checked before the first byte: a damaged version is an error, never a short 200.
+        await verifyStateVersion(db, params.id, params.version, { deep: true });
         res.status(200).type('application/gzip');
         res.setHeader('content-length', String(meta.sizeBytes));
         res.setHeader('x-checksum-sha256', meta.sha256);

@@ -39,6 +39,7 @@ interface DeploymentRow {
   timeout_seconds: number | null;
   cpus: string | null;
   memory_mb: number | null;
+  state_max_mb: number | null;
   created_by: string;
   created_at: Date;
   updated_at: Date;
@@ -70,8 +71,8 @@ export async function insertDeployment(
 ): Promise<Deployment> {
   const { rows } = await db.query<DeploymentRow>(
     `INSERT INTO deployments (id, name, template_name, template_version, parameters, target_kind, target_node, created_by,
-                              secret_parameters, secret_parameter_names, timeout_seconds, cpus, memory_mb)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING *`,
+                              secret_parameters, secret_parameter_names, timeout_seconds, cpus, memory_mb, state_max_mb)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING *`,
     [
       d.id,
       d.name,
@@ -86,6 +87,7 @@ export async function insertDeployment(
       d.limits.timeoutSeconds ?? null,
       d.limits.cpus ?? null,
       d.limits.memoryMb ?? null,
+      d.limits.stateMaxMb ?? null,
     ],
   );
   return toDeployment(rows[0]!);

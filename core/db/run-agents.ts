@@ -60,6 +60,25 @@ export async function runAgentStarted(db: Queryable, runId: string): Promise<boo
   return rows[0]?.started ?? false;
 }
 
+/** What the agent API refused about a run's state; the first such failure is kept. */
+export interface AgentStateFailure {
+  reason: 'state-corrupt' | 'state-too-large';
+  message: string;
+}
+
+export async function recordAgentStateFailure(db: Queryable, runId: string, failure: { reason: string; message: string }): Promise<void> {
+  if (failure.reason !== 'state-corrupt' && failure.reason !== 'state-too-large') return;
+  await db.query(`UPDATE run_agents SET state_failure = $2 WHERE run_id = $1 AND state_failure IS NULL`, [
+    runId,
+    { reason: failure.reason, message: failure.message },
+  ]);
+}
+
+export async function getAgentStateFailure(db: Queryable, runId: string): Promise<AgentStateFailure | undefined> {
+  const { rows } = await db.query<{ state_failure: AgentStateFailure | null }>(`SELECT state_failure FROM run_agents WHERE run_id = $1`, [runId]);
+  return rows[0]?.state_failure ?? undefined;
+}
+
 /** The first report wins: a runner retrying after a lost answer cannot change what was recorded. */
 export async function recordAgentResult(db: Queryable, runId: string, result: AgentResult): Promise<void> {
   await db.query(`UPDATE run_agents SET result = $2, result_at = now() WHERE run_id = $1 AND result IS NULL`, [runId, result]);

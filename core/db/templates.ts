@@ -1,11 +1,12 @@
 import type { ParameterDeclaration, RunLimits } from '../domain.js';
 
 /** Shared by template versions and deployments: unset columns are left out. */
-export function limitsOf(r: { timeout_seconds: number | null; cpus: string | null; memory_mb: number | null }): RunLimits {
+export function limitsOf(r: { timeout_seconds: number | null; cpus: string | null; memory_mb: number | null; state_max_mb: number | null }): RunLimits {
   return {
     ...(r.timeout_seconds !== null ? { timeoutSeconds: r.timeout_seconds } : {}),
     ...(r.cpus !== null ? { cpus: Number(r.cpus) } : {}),
     ...(r.memory_mb !== null ? { memoryMb: r.memory_mb } : {}),
+    ...(r.state_max_mb !== null ? { stateMaxMb: r.state_max_mb } : {}),
   };
 }
 import { AppError, ErrorCode } from '../errors.js';
@@ -66,6 +67,7 @@ interface TemplateVersionRow {
   timeout_seconds: number | null;
   cpus: string | null;
   memory_mb: number | null;
+  state_max_mb: number | null;
   type_name: string | null;
   type_version: number | null;
   source: TemplateSourceInfo | null;
@@ -158,11 +160,11 @@ export async function insertTemplateVersion(
   }
   const { rows } = await tx.query<TemplateVersionRow>(
     `INSERT INTO template_versions (template_name, version, image, parameters, actions, tf_vars, created_by, timeout_seconds, cpus, memory_mb,
-                                    type_name, type_version, source_id, source, build_id, adhoc, fixed_parameters)
+                                    type_name, type_version, source_id, source, build_id, adhoc, fixed_parameters, state_max_mb)
      VALUES ($1::text, coalesce($17::integer, greatest(
                (SELECT coalesce(max(version), 0) FROM template_versions WHERE template_name = $1::text),
                (SELECT coalesce(max(version), 0) FROM template_builds WHERE template_name = $1::text)) + 1),
-             $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $18)
      RETURNING *`,
     [
       v.templateName,
@@ -182,6 +184,7 @@ export async function insertTemplateVersion(
       v.origin?.adhoc ?? false,
       JSON.stringify(v.origin?.fixedParameters ?? {}),
       v.version ?? null,
+      v.limits.stateMaxMb ?? null,
     ],
   );
   return toVersion(rows[0]!);

@@ -177,7 +177,7 @@ async function main(): Promise<void> {
         config,
         docker,
         logSink: new PostgresLogSink(db),
-        stateStore: new PostgresStateStore(db, box, config.state.versionsKept),
+        stateStore: new PostgresStateStore(db, box, config.state),
         templateFiles: new PostgresTemplateFiles(db),
       });
       const nodeDone = nodeWorker.run();

@@ -40,7 +40,7 @@ describe('run phases', () => {
     // No node worker: a run is started by its workflow and then waits for its node, so it stays running.
     sys = await startTestSystem({ nodeWorker: false, env: { GLIDERGUN_NODE_WAIT_SECONDS: '300' } });
     const box = new SecretBox(await loadEncryptionKey({ base64: sys.config.security.encryptionKey, file: sys.config.security.encryptionKeyFile }));
-    store = new PostgresStateStore(sys.db, box);
+    store = new PostgresStateStore(sys.db, box, sys.config.state);
     template = await registerExampleTemplate(sys.call);
   });
   after(async () => {

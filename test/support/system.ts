@@ -146,7 +146,7 @@ export async function startTestSystem(
     if (!nodeWorker) {
       const box = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
       nodeWorker = start(
-        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box, config.state.versionsKept), templateFiles: new PostgresTemplateFiles(db) }),
+        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box, config.state), templateFiles: new PostgresTemplateFiles(db) }),
       );
     }
   };

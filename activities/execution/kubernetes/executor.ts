@@ -10,7 +10,7 @@ import {
   type V1Job,
 } from '@kubernetes/client-node';
 import { ApplicationFailure } from '@temporalio/common';
-import type { AgentResult } from '../../../core/db/run-agents.js';
+import type { AgentResult, AgentStateFailure } from '../../../core/db/run-agents.js';
 import type { RunOutcome, RunSpec } from '../../../core/domain.js';
 import { ExecutionFailure, type ExecutionAdapter, type ExecutionContext } from '../adapter.js';
 import { ImageAccessDeniedError, ImageNotFoundError, parseImageReference, RegistryUnavailableError, type RegistryClient } from '../image-config.js';
@@ -38,6 +38,10 @@ export interface RunAgents {
   /** The runner has called in, so the template may have started. */
   started(runId: string): Promise<boolean>;
   result(runId: string): Promise<AgentResult | undefined>;
+  /** The runner is storing /state: the template has ended, and stopping the pod now would lose the archive. */
+  archiving(runId: string): Promise<boolean>;
+  /** What the agent API refused about the run's state (a damaged version to restore, an archive over the limit). */
+  stateFailure(runId: string): Promise<AgentStateFailure | undefined>;
 }
 
 function status(err: unknown): number | undefined {
@@ -198,6 +202,8 @@ export class KubernetesExecutor implements ExecutionAdapter {
 
   private async supervise(job: V1Job, spec: RunSpec, ctx: ExecutionContext): Promise<RunOutcome> {
     let stopReason: StopReason | undefined = spec.cancelNow ? 'cancelled' : undefined;
+    /** A cancel or the deadline came once the template had ended and its runner was archiving: let it finish. */
+    let lateStop: StopReason | undefined;
     let stopSentTo: string | undefined;
     let deadline: number | undefined;
     let progress: { phase: string; containerId?: string } = { phase: 'preparing' };
@@ -211,12 +217,17 @@ export class KubernetesExecutor implements ExecutionAdapter {
         if (ctx.abandon?.aborted) {
           throw new Error('stopped watching the run (its workflow ended, was reset, or this worker is stopping); the Job is left running');
         }
-        if (!stopReason && ctx.signal.aborted) stopReason = 'cancelled';
+        if (!stopReason && !lateStop && ctx.signal.aborted) stopReason = 'cancelled';
         let lookAgainBy = Date.now() + LOOK_MS;
         const seen = await this.observe(spec.runId);
         lookedAt = Date.now();
 
-        if (seen.kind === 'ended') return await this.outcome(spec, seen, stopReason);
+        if (seen.kind === 'ended') {
+          const outcome = await this.outcome(spec, seen, stopReason);
+          if (!lateStop) return outcome;
+          const why = lateStop === 'cancelled' ? 'a cancel' : 'the run timeout';
+          return { ...outcome, warnings: [...(outcome.warnings ?? []), `${why} came while /state was being archived, after the template had ended; the archive was completed`] };
+        }
         if (seen.kind === 'no-pod') {
           if (seen.jobFailure) return await this.outcome(spec, { kind: 'ended', podName: '', exitCode: undefined, reason: 'JobFailed', message: seen.jobFailure }, stopReason);
           progress = { phase: 'preparing' };
@@ -241,6 +252,11 @@ export class KubernetesExecutor implements ExecutionAdapter {
           // Counted from the template container's start, so an adopted run keeps its original deadline.
           deadline ??= seen.startedAt.getTime() + spec.timeoutSeconds * 1000;
           if (!stopReason && Date.now() > deadline) stopReason = 'timeout';
+          if (stopReason && !stopSentTo && (await this.agents.archiving(spec.runId))) {
+            // The template has ended; deleting the pod now would cut the archive short after its grace.
+            lateStop ??= stopReason;
+            stopReason = undefined;
+          }
           if (stopReason && stopSentTo !== seen.podName) {
             ctx.log(`stopping the pod: ${stopReason}`, { pod: seen.podName, graceSeconds: spec.stopGraceSeconds });
             // The pod-runner gets SIGTERM, passes it to the template's process group, SIGKILLs it after the
@@ -250,7 +266,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
             );
             stopSentTo = seen.podName;
           }
-          if (!stopReason) lookAgainBy = Math.min(lookAgainBy, deadline + 1);
+          if (!stopReason && !lateStop) lookAgainBy = Math.min(lookAgainBy, deadline + 1);
           progress = { phase: stopReason ? 'stopping' : 'executing', containerId: seen.podName };
         }
         // A stopped pod can vanish before we see it end: its runner's report is then the only trace.
@@ -261,7 +277,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
           lookAgainBy = Math.min(lookAgainBy, Date.now() + LOOK_WHILE_STOPPING_MS);
         }
         // A cancel wakes the wait only until it is acted on; after that it would make this loop spin.
-        await this.podEvents.next(spec.runId, Math.max(0, lookAgainBy - Date.now()), [stopReason ? undefined : ctx.signal, ctx.abandon]);
+        await this.podEvents.next(spec.runId, Math.max(0, lookAgainBy - Date.now()), [stopReason || lateStop ? undefined : ctx.signal, ctx.abandon]);
       }
     } finally {
       clearInterval(heartbeat);
@@ -270,10 +286,16 @@ export class KubernetesExecutor implements ExecutionAdapter {
 
   private async outcome(spec: RunSpec, ended: Extract<PodObservation, { kind: 'ended' }>, stopReason: StopReason | undefined): Promise<RunOutcome> {
     let result = await this.agents.result(spec.runId);
+    let stateFailure = await this.agents.stateFailure(spec.runId);
     const waitUntil = Date.now() + RESULT_WAIT_MS;
-    while (!result && Date.now() < waitUntil && ended.reason !== 'InitContainerFailed' && ended.reason !== 'JobFailed') {
+    // A runner refused its state to restore reports nothing more: the template never started.
+    while (!result && stateFailure?.reason !== 'state-corrupt' && Date.now() < waitUntil && ended.reason !== 'InitContainerFailed' && ended.reason !== 'JobFailed') {
       await sleep(500);
       result = await this.agents.result(spec.runId);
+      stateFailure = await this.agents.stateFailure(spec.runId);
+    }
+    if (stateFailure) {
+      return { status: 'failed', reason: stateFailure.reason, message: stateFailure.message, ...(result ? { exitCode: result.exitCode, warnings: result.warnings } : {}) };
     }
     const oom = ended.reason === 'OOMKilled' ? ' (killed: out of memory)' : '';
     if (!result) {
