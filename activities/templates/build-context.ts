@@ -68,6 +68,9 @@ export function templateBuildContext(dockerfile: string, source: Buffer, onFile?
   const write = (header: Header, body?: NodeJS.ReadableStream) =>
     new Promise<void>((resolve, reject) => {
       const sink = pack.entry(header, (err) => (err ? reject(err) : resolve()));
+      // A reader that goes away (the engine refused the build) destroys the pack and so this entry; the
+      // callback above reports it, and this keeps the entry's 'error' event from being thrown out of the process.
+      sink.on('error', () => undefined);
       body?.on('error', reject).pipe(sink);
     });
   const folder = { name: `${CONTEXT_TEMPLATE_DIR}/`, type: 'directory', mode: 0o755, mtime: FIXED_MTIME } as const;
