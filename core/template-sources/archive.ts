@@ -51,26 +51,29 @@ export async function writeArchive(tree: SourceTree): Promise<NormalizedSource> 
 
 const FIXED = { uid: 0, gid: 0, uname: '', gname: '', mtime: new Date(0) };
 
+/**
+ * Adds one entry and settles once it is in the archive. A pack destroyed meanwhile (the archive failed)
+ * destroys its entries with its error: the callback reports it, and the listener keeps the entry's own
+ * 'error' event from being thrown out of the process.
+ */
+function addEntry(pack: tar.Pack, header: Parameters<tar.Pack['entry']>[0], chunks: Buffer[] = []): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const sink = pack.entry(header, (err?: Error | null) => (err ? reject(err) : resolve()));
+    sink.on('error', () => undefined);
+    chunks.forEach((chunk) => sink.write(chunk));
+    if (header.type === 'file') sink.end(null);
+  });
+}
+
 async function writeEntry(pack: tar.Pack, entry: TreeEntry): Promise<void> {
   switch (entry.kind) {
     case 'dir':
-      pack.entry({ ...FIXED, name: `${entry.path}/`, type: 'directory', mode: 0o755 });
-      return;
+      return addEntry(pack, { ...FIXED, name: `${entry.path}/`, type: 'directory', mode: 0o755 });
     case 'symlink':
-      pack.entry({ ...FIXED, name: entry.path, type: 'symlink', linkname: entry.target, mode: 0o777 });
-      return;
+      return addEntry(pack, { ...FIXED, name: entry.path, type: 'symlink', linkname: entry.target, mode: 0o777 });
     case 'file': {
       const chunks = 'chunks' in entry.content ? entry.content.chunks : [await readFromDisk(entry.content.diskPath, entry.size)];
-      const header = { ...FIXED, name: entry.path, type: 'file' as const, mode: entry.executable ? 0o755 : 0o644, size: entry.size };
-      await new Promise<void>((resolve, reject) => {
-        const done = (err?: Error | null) => (err ? reject(err) : resolve());
-        if (chunks.length === 0) {
-          pack.entry(header, Buffer.alloc(0), done);
-          return;
-        }
-        const sink = pack.entry(header, done);
-        chunks.forEach((chunk, i) => (i === chunks.length - 1 ? sink.end(chunk) : sink.write(chunk)));
-      });
+      return addEntry(pack, { ...FIXED, name: entry.path, type: 'file', mode: entry.executable ? 0o755 : 0o644, size: entry.size }, chunks);
     }
   }
 }
