@@ -50,7 +50,10 @@ export async function startEmbeddedPostgres(opts: { dataDir: string; port: numbe
     out(`initialising an embedded Postgres in ${databaseDir}`);
     await server.initialise();
   }
-  await server.start();
+  // The package rejects with nothing when the server exits during start-up (its reason went to onError).
+  await server.start().catch((err: unknown) => {
+    throw err instanceof Error ? err : new Error(`the embedded Postgres in ${databaseDir} exited during start-up (is port ${opts.port} in use? its words are above)`);
+  });
   const url = `postgres://postgres:postgres@127.0.0.1:${opts.port}/${opts.database}`;
   await ensureDatabase(`postgres://postgres:postgres@127.0.0.1:${opts.port}/postgres`, opts.database);
   return {
