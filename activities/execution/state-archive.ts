@@ -22,9 +22,23 @@ type EntrySink = ReturnType<tar.Pack['entry']>;
  *
  * Every failure ends as one error on the returned stream, never as an 'error' event nobody listens to: a
  * file that cannot be read or a folder that cannot be walked destroys it with that error. A reader that
- * stops early (its store failed) or destroys it stops the walk, and the open file is closed.
+ * stops early (its store failed) or destroys it stops the walk, and the open file is closed. Nothing is
+ * read before the stream is: a store that fails before it reads a byte leaves no walk waiting and no file open.
  */
 export function packState(dir: string, warn: (message: string) => void): Readable {
+  return Readable.from(packing(dir, warn), { objectMode: false });
+}
+
+async function* packing(dir: string, warn: (message: string) => void): AsyncGenerator<Buffer> {
+  const archive = startPacking(dir, warn);
+  try {
+    yield* archive as AsyncIterable<Buffer>;
+  } finally {
+    archive.destroy(); // a reader that left early: stops the walk (a no-op once the archive has ended)
+  }
+}
+
+function startPacking(dir: string, warn: (message: string) => void): Readable {
   const pack = tar.pack();
   const gzip = zlib.createGzip({ level: GZIP_LEVEL, chunkSize: 256 * 1024 });
   // streamx's pipe with a callback: an error or an early close of either side destroys the other (a reader

@@ -73,6 +73,15 @@ describe('state archives under failure', () => {
     });
   }
 
+  it('walks nothing and opens no file until it is read, so a store that fails before reading leaves nothing behind', async () => {
+    const warnings: string[] = [];
+    const archive = packState(await bigState(), (w) => warnings.push(w));
+    await settle();
+    assert.deepEqual((await openFds()).filter((fd) => !fdsBefore.includes(fd)), [], 'no file is open');
+    assert.deepEqual(warnings, []);
+    archive.destroy();
+  });
+
   it('fails the stream with the error when the walk fails half-way (a path longer than PATH_MAX)', async () => {
     const dir = await dirs.fresh();
     await writeFile(path.join(dir, 'a-big'), randomBytes(4 * 1024 * 1024));
