@@ -34,6 +34,11 @@ import {
 } from '../support/dev-stack.js';
 import { env, eventually, images, noCluster, SECRETS_ROOT } from '../support/system.js';
 
+/** A pod that runs until killed, in the runs' namespace (its ServiceAccount exists once the stack serves). */
+async function runSleeper(kubectl: string, kubeconfig: string, image: string): Promise<void> {
+  await run(kubectl, ['--kubeconfig', kubeconfig, '-n', 'glider-gun-runs', 'run', 'sleeper', '--image', image, '--restart=Never', '--command', '--', 'sleep', '3600']);
+}
+
 function exampleImageOf(s: StackProcess): string {
   const image = /runs Jobs in namespace \S+; image (\S+)/.exec(s.output())?.[1];
   assert.ok(image, 'the stack prints its example image');
@@ -125,7 +130,7 @@ describe(`the dev stack${devKubernetes ? ' with its dev Kubernetes' : ''} after 
       const kubectl = path.join(path.dirname(env('GG_TEST_KUBECTL')), 'kubectl');
       const kubeconfig = path.join(dataDir, 'kubernetes', 'admin.kubeconfig');
       const image = exampleImageOf(s);
-      await run(kubectl, ['--kubeconfig', kubeconfig, 'run', 'sleeper', '--image', image, '--restart=Never', '--command', '--', 'sleep', '3600']);
+      await runSleeper(kubectl, kubeconfig, image);
       await eventually('the pod to run', async () => ((await processesInCgroupRoot(clusterNames(path.join(dataDir, 'kubernetes')).cgroupRoot)).length > 1 ? true : undefined), 60_000);
     }
     const procs = await stackProcesses(s.child.pid!, dataDir);
@@ -149,7 +154,7 @@ describe(`the dev stack${devKubernetes ? ' with its dev Kubernetes' : ''} after 
       const kubectl = path.join(path.dirname(env('GG_TEST_KUBECTL')), 'kubectl');
       const kubeconfig = path.join(dataDir, 'kubernetes', 'admin.kubeconfig');
       const image = exampleImageOf(s);
-      await run(kubectl, ['--kubeconfig', kubeconfig, 'run', 'sleeper', '--image', image, '--restart=Never', '--command', '--', 'sleep', '3600']);
+      await runSleeper(kubectl, kubeconfig, image);
       await eventually('the pod to run', async () => ((await processesInCgroupRoot(clusterNames(path.join(dataDir, 'kubernetes')).cgroupRoot)).length > 1 ? true : undefined), 60_000);
     }
     const procs = await stackProcesses(s.child.pid!, dataDir);
