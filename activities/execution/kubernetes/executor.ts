@@ -313,6 +313,11 @@ export class KubernetesExecutor implements ExecutionAdapter {
       ...(result.stateVersion !== undefined ? { stateVersion: result.stateVersion } : {}),
     };
     if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled on request', ...extras };
+    if (!stopReason && result.stateVersion === undefined) {
+      // Nothing is lost silently: a template that ended by itself but whose /state was not stored did not succeed.
+      const why = result.warnings.find((w) => w.startsWith('archiving /state failed')) ?? 'the runner stored no state version';
+      return { status: 'failed', reason: 'infrastructure', message: `the template exited with code ${result.exitCode}, but its /state could not be stored: ${why}`, ...extras };
+    }
     if (stopReason === 'timeout') {
       return { status: 'failed', reason: 'timeout', message: `exceeded the run timeout of ${spec.timeoutSeconds}s`, ...extras };
     }
