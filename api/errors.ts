@@ -103,6 +103,12 @@ export function toAppError(err: unknown): AppError {
 
 export function errorHandler(logError: (err: unknown, req: { method: string; path: string }) => void): ErrorRequestHandler {
   return (err: unknown, req, res, _next) => {
+    if (req.destroyed && !req.complete) {
+      // The client went away half-way through sending its request (an upload cut off): there is no one to
+      // answer, and nothing of ours failed.
+      res.destroy();
+      return;
+    }
     const appError = toAppError(err);
     if (appError.code === ErrorCode.Internal || appError.code === ErrorCode.DependencyUnavailable) logError(err, req);
     if (res.headersSent) {

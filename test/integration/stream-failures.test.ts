@@ -146,6 +146,18 @@ describe('stream failures', () => {
     assert.equal((await fetch(`${sys.api.url}/healthz`)).status, 200);
   }
 
+  /** A second API on the same database whose error log is kept (the test system's is silent). */
+  async function withLoggedApi(fn: (url: string, logged: string[]) => Promise<void>, db = sys.db): Promise<void> {
+    const logged: string[] = [];
+    const log = pino({ level: 'error' }, { write: (line: string) => logged.push(line) });
+    const api = await startApiServer({ config: sys.config, db, connection: sys.client.connection as Connection, log });
+    try {
+      await fn(api.url, logged);
+    } finally {
+      await api.close();
+    }
+  }
+
   /** A session of its own that can take locks and end other sessions. */
   async function session(): Promise<pg.Client & { pid: number }> {
     const client = new pg.Client({ connectionString: env('GG_TEST_DATABASE_URL') });
@@ -353,26 +365,28 @@ describe('stream failures', () => {
       const url = new URL(env('GG_TEST_DATABASE_URL'));
       url.searchParams.set('application_name', appName);
       const db = createPool(url.toString(), 2);
-      const api = await startApiServer({ config: sys.config, db, connection: sys.client.connection as Connection, log: pino({ level: 'silent' }) });
       const locker = await session();
       try {
-        const failing = follow(`${api.url}${path}`, (e) => e.some((x) => x.event === 'end' || x.event === 'error'));
-        await soon('the second API to follow the log', async () => {
-          const { rows } = await sys.db.query('SELECT 1 FROM pg_stat_activity WHERE application_name = $1', [appName]);
-          return rows.length > 0 ? true : undefined;
-        });
-        await locker.query('BEGIN');
-        await locker.query('LOCK TABLE run_log_chunks IN ACCESS EXCLUSIVE MODE');
-        await terminateBlocked(locker, 'SELECT seq, stream', `AND application_name = '${appName}'`);
-        await locker.query('ROLLBACK');
-        const events = await failing;
-        const last = events[events.length - 1]!;
-        assert.equal(last.event, 'error', JSON.stringify(events.slice(-3)));
-        assert.equal((JSON.parse(last.data) as { code: string }).code, 'DEPENDENCY_UNAVAILABLE');
+        await withLoggedApi(async (apiUrl, logged) => {
+          const failing = follow(`${apiUrl}${path}`, (e) => e.some((x) => x.event === 'end' || x.event === 'error'));
+          await soon('the second API to follow the log', async () => {
+            const { rows } = await sys.db.query('SELECT 1 FROM pg_stat_activity WHERE application_name = $1', [appName]);
+            return rows.length > 0 ? true : undefined;
+          });
+          await locker.query('BEGIN');
+          await locker.query('LOCK TABLE run_log_chunks IN ACCESS EXCLUSIVE MODE');
+          await terminateBlocked(locker, 'SELECT seq, stream', `AND application_name = '${appName}'`);
+          await locker.query('ROLLBACK');
+          const events = await failing;
+          const last = events[events.length - 1]!;
+          assert.equal(last.event, 'error', JSON.stringify(events.slice(-3)));
+          assert.equal((JSON.parse(last.data) as { code: string }).code, 'DEPENDENCY_UNAVAILABLE');
+          assert.equal(logged.length, 1, 'and the API logged the failure once');
+          assert.match(logged[0]!, /terminating connection/);
+        }, db);
       } finally {
         await locker.query('ROLLBACK').catch(() => undefined);
         await locker.end();
-        await api.close();
         await db.end();
       }
       // The main API follows the same log to its end.
@@ -391,9 +405,13 @@ describe('stream failures', () => {
 
     it('takes a template source after uploads cut half-way and bodies that are not the archive they claim', async () => {
       const big = gzipSync(randomBytes(8 * 1024 * 1024));
-      for (let i = 0; i < 3; i++) {
-        await cutShort(sourcesUrl(), { method: 'POST', headers: { ...auth(sys.tokens.author), 'content-type': 'application/gzip' }, body: big, sendBytes: 1024 * 1024 });
-      }
+      await withLoggedApi(async (url, logged) => {
+        for (let i = 0; i < 3; i++) {
+          await cutShort(`${url}/v1/template-sources`, { method: 'POST', headers: { ...auth(sys.tokens.author), 'content-type': 'application/gzip' }, body: big, sendBytes: 1024 * 1024 });
+        }
+        await new Promise((r) => setTimeout(r, 200));
+        assert.deepEqual(logged, [], 'an upload its client cut off is no failure of the API');
+      });
       const good = await tgzOf({ 'Dockerfile': 'FROM scratch\n', 'main.sh': 'echo hi\n' });
       for (const [body, type] of [
         [randomBytes(64 * 1024), 'application/gzip'],
@@ -422,7 +440,11 @@ describe('stream failures', () => {
       const headers = { authorization: `Bearer ${credential}`, 'content-type': 'application/gzip' };
       try {
         const archive = gzipSync(randomBytes(12 * 1024 * 1024), { level: 0 });
-        for (let i = 0; i < 3; i++) await cutShort(stateUrl, { method: 'PUT', headers, body: archive, sendBytes: 2 * 1024 * 1024 });
+        await withLoggedApi(async (url, logged) => {
+          for (let i = 0; i < 3; i++) await cutShort(`${url}/v1/agent/runs/${runId}/state`, { method: 'PUT', headers, body: archive, sendBytes: 2 * 1024 * 1024 });
+          await new Promise((r) => setTimeout(r, 200));
+          assert.deepEqual(logged, [], 'an upload its client cut off is no failure of the API');
+        });
         const put = await fetch(stateUrl, { method: 'PUT', body: archive, headers });
         assert.equal(put.status, 200, await put.clone().text());
         const written = (await put.json()) as { version: number; sha256: string };
