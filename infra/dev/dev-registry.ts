@@ -6,7 +6,7 @@
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { freePort, isPortInUse } from './ports.js';
+import { isPortInUse, keepablePort } from './ports.js';
 import type { Say } from './progress.js';
 import { startImageRegistry, type ImageRegistry } from './registry.js';
 
@@ -24,7 +24,7 @@ export async function devRegistryPort(dataDir: string, requested = process.env.G
     }
     return port;
   }
-  return (await isPortInUse(DEFAULT_DEV_REGISTRY_PORT)) ? freePort() : DEFAULT_DEV_REGISTRY_PORT;
+  return (await isPortInUse(DEFAULT_DEV_REGISTRY_PORT)) ? keepablePort() : DEFAULT_DEV_REGISTRY_PORT;
 }
 
 export async function startDevRegistry(dataDir: string, out: Say): Promise<ImageRegistry> {

@@ -1,3 +1,5 @@
+import { randomInt } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 
 /** An unused TCP port on 127.0.0.1, so test stacks never collide with a running dev stack. */
@@ -22,4 +24,25 @@ export async function isPortInUse(port: number, host = '127.0.0.1'): Promise<boo
     });
     socket.once('error', () => resolve(false));
   });
+}
+
+/**
+ * A free port to keep across restarts (the dev registry's, whose port every built image names): below the
+ * kernel's ephemeral range, which outgoing connections take their local ports from; one of them holding the
+ * port when we listen again would fail the listen with EADDRINUSE.
+ */
+export async function keepablePort(host = '127.0.0.1'): Promise<number> {
+  const range = await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').catch(() => '32768 60999');
+  const ephemeralFrom = Number(range.trim().split(/\s+/)[0]) || 32768;
+  const low = Math.min(20_000, Math.floor(ephemeralFrom / 2));
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = randomInt(low, ephemeralFrom);
+    const free = await new Promise<boolean>((resolve) => {
+      const server = net.createServer();
+      server.once('error', () => resolve(false));
+      server.listen(port, host, () => server.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  return freePort();
 }

@@ -12,6 +12,8 @@ import { run } from '../../infra/dev/commands.js';
 import { clusterNames, processesOf } from '../../infra/dev/leftovers.js';
 import { mountsUnder } from '../../infra/dev/mounts.js';
 import { isPortInUse } from '../../infra/dev/ports.js';
+
+export { keepablePort } from '../../infra/dev/ports.js';
 import { listProcesses, processInfo, programName, stillRunning, withDescendants, type ProcessInfo } from '../../infra/dev/processes.js';
 import { readRecord } from '../../infra/dev/run-records.js';
 
