@@ -1,5 +1,4 @@
 import { constants } from 'node:fs';
-import { once } from 'node:events';
 import { lstat, mkdir, open, readdir, readlink, symlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -51,7 +50,7 @@ function startPacking(dir: string, warn: (message: string) => void): Readable {
   });
 
   /** Adds one entry and settles when it is whole in the archive, or fails when the pack is destroyed. */
-  const entry = (header: Partial<tar.Header> & { name: string }, write?: (sink: EntrySink, failed: Promise<never>) => Promise<void>): Promise<void> => {
+  const entry = (header: Partial<tar.Header> & { name: string }, write?: (sink: EntrySink) => Promise<void>): Promise<void> => {
     if (stopped) return Promise.reject(new Error('the state archive was stopped'));
     let sink!: EntrySink;
     const done = new Promise<void>((resolve, reject) => {
@@ -61,9 +60,8 @@ function startPacking(dir: string, warn: (message: string) => void): Readable {
     // sink's own 'error' event from being thrown.
     sink.on('error', () => undefined);
     if (!write) return done;
-    const failed = done.then(() => new Promise<never>(() => undefined));
-    failed.catch(() => undefined);
-    return write(sink, failed).then(
+    done.catch(() => undefined); // a copy that fails reports its own error; this one is then beside the point
+    return write(sink).then(
       () => done,
       (err: unknown) => {
         sink.destroy(err instanceof Error ? err : new Error(String(err)));
@@ -72,13 +70,18 @@ function startPacking(dir: string, warn: (message: string) => void): Readable {
     );
   };
 
-  /** Copies `size` bytes of an open file into its entry, with back-pressure, stopping when the pack is gone. */
-  const copy = async (relPath: string, handle: FileHandle, size: number, sink: EntrySink, failed: Promise<never>): Promise<void> => {
+  /**
+   * Copies `size` bytes of an open file into its entry, with back-pressure. Stops when the entry is destroyed
+   * with the pack (its callback then says why). Waits on events, never by racing a promise that stays pending
+   * for the whole copy: each race would keep its outcome, and with it every buffer read, alive until the end.
+   */
+  const copy = async (relPath: string, handle: FileHandle, size: number, sink: EntrySink): Promise<void> => {
     let position = 0;
     let shrank = false;
     while (position < size) {
+      if (sink.destroying) return;
       const buffer = Buffer.allocUnsafe(Math.min(READ_BYTES, size - position));
-      const { bytesRead } = shrank ? { bytesRead: 0 } : await Promise.race([handle.read(buffer, 0, buffer.length, position), failed]);
+      const { bytesRead } = shrank ? { bytesRead: 0 } : await handle.read(buffer, 0, buffer.length, position);
       if (bytesRead === 0) {
         // The header already promised `size` bytes: the rest is zeros, as GNU tar does, and said so.
         if (!shrank) warn(`${relPath} shrank while being archived; its last ${size - position} bytes are stored as zeros`);
@@ -87,7 +90,7 @@ function startPacking(dir: string, warn: (message: string) => void): Readable {
       }
       const piece = bytesRead === 0 || bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
       position += piece.length;
-      if (!sink.write(piece)) await Promise.race([once(sink, 'drain'), failed]);
+      if (!sink.write(piece)) await drainedOrGone(sink);
     }
     sink.end(null);
   };
@@ -113,7 +116,7 @@ function startPacking(dir: string, warn: (message: string) => void): Readable {
             warn(`${relPath} changed into something other than a file while being archived; skipped`);
             continue;
           }
-          await entry({ ...header, size: opened.size }, (sink, failed) => copy(relPath, handle, opened.size, sink, failed));
+          await entry({ ...header, size: opened.size }, (sink) => copy(relPath, handle, opened.size, sink));
         } finally {
           await handle.close();
         }
@@ -129,6 +132,20 @@ function startPacking(dir: string, warn: (message: string) => void): Readable {
     (err: unknown) => pack.destroy(err instanceof Error ? err : new Error(String(err))),
   );
   return gzip;
+}
+
+/** Resolves when the entry takes more data, or when it is destroyed (it will take none then). */
+function drainedOrGone(sink: EntrySink): Promise<void> {
+  if (sink.destroying) return Promise.resolve(); // destroyed while the file was read: no 'close' to come
+  return new Promise((resolve) => {
+    const settle = () => {
+      sink.off('drain', settle);
+      sink.off('close', settle);
+      resolve();
+    };
+    sink.on('drain', settle);
+    sink.on('close', settle);
+  });
 }
 
 /** Entry names must stay inside the folder they are restored into. */

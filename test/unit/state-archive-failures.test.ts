@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, stat, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { packState, unpackState } from '../../activities/execution/state-archive.js';
@@ -80,6 +80,24 @@ describe('state archives under failure', () => {
     assert.deepEqual((await openFds()).filter((fd) => !fdsBefore.includes(fd)), [], 'no file is open');
     assert.deepEqual(warnings, []);
     archive.destroy();
+  });
+
+  it('holds a bounded amount of memory however large the file it archives', async () => {
+    const dir = await dirs.fresh();
+    const file = await open(path.join(dir, 'large'), 'w');
+    const block = Buffer.alloc(1024 * 1024, 7);
+    for (let i = 0; i < 512; i++) await file.write(block);
+    await file.close();
+    const start = process.memoryUsage().rss;
+    let peak = start;
+    const sampling = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 10);
+    try {
+      for await (const _ of packState(dir, () => undefined)) peak = Math.max(peak, process.memoryUsage().rss);
+    } finally {
+      clearInterval(sampling);
+    }
+    const grew = Math.round((peak - start) / (1024 * 1024));
+    assert.ok(grew < 256, `archiving 512 MiB grew the process by ${grew} MiB`);
   });
 
   it('fails the stream with the error when the walk fails half-way (a path longer than PATH_MAX)', async () => {
