@@ -71,8 +71,9 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void stopAll(0));
   // `npm start` runs us under tsx: if that launcher is killed, we are adopted by another process; stop in order.
   const launcher = process.ppid;
-  setInterval(() => {
+  const launcherWatch = setInterval(() => {
     if (process.ppid !== launcher) {
+      clearInterval(launcherWatch);
       say(`the launcher (pid ${launcher}) has gone`);
       void stopAll(1);
     }
