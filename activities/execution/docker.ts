@@ -10,7 +10,7 @@ import { LogFileTailer } from './log-files.js';
 import { DockerLogDemuxer, LogCollector, type LogSink } from './logs.js';
 import { secretStrings } from './masking.js';
 import { readOutputs } from './outputs.js';
-import { packState, unpackState } from './state-archive.js';
+import { isDamagedArchive, packState, unpackState } from './state-archive.js';
 import {
   DEPLOYMENT_LABEL,
   ExecutionFailure,
@@ -353,6 +353,13 @@ export class DockerExecutor implements ExecutionAdapter {
         } catch (err) {
           // However the stopped restore surfaces (our own error, or the unpacker's on a cut stream).
           if (ctx.signal.aborted) return true;
+          if (isDamagedArchive(err)) {
+            throw ApplicationFailure.create({
+              type: 'state-corrupt',
+              message: `state version ${version} of ${spec.deploymentId} cannot be unpacked (${err instanceof Error ? err.message : String(err)}); roll back to an earlier version`,
+              nonRetryable: true,
+            });
+          }
           throw err;
         }
       });

@@ -181,6 +181,16 @@ async function writeSparse(handle: FileHandle, content: AsyncIterable<Buffer>): 
   await handle.truncate(position);
 }
 
+/**
+ * Whether unpacking failed on the archive itself (not gzip, cut short, not tar) rather than on this host
+ * (a full disk, a permission): the former no retry can mend.
+ */
+export function isDamagedArchive(err: unknown): boolean {
+  const code = typeof err === 'object' && err !== null && 'code' in err ? String(err.code) : '';
+  const message = err instanceof Error ? err.message : '';
+  return code.startsWith('Z_') || /^(Invalid tar header|Unexpected end of data|unexpected end of file|incorrect header check)/i.test(message);
+}
+
 /** Restores an archive made by packState into an empty folder, writing nothing outside it. */
 export async function unpackState(dir: string, archive: AsyncIterable<Buffer>): Promise<void> {
   const extract = tar.extract();

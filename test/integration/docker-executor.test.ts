@@ -164,18 +164,34 @@ while true; do sleep 0.1; done
     assert.equal((await containersOf(s.runId)).length, 0);
   });
 
-  it('does not start the template when cancelled while restoring, and still archives the state', async () => {
+  it('stops restoring at a cancel: the template does not start and the previous version stays current', async () => {
     const first = spec();
     const done = await executor.execute(first, {}, context());
     assert.equal(done.status, 'succeeded');
-    const s = spec({ deploymentId: first.deploymentId, restoreStateVersion: done.stateVersion });
     const abort = new AbortController();
-    abort.abort();
-    const result = await executor.execute(s, {}, context(abort.signal));
-    assert.equal(result.status, 'cancelled');
-    assert.equal(result.stateVersion, 2, 'the restored state was archived as the next version');
-    assert.equal((await containersOf(s.runId)).length, 0, 'no container was created');
-    assert.match((await readFile(path.join(executor.runDir(s.runId), 'state', 'run-count'), 'utf8')).trim(), /^1$/, 'the state was restored');
+    // The cancel lands half-way through the restore (a store read in two pieces, the cancel between them).
+    const halting: StateStore = {
+      write: (deploymentId, runId, archive) => memoryState.write(deploymentId, runId, archive),
+      async *read(deploymentId, version) {
+        let whole = Buffer.alloc(0);
+        for await (const piece of memoryState.read(deploymentId, version)) whole = Buffer.concat([whole, piece]);
+        yield whole.subarray(0, whole.length >> 1);
+        abort.abort();
+        yield whole.subarray(whole.length >> 1);
+      },
+    };
+    const halted = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-halt-${process.pid}`), `/dev/shm/glider-gun-test/halt-${process.pid}`, memorySink, halting);
+    const s = spec({ deploymentId: first.deploymentId, restoreStateVersion: done.stateVersion });
+    try {
+      const result = await halted.execute(s, {}, context(abort.signal));
+      assert.equal(result.status, 'cancelled');
+      assert.match(result.message ?? '', /while \/state was being restored/);
+      assert.equal(result.stateVersion, undefined, 'a half-restored /state is not archived');
+      assert.equal(memoryState.versions.get(first.deploymentId)?.length, 1, 'no version was added');
+      assert.equal((await containersOf(s.runId)).length, 0, 'no container was created');
+    } finally {
+      await halted.cleanup(s.runId);
+    }
   });
 
   it('finishes archiving when a cancel arrives during it, reporting what the template did', async () => {
