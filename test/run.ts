@@ -7,6 +7,7 @@
  *   DOCKER_HOST    the Docker engine (default socket otherwise)
  *   GG_TEST_KUBERNETES=0   skip the Kubernetes test cluster (quick local runs; its tests are skipped then)
  *   npm test -- test/unit   runs only the files under the given paths
+ *   npm run test:large      the multi-GiB state tests (test/large), left out of a run that names no path
  */
 import { spawn } from 'node:child_process';
 import { readFile, readdir, rm } from 'node:fs/promises';
@@ -48,7 +49,10 @@ async function podRunnerTests(): Promise<boolean> {
 
 async function main(): Promise<number> {
   const selected = process.argv.slice(2);
-  const files = (await Promise.all((selected.length ? selected : ['test']).map((p) => findTestFiles(p)))).flat();
+  // test/large (multi-GiB states, minutes each) runs as its own step (`npm run test:large`), only when named.
+  const files = selected.length
+    ? (await Promise.all(selected.map((p) => findTestFiles(p)))).flat()
+    : (await findTestFiles('test')).filter((f) => !f.startsWith(`test${path.sep}large${path.sep}`));
   if (files.length === 0) throw new Error(`no test files under ${selected.join(' ')}`);
   if (!(await podRunnerTests())) {
     console.log('the pod-runner\'s Go tests failed: nothing else was run');

@@ -114,19 +114,26 @@ export function agentRouter(deps: AgentDeps): Router {
       next(new AppError(ErrorCode.UnsupportedMediaType, 'the state archive must be sent as application/gzip'));
       return;
     }
-    archiveStateForRun(
-      deps.db,
-      deps.secrets,
-      { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.state.versionsKept, defaultMaxMb: deps.state.maxMb },
-      req,
-    ).then(
-      (v) => res.status(200).json({ version: v.version, sha256: v.sha256, sizeBytes: v.sizeBytes }),
-      async (err: unknown) => {
-        // Over the limit, the run ends as state-too-large whatever the runner reports; the rest of the body is not read.
-        if (err instanceof StateStorageError && err.reason === 'state-too-large') await recordAgentStateFailure(deps.db, grant.runId, err).catch(() => undefined);
-        next(err);
-      },
-    );
+    (async () => {
+      // Already found over the limit: a retried upload is refused before its body is read.
+      const known = await getAgentStateFailure(deps.db, grant.runId);
+      if (known?.reason === 'state-too-large') throw new StateStorageError('state-too-large', known.message, { deploymentId: grant.deploymentId });
+      // Stopping early (over the limit, a superseded write) must leave the connection whole so the runner reads
+      // the refusal; a reset would look like a lost connection and be retried.
+      const body = req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
+      const v = await archiveStateForRun(
+        deps.db,
+        deps.secrets,
+        { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.state.versionsKept, defaultMaxMb: deps.state.maxMb },
+        body,
+      );
+      res.status(200).json({ version: v.version, sha256: v.sha256, sizeBytes: v.sizeBytes });
+    })().catch(async (err: unknown) => {
+      // Over the limit, the run ends as state-too-large whatever the runner reports; the rest of the body is not read.
+      if (err instanceof StateStorageError && err.reason === 'state-too-large') await recordAgentStateFailure(deps.db, grant.runId, err).catch(() => undefined);
+      if (!req.complete) res.setHeader('connection', 'close');
+      next(err);
+    });
   });
 
   /** Log bytes (already masked by the runner) at an offset of a stream: exactly-once whatever is retried. */
