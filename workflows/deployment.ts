@@ -29,6 +29,8 @@ import {
 
 /** Continue-as-new well before Temporal's history limits (51,200 events); a run takes ~30 events. */
 const MAX_HISTORY_EVENTS = 5_000;
+/** Restore plus archive of a run's /state: 6 hours covers the default 4 GiB limit at 0.2 MiB/s. */
+const STORAGE_ALLOWANCE_SECONDS = 6 * 3600;
 const KNOWN_REASONS: readonly FailureReason[] = ['timeout', 'node-unavailable', 'image-unavailable', 'container-vanished', 'state-corrupt', 'state-too-large'];
 
 const db = proxyActivities<RunActivities>({
@@ -145,8 +147,10 @@ export class DeploymentEntity {
       taskQueue: this.state.target.kind === 'node' ? `node-${this.state.target.node}` : this.state.clusterTaskQueue,
       // A node that is down never picks the task up: that is a clear failure, not an endless wait.
       scheduleToStartTimeout: `${started.nodeWaitSeconds} seconds`,
-      // The adapter enforces the run timeout itself; this is only a backstop.
-      startToCloseTimeout: `${spec.timeoutSeconds + spec.stopGraceSeconds + 120} seconds`,
+      // The adapter enforces the run timeout itself; this is only a backstop. Restoring and archiving a large
+      // /state come on top of the run and heartbeat while they move (a stalled store stops the heartbeats),
+      // so they get a storage allowance rather than a share of the run's timeout.
+      startToCloseTimeout: `${spec.timeoutSeconds + spec.stopGraceSeconds + 120 + STORAGE_ALLOWANCE_SECONDS} seconds`,
       heartbeatTimeout: '20 seconds',
       cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
       retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 10 },
