@@ -7,11 +7,13 @@ import type { StateStore } from '../execution/adapter.js';
 
 /**
  * A damaged version or an archive over the limit ends the run with that reason at once: retrying cannot
- * help. A superseded write is not retried either: the attempt that superseded it is the one that counts.
+ * help. A superseded write is retried: the attempt that superseded it may be a stale one (its workflow
+ * terminated, then the run resumed by the reconciler), and the retry claims the version back from it.
  */
 function asFailure(err: unknown): unknown {
   if (!(err instanceof StateStorageError)) return err;
-  return ApplicationFailure.create({ type: err.reason, message: err.message, details: [err.details], nonRetryable: true });
+  const nonRetryable = err.reason !== 'state-write-superseded';
+  return ApplicationFailure.create({ type: err.reason, message: err.message, details: [err.details], nonRetryable });
 }
 
 /** State versions of a node inside the cluster (the built-in node `local`): encrypted chunks in Postgres. */

@@ -83,7 +83,11 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     assert.match(pod?.containers[0]?.image ?? '', /@sha256:[0-9a-f]{64}$/, 'the image is pinned by digest');
     const text = JSON.stringify(job);
     assert.ok(!text.includes(SECRET), 'no sensitive value in the Job');
-    const secret = await core.readNamespacedSecret({ name: jobName(runId), namespace });
+    // The Secret is made before its Job and given the Job as owner right after: wait for that step.
+    const secret = await eventually('the Secret owned by its Job', async () => {
+      const s = await core.readNamespacedSecret({ name: jobName(runId), namespace });
+      return s.metadata?.ownerReferences?.length ? s : undefined;
+    });
     const credential = Buffer.from(secret.data?.credential ?? '', 'base64').toString();
     assert.match(credential, /^ggr_/);
     assert.ok(!text.includes(credential), 'the credential is not in the Job');
