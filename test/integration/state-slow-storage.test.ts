@@ -14,7 +14,7 @@ import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import zlib from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
 import tar from 'tar-stream';
-import { uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
+import { registerBlobTemplate, waitForRun, type RunBody } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
 import { pushToRegistry } from '../support/registry.js';
 import { startSlowProxy, throughProxy, type SlowProxy } from '../support/slow-proxy.js';
@@ -87,15 +87,7 @@ for (const target of ['docker', 'kubernetes'] as const) {
       const dbEnv = { DATABASE_URL: throughProxy(env('GG_TEST_DATABASE_URL'), proxy) };
       sys = await startTestSystem(target === 'kubernetes' ? { nodeWorker: false, env: { ...(await kubernetesEnv()), ...dbEnv } } : { env: dbEnv });
       const image = await pushToRegistry(await scriptImage(sys.docker, SCRIPT));
-      template = uniqueName('slow-state');
-      assert.equal((await sys.call('POST', '/v1/templates', { name: template })).status, 201);
-      const v = await sys.call('POST', `/v1/templates/${template}/versions`, {
-        image,
-        tfVars: true,
-        parameters: [{ name: 'mib', type: 'integer', required: true }],
-        actions: ['deploy', 'destroy', 'verify'],
-      });
-      assert.equal(v.status, 201, JSON.stringify(v.body));
+      template = await registerBlobTemplate(sys.call, 'slow-state', image);
     });
     after(async () => {
       proxy?.setRate(Infinity);

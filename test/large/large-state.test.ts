@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { uniqueName, type RunBody } from '../support/fixtures.js';
+import { registerBlobTemplate, type RunBody } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
 import { pushToRegistry } from '../support/registry.js';
 import { eventually, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
@@ -59,15 +59,7 @@ for (const target of ['docker', 'kubernetes'] as const) {
     before(async () => {
       sys = await startTestSystem(target === 'kubernetes' ? { nodeWorker: false, env: await kubernetesEnv() } : {});
       const image = await pushToRegistry(await scriptImage(sys.docker, SCRIPT));
-      template = uniqueName('large-state');
-      assert.equal((await sys.call('POST', '/v1/templates', { name: template })).status, 201);
-      const v = await sys.call('POST', `/v1/templates/${template}/versions`, {
-        image,
-        tfVars: true,
-        parameters: [{ name: 'mib', type: 'integer', required: true }],
-        actions: ['deploy', 'destroy', 'verify'],
-      });
-      assert.equal(v.status, 201, JSON.stringify(v.body));
+      template = await registerBlobTemplate(sys.call, 'large-state', image);
       await sys.db.query('CREATE EXTENSION IF NOT EXISTS pg_freespacemap');
     });
     after(async () => {

@@ -57,3 +57,18 @@ export function waitForRun(call: Call, runId: string, timeoutMs = 120_000): Prom
     return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
   }, timeoutMs);
 }
+
+/** A template whose version runs `image` with one integer parameter, `mib` (TF_VAR_mib), and a `verify` action. */
+export async function registerBlobTemplate(call: Call, prefix: string, image: string): Promise<string> {
+  const name = uniqueName(prefix);
+  const created = await call('POST', '/v1/templates', { name });
+  if (created.status !== 201) throw new Error(`template not created: ${JSON.stringify(created.body)}`);
+  const version = await call('POST', `/v1/templates/${name}/versions`, {
+    image,
+    tfVars: true,
+    parameters: [{ name: 'mib', type: 'integer', required: true }],
+    actions: ['deploy', 'destroy', 'verify'],
+  });
+  if (version.status !== 201) throw new Error(`version not created: ${JSON.stringify(version.body)}`);
+  return name;
+}
