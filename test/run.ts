@@ -18,7 +18,6 @@ import { K8S_MANAGED_LABEL } from '../activities/execution/kubernetes/job-spec.j
 import { POD_RUNNER_DIR, goEnv } from '../infra/dev/images.js';
 import { say } from '../infra/dev/progress.js';
 import { startTestServices, type TestServices } from '../infra/dev/test-services.js';
-import { SECRETS_ROOT } from './support/system.js';
 
 async function findTestFiles(dir: string): Promise<string[]> {
   if (dir.endsWith('.test.ts')) return [dir];
@@ -29,22 +28,101 @@ async function findTestFiles(dir: string): Promise<string[]> {
     .sort();
 }
 
-/** The pod-runner's own tests (Go, infra/images/pod-runner): a few seconds, before anything is started. */
-async function podRunnerTests(): Promise<boolean> {
+/** What a test run counted. */
+interface Counts {
+  passed: number;
+  failed: number;
+  skipped: number;
+}
+
+/**
+ * The pod-runner's own tests (Go, infra/images/pod-runner): a few seconds, before anything is started.
+ * `go test -json`, so each test is counted (subtests within their test); a failing test's output is printed.
+ */
+async function podRunnerTests(): Promise<{ ok: boolean; counts: Counts }> {
   const started = Date.now();
+  const counts: Counts = { passed: 0, failed: 0, skipped: 0 };
   say('pod-runner (Go): go vet + go test ...');
-  const go = (args: string[]) =>
+  const go = (args: string[], onLine?: (line: string) => void) =>
     new Promise<boolean>((resolve) => {
-      const child = spawn('go', args, { cwd: POD_RUNNER_DIR, env: goEnv(), stdio: ['ignore', 'inherit', 'inherit'] });
+      const child = spawn('go', args, { cwd: POD_RUNNER_DIR, env: goEnv(), stdio: ['ignore', onLine ? 'pipe' : 'inherit', 'inherit'] });
       child.on('error', (err) => {
         say(`cannot run 'go' (${err.message}): install Go 1.24+ (https://go.dev/dl) or put it on PATH`);
         resolve(false);
       });
-      child.on('exit', (code) => resolve(code === 0));
+      if (onLine && child.stdout) {
+        let rest = '';
+        child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+          const lines = (rest + chunk).split('\n');
+          rest = lines.pop() ?? '';
+          lines.forEach(onLine);
+        });
+        child.stdout.on('end', () => rest && onLine(rest));
+      }
+      child.on('close', (code) => resolve(code === 0));
     });
-  const ok = (await go(['vet', './...'])) && (await go(['test', './...']));
-  say(`pod-runner (Go): ${ok ? 'ok' : 'FAILED'} in ${((Date.now() - started) / 1000).toFixed(1)}s`);
-  return ok;
+  // Output is kept per test and printed when the test fails; a package's own output (a build error, a
+  // panic outside a test) when the package fails.
+  const output = new Map<string, string[]>();
+  const onEvent = (line: string) => {
+    let event: { Action?: string; Package?: string; ImportPath?: string; Test?: string; Output?: string };
+    try {
+      event = JSON.parse(line) as typeof event;
+    } catch {
+      if (line.trim()) console.log(line);
+      return;
+    }
+    const key = `${event.Package ?? event.ImportPath ?? ''} ${event.Test ?? ''}`;
+    if (event.Output !== undefined) output.set(key, [...(output.get(key) ?? []), event.Output]);
+    if (event.Action === 'build-output' && event.Output) process.stdout.write(event.Output);
+    const topLevel = event.Test !== undefined && !event.Test.includes('/');
+    if (event.Action === 'fail' && (topLevel || event.Test === undefined)) process.stdout.write((output.get(key) ?? []).join(''));
+    if (!topLevel) return;
+    if (event.Action === 'pass') counts.passed += 1;
+    else if (event.Action === 'fail') counts.failed += 1;
+    else if (event.Action === 'skip') counts.skipped += 1;
+  };
+  const ok = (await go(['vet', './...'])) && (await go(['test', '-json', './...'], onEvent));
+  say(`pod-runner (Go): ${ok ? 'ok' : 'FAILED'} in ${((Date.now() - started) / 1000).toFixed(1)}s: ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`);
+  return { ok: ok && counts.failed === 0, counts };
+}
+
+/** The files left under the tests' secrets folder: a run's secrets that outlived it. Folders alone are no leak. */
+async function leakedSecrets(root: string): Promise<string[]> {
+  const entries = await readdir(root, { withFileTypes: true, recursive: true }).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return [];
+    throw err;
+  });
+  return entries.filter((e) => !e.isDirectory()).map((e) => path.join(e.parentPath, e.name)).sort();
+}
+
+/**
+ * The skipped tests and suites in node's TAP output, by reason. A skipped suite's tests are never declared
+ * (its body is not run), so node's own `# skipped` count leaves them out: a suite counts as one here.
+ */
+function skippedInTap(tap: string): { tests: number; suites: number; byReason: Map<string, { tests: number; suites: number }> } {
+  const lines = tap.split('\n');
+  const result = { tests: 0, suites: 0, byReason: new Map<string, { tests: number; suites: number }>() };
+  lines.forEach((line, i) => {
+    const m = /^\s*ok \d+ - .*? # SKIP\b ?(.*)$/.exec(line);
+    if (!m) return;
+    // The YAML block below the line says whether it was a suite or a test.
+    let suite = false;
+    for (let j = i + 1; j < lines.length && !/^\s*\.\.\.$/.test(lines[j]!); j++) {
+      if (/^\s*type: 'suite'$/.test(lines[j]!)) suite = true;
+    }
+    const reason = m[1]!.trim() || '(no reason given)';
+    const entry = result.byReason.get(reason) ?? { tests: 0, suites: 0 };
+    result.byReason.set(reason, entry);
+    if (suite) {
+      result.suites += 1;
+      entry.suites += 1;
+    } else {
+      result.tests += 1;
+      entry.tests += 1;
+    }
+  });
+  return result;
 }
 
 async function main(): Promise<number> {
@@ -54,7 +132,8 @@ async function main(): Promise<number> {
     ? (await Promise.all(selected.map((p) => findTestFiles(p)))).flat()
     : (await findTestFiles('test')).filter((f) => !f.startsWith(`test${path.sep}large${path.sep}`));
   if (files.length === 0) throw new Error(`no test files under ${selected.join(' ')}`);
-  if (!(await podRunnerTests())) {
+  const goTests = await podRunnerTests();
+  if (!goTests.ok) {
     console.log('the pod-runner\'s Go tests failed: nothing else was run');
     return 1;
   }
@@ -77,6 +156,8 @@ async function main(): Promise<number> {
     }
     services = await startTestServices('test', { kubernetes: process.env.GG_TEST_KUBERNETES !== '0' });
     const { docker, scratch, env } = services;
+    // This run's own secrets folder (test/support/system.ts's SECRETS_ROOT), on memory: checked and removed at the end.
+    const secretsRoot = `/dev/shm/${path.basename(scratch)}-secrets`;
     const tapFile = path.join(scratch, 'results.tap');
     say(`running ${files.length} test files`);
     let hung = false;
@@ -96,7 +177,7 @@ async function main(): Promise<number> {
         ],
         {
           stdio: 'inherit',
-          env: { ...process.env, ...env },
+          env: { ...process.env, ...env, GG_TEST_SECRETS_ROOT: secretsRoot },
         },
       );
       // Without --test-force-exit a file that keeps its process alive would hang the run: say so and stop it.
@@ -121,15 +202,17 @@ async function main(): Promise<number> {
     for (const c of leftovers) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
     const tap = await readFile(tapFile, 'utf8').catch(() => '');
     const count = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
-    let passed = count('pass');
-    let failed = count('fail') + count('cancelled') + (hung ? 1 : 0);
-    if (leftovers.length > 0) {
-      failed += 1;
-      say(`FAIL: ${leftovers.length} container(s) left behind: ${leftovers.map((c) => c.Names.join(',')).join(' ')}`);
-    } else {
-      passed += 1;
-      say('ok: no container left behind');
-    }
+    // The checks after the tests are counted apart from them: `ok` or `failed`, never as tests.
+    const checks = { ok: 0, failed: 0 };
+    const check = (ok: boolean, message: string) => {
+      checks[ok ? 'ok' : 'failed'] += 1;
+      say(`${ok ? 'ok' : 'FAIL'}: ${message}`);
+    };
+    if (hung) check(false, `the tests ended within ${process.env.GG_TEST_MAX_MINUTES ?? 30} min`);
+    check(
+      leftovers.length === 0,
+      leftovers.length === 0 ? 'no container left behind' : `${leftovers.length} container(s) left behind: ${leftovers.map((c) => c.Names.join(',')).join(' ')}`,
+    );
     // Likewise no Job, pod or Secret of a run in the cluster (a pod goes a moment after its Job: wait a little).
     const cluster = services.kubernetes;
     if (cluster) {
@@ -140,18 +223,32 @@ async function main(): Promise<number> {
         await new Promise((r) => setTimeout(r, 1_000));
         left = await objects();
       }
-      if (left) {
-        failed += 1;
-        say(`FAIL: left behind in the cluster: ${left.split('\n').join(' ')}`);
-      } else {
-        passed += 1;
-        say('ok: no Job, pod or Secret left behind in the cluster');
+      check(!left, left ? `left behind in the cluster: ${left.split('\n').join(' ')}` : 'no Job, pod or Secret left behind in the cluster');
+    }
+    // A run's secrets live in memory only while it runs: a file still here is a secret that outlived its run.
+    const leaked = await leakedSecrets(secretsRoot);
+    check(leaked.length === 0, leaked.length === 0 ? `no secrets file left in ${secretsRoot}` : `${leaked.length} secrets file(s) left behind: ${leaked.join(' ')}`);
+    await rm(secretsRoot, { recursive: true, force: true });
+    await services.stop();
+
+    const passed = count('pass');
+    const failed = count('fail') + count('cancelled');
+    const skipped = skippedInTap(tap);
+    const todo = count('todo');
+    console.log('');
+    if (skipped.byReason.size > 0) {
+      say('skipped:');
+      for (const [reason, n] of skipped.byReason) {
+        const kubernetesOff = reason.startsWith('GG_TEST_KUBERNETES=0') ? ' (Kubernetes off)' : '';
+        say(`  ${[n.tests && `${n.tests} test(s)`, n.suites && `${n.suites} whole suite(s)`].filter(Boolean).join(' and ')}: ${reason}${kubernetesOff}`);
       }
     }
-    await rm(SECRETS_ROOT, { recursive: true, force: true });
-    await services.stop();
-    console.log(`${passed} passed, ${failed} failed`);
-    return exitCode !== 0 || failed > 0 ? 1 : 0;
+    say(`pod-runner (Go): ${goTests.counts.passed} passed, ${goTests.counts.failed} failed, ${goTests.counts.skipped} skipped`);
+    say(`leftover checks: ${checks.ok} ok, ${checks.failed} failed`);
+    // A skipped suite's tests are never declared, so it counts as one skipped test here.
+    const suitesNote = skipped.suites > 0 ? ` (${skipped.suites} of them whole suites, whose tests are not counted)` : '';
+    console.log(`${passed} passed, ${failed} failed, ${skipped.tests + skipped.suites} skipped${suitesNote}${todo ? `, ${todo} todo` : ''}`);
+    return exitCode !== 0 || failed > 0 || checks.failed > 0 ? 1 : 0;
   } catch (err) {
     say(`test set-up failed: ${err instanceof Error ? err.message : String(err)}`);
     await services?.stop();

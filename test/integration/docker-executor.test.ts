@@ -12,7 +12,7 @@ import type { StateStore } from '../../activities/execution/adapter.js';
 import type { RunSpec } from '../../core/domain.js';
 import { newId } from '../../core/ids.js';
 import { scriptImage } from '../support/images.js';
-import { env, eventually, images } from '../support/system.js';
+import { env, eventually, images, SECRETS_ROOT } from '../support/system.js';
 
 /** Keeps a run's log in memory, as the adapter hands it over. */
 class MemorySink implements LogSink {
@@ -53,7 +53,7 @@ const memoryState = new MemoryStateStore();
 /** The Docker adapter alone, against the real engine: adoption, timeouts, cancel and lost containers. */
 describe('DockerExecutor', () => {
   const docker = new Docker(process.env.DOCKER_HOST ? undefined : { socketPath: '/var/run/docker.sock' });
-  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`), `/dev/shm/glider-gun-test/executor-${process.pid}`, memorySink, memoryState);
+  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`), path.join(SECRETS_ROOT, `executor-${process.pid}`), memorySink, memoryState);
   const runIds: string[] = [];
   let trapImage: string;
   let stubbornImage: string;
@@ -180,7 +180,7 @@ while true; do sleep 0.1; done
         yield whole.subarray(whole.length >> 1);
       },
     };
-    const halted = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-halt-${process.pid}`), `/dev/shm/glider-gun-test/halt-${process.pid}`, memorySink, halting);
+    const halted = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-halt-${process.pid}`), path.join(SECRETS_ROOT, `halt-${process.pid}`), memorySink, halting);
     const s = spec({ deploymentId: first.deploymentId, restoreStateVersion: done.stateVersion });
     try {
       const result = await halted.execute(s, {}, context(abort.signal));
@@ -203,7 +203,7 @@ while true; do sleep 0.1; done
       },
       read: (deploymentId, version) => memoryState.read(deploymentId, version),
     };
-    const late = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-late-${process.pid}`), `/dev/shm/glider-gun-test/late-${process.pid}`, memorySink, cancellingStore);
+    const late = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-late-${process.pid}`), path.join(SECRETS_ROOT, `late-${process.pid}`), memorySink, cancellingStore);
     const s = spec();
     try {
       const result = await late.execute(s, {}, context(abort.signal));

@@ -239,7 +239,7 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// testdata/state-from-ts.tar.gz was written by the Docker adapter's packState (npx tsx testdata/gen-state-from-ts.ts).
+// testdata/state-from-ts.tar.gz was written by the Docker adapter's packState (testdata/gen-state-from-ts.ts; `npm run parity-vectors`).
 func TestUnpackWhatTypeScriptPacks(t *testing.T) {
 	archive, err := os.ReadFile("testdata/state-from-ts.tar.gz")
 	must(t, err)

@@ -125,7 +125,7 @@ func (m *memoryUploader) putLog(_ context.Context, stream string, offset int64, 
 }
 
 // testdata/log-vectors.json: what the Docker adapter's LogCollector stores for the same pieces, values
-// and cap (npx tsx testdata/gen-log-vectors.ts).
+// and cap (testdata/gen-log-vectors.ts; `npm run parity-vectors` rewrites it, test/unit/parity-vectors.test.ts checks it is current).
 func TestLogCollectorMatchesTypeScript(t *testing.T) {
 	data, err := os.ReadFile("testdata/log-vectors.json")
 	if err != nil {
