@@ -30,11 +30,20 @@ export interface ImageRegistry {
   stop(): Promise<void>;
 }
 
+/** distribution's `auth: token`: clients get a token from `realm`; the registry trusts the keys of `rootCertBundle` (PEM). */
+export interface RegistryTokenAuth {
+  realm: string;
+  service: string;
+  issuer: string;
+  rootCertBundle: string;
+}
+
 /**
  * Debian's docker-registry (distribution) on 127.0.0.1, storing under `dir` (its images in `dir`/data):
- * the dev stack's, the test cluster's, and one a test starts for itself (`readOnly`: one that refuses pushes).
+ * the dev stack's, the test cluster's, and one a test starts for itself (`readOnly`: one that refuses pushes;
+ * `tokenAuth`: one that wants Bearer tokens).
  */
-export async function startImageRegistry(opts: { dir: string; logDir?: string; port?: number; readOnly?: boolean; say?: Say }): Promise<ImageRegistry> {
+export async function startImageRegistry(opts: { dir: string; logDir?: string; port?: number; readOnly?: boolean; tokenAuth?: RegistryTokenAuth; say?: Say }): Promise<ImageRegistry> {
   const out = opts.say ?? defaultSay;
   const address = `127.0.0.1:${opts.port ?? (await freePort())}`;
   await mkdir(opts.dir, { recursive: true });
@@ -53,6 +62,9 @@ export async function startImageRegistry(opts: { dir: string; logDir?: string; p
       '  delete:',
       '    enabled: true',
       ...(opts.readOnly ? ['  maintenance:', '    readonly:', '      enabled: true'] : []),
+      ...(opts.tokenAuth
+        ? ['auth:', '  token:', ...Object.entries({ realm: opts.tokenAuth.realm, service: opts.tokenAuth.service, issuer: opts.tokenAuth.issuer, rootcertbundle: opts.tokenAuth.rootCertBundle }).map(([k, v]) => `    ${k}: ${JSON.stringify(v)}`)]
+        : []),
       'http:',
       `  addr: ${address}`,
       '',
@@ -60,7 +72,14 @@ export async function startImageRegistry(opts: { dir: string; logDir?: string; p
   );
   const daemon = startDaemon('registry', 'docker-registry', ['serve', config], opts.logDir ?? opts.dir);
   try {
-    await waitForDaemon(daemon, `the registry at ${address}`, () => get(`http://${address}/v2/`), 30_000, out);
+    // With token auth, /v2/ answers 401 and a Bearer challenge once it serves.
+    const ready = opts.tokenAuth
+      ? async () => {
+          const res = await fetch(`http://${address}/v2/`, { signal: AbortSignal.timeout(3000) });
+          if (res.status !== 401 || !/^Bearer /.test(res.headers.get('www-authenticate') ?? '')) throw new Error(`http://${address}/v2/: HTTP ${res.status}, not a Bearer challenge`);
+        }
+      : () => get(`http://${address}/v2/`);
+    await waitForDaemon(daemon, `the registry at ${address}`, ready, 30_000, out);
   } catch (err) {
     await daemon.stop();
     throw err;
