@@ -6,7 +6,7 @@ import { Worker } from '@temporalio/worker';
 import { env } from '../support/system.js';
 
 /**
- * Replays recorded histories (test/replay/histories, made by record.test.ts) against today's workflow code:
+ * Replays recorded histories (test/replay/histories, made by `npm run record-histories`) against today's workflow code:
  * a change that would make running deployment or build workflows fail with a non-determinism error fails here.
  */
 describe('recorded workflow histories replay on the current code', () => {
