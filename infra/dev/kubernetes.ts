@@ -43,14 +43,14 @@ const BINARIES = ['kube-apiserver', 'kube-controller-manager', 'kube-scheduler',
 
 /**
  * The Kubernetes components (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl and
- * etcd), built from the Go module proxy on first use (tens of minutes on a small machine) and cached by
+ * etcd), built from the Go module proxy on first use (about 8 minutes on a quiet 2-core machine) and cached by
  * version. Returns the folder holding the binaries.
  */
 export async function ensureKubernetesBinaries(out: Say = defaultSay): Promise<string> {
   const binDir = path.join(cacheDir('kubernetes', KUBERNETES_VERSION), 'bin');
   const present = await Promise.all(BINARIES.map((b) => isExecutable(path.join(binDir, b))));
   if (present.every(Boolean)) return binDir;
-  const folder = await step(`building Kubernetes ${KUBERNETES_VERSION} and etcd from the Go module proxy (first time only; half an hour or more on 2 cores)`, () =>
+  const folder = await step(`building Kubernetes ${KUBERNETES_VERSION} and etcd from the Go module proxy (first time only; about 8 minutes on a quiet 2-core machine, longer on a busy one)`, () =>
     new Promise<string>((resolve, reject) => {
       const child = spawn('bash', [BUILD_SCRIPT], {
         env: { ...process.env, K8S_VERSION: KUBERNETES_VERSION, PATH: `${process.env.PATH ?? ''}:/usr/local/go/bin:${SYSTEM_PATH}` },

@@ -14,6 +14,7 @@ import { DefaultLogger, NativeConnection, Runtime, makeTelemetryFilterString } f
 import { loadConfig } from '../../core/config.js';
 import { migrate } from '../../core/db/migrate.js';
 import { createPool } from '../../core/db/pool.js';
+import { activeRunIds } from '../../core/db/runs.js';
 import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
 import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
 import { PostgresTemplateFiles } from '../../activities/storage/postgres-template-files.js';
@@ -33,7 +34,8 @@ import { isPortInUse } from './ports.js';
 import { startEmbeddedPostgres, type Postgres } from './postgres.js';
 import { say, step } from './progress.js';
 import { liveRecord, removeRecord, writeRecord } from './run-records.js';
-import { ensureTemporalCli, startTemporalServer, type TemporalServer } from './temporal.js';
+import { postgresLine, temporalLines } from './summary.js';
+import { ensureTemporalCli, startTemporalServer, temporalCliIfPresent, type TemporalServer } from './temporal.js';
 import { awaitEarlierWatchdog, startWatchdog } from './watchdog.js';
 
 /** A node worker has no workflows by design; the SDK's warning about that is noise here. */
@@ -86,6 +88,7 @@ async function main(): Promise<void> {
     }
 
     let temporal: TemporalServer | undefined;
+    let temporalCli: string | undefined;
     if (!config.devStack.startTemporal) {
       say(`using the Temporal server at ${config.temporal.address}`);
     } else {
@@ -95,6 +98,7 @@ async function main(): Promise<void> {
       }
       if (await isPortInUse(config.temporal.uiPort)) throw new Error(`port ${config.temporal.uiPort} is in use: set TEMPORAL_UI_PORT`);
       const binary = await ensureTemporalCli();
+      temporalCli = path.resolve(binary);
       temporal = await step('starting the Temporal dev server', () =>
         startTemporalServer({ binary, port, uiPort: config.temporal.uiPort, dbFile: path.join(config.dataDir, 'temporal.db') }),
       );
@@ -102,12 +106,14 @@ async function main(): Promise<void> {
     }
 
     let databaseUrl = config.databaseUrl;
+    let embeddedPostgres: { dataDir: string } | undefined;
     if (!databaseUrl) {
       const pg: Postgres = await step('starting the embedded Postgres', () =>
         startEmbeddedPostgres({ dataDir: path.join(config.dataDir, 'postgres'), port: config.devStack.postgresPort, database: 'glidergun' }),
       );
       onStop('Postgres', () => pg.stop());
       databaseUrl = pg.url;
+      embeddedPostgres = { dataDir: path.join(config.dataDir, 'postgres') };
     }
     await step('applying database migrations', () => migrate(databaseUrl));
     const db = createPool(databaseUrl);
@@ -180,6 +186,7 @@ async function main(): Promise<void> {
         logSink: new PostgresLogSink(db),
         stateStore: new PostgresStateStore(db, box, config.state),
         templateFiles: new PostgresTemplateFiles(db),
+        activeRuns: (runIds) => activeRunIds(db, runIds),
       });
       const nodeDone = nodeWorker.run();
       onStop(`the node worker '${config.node.id}'`, async () => {
@@ -218,7 +225,8 @@ async function main(): Promise<void> {
     if (api.adminToken.state === 'elsewhere') say(`admin token  none in ${config.security.adminTokenFile}: use an admin token you already have`);
     else say(`admin token  ${api.adminToken.file}${api.adminToken.state === 'created' ? ' (new)' : ''}   (curl -H "Authorization: Bearer $(cat ${api.adminToken.file})" ...)`);
     if (temporal?.uiUrl) say(`Temporal UI  ${temporal.uiUrl}`);
-    say(`Temporal     ${config.temporal.address}   (temporal workflow list --address ${config.temporal.address})`);
+    for (const line of temporalLines(config.temporal.address, temporalCli ?? (await temporalCliIfPresent()))) say(line);
+    say(postgresLine(databaseUrl, embeddedPostgres));
     say(`data         ${config.dataDir}`);
     if (devRegistry) say(`registry     ${devRegistry}   (its images in ${path.join(config.dataDir, 'registry')}; the port is kept)`);
     if (exampleImage) say(`example image glider-gun/example-template:latest (see docs/operators-guide.md for a first deployment)`);

@@ -17,6 +17,12 @@ async function isExecutable(file: string): Promise<boolean> {
   );
 }
 
+/** The Temporal CLI if it is already there (TEMPORAL_CLI_PATH, or built into the cache); never builds it. */
+export async function temporalCliIfPresent(): Promise<string | undefined> {
+  const binary = process.env.TEMPORAL_CLI_PATH ?? path.join(cacheDir('temporal', TEMPORAL_CLI_VERSION), 'temporal');
+  return (await isExecutable(binary)) ? path.resolve(binary) : undefined;
+}
+
 /**
  * The Temporal CLI (which embeds the dev server and Web UI), built from the Go module proxy on first use
  * and cached by version. TEMPORAL_CLI_PATH points at an existing binary instead.
