@@ -29,7 +29,7 @@ describe("what npm start prints about Temporal and Postgres", () => {
     await sh('sh', ['-c', `export PATH="${dir}:$PATH"; temporal workflow list --address ${env('GG_TEST_TEMPORAL_ADDRESS')} --limit 1`], { env: bare });
   });
 
-  it('prints the Postgres URL, which connects; an operator’s password is not printed', async () => {
+  it('prints the Postgres URL, which connects; the password of DATABASE_URL is not printed', async () => {
     const line = postgresLine(env('GG_TEST_DATABASE_URL'), { dataDir: '.gg-data/postgres' });
     const url = /^Postgres\s+(\S+)/.exec(line)?.[1];
     assert.ok(url, line);
