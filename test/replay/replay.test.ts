@@ -19,9 +19,12 @@ describe('recorded workflow histories replay on the current code', () => {
       files.map(async (f) => ({ workflowId: f, history: JSON.parse(await readFile(path.join(dir, f), 'utf8')) as unknown })),
     );
     const failures: string[] = [];
+    const replayed: string[] = [];
     for await (const result of Worker.runReplayHistories({ workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }, histories)) {
+      replayed.push(result.workflowId);
       if (result.error) failures.push(`${result.workflowId}: ${result.error.message}`);
     }
     assert.deepEqual(failures, []);
+    assert.deepEqual(replayed.sort(), files, 'each history was replayed once');
   });
 });
