@@ -6,172 +6,65 @@
  * (activities/execution/image-config.ts), also of a multi-arch index that lists arm64 before amd64.
  */
 import assert from 'node:assert/strict';
-import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import Docker from 'dockerode';
-import tar from 'tar-stream';
 import { ImageAccessDeniedError, RegistryClient } from '../../activities/execution/image-config.js';
 import { generateDockerfile } from '../../activities/templates/dockerfile.js';
 import { buildAndPushImage, PushFailedError } from '../../activities/templates/image-build.js';
 import { checkCredentials, CredentialsRefusedError, manifestDigest } from '../../activities/templates/registry.js';
 import { RegistryCredentials, type RegistryAuth } from '../../core/registry-credentials.js';
-import { startImageRegistry, type ImageRegistry } from '../../infra/dev/registry.js';
 import { scriptImage } from '../support/images.js';
 import { tempDirs } from '../support/temp-dirs.js';
-import { startTokenIssuer, type TokenIssuer } from '../support/token-issuer.js';
+import type { TokenIssuer } from '../support/token-issuer.js';
+import { DOCKER_MANIFEST, pushMultiArch, pushWithEngine, startTokenRegistry, tarOf, type TokenRegistry } from '../support/token-registry.js';
 
-const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json';
-const DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
-const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
-const ARM64_ENTRYPOINT = ['/arm64-entrypoint'];
-
-const sha256 = (data: Buffer | string) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 const signal = () => AbortSignal.timeout(15_000);
-
-async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const p of stream) parts.push(p);
-  return Buffer.concat(parts);
-}
-
-/** tar of the given files, uncompressed. */
-async function tarOf(files: Record<string, string>, mode = 0o644): Promise<Buffer> {
-  const pack = tar.pack();
-  for (const [name, body] of Object.entries(files)) pack.entry({ name, mode, mtime: new Date(0) }, body);
-  pack.finalize();
-  return collect(pack as AsyncIterable<Buffer>);
-}
 
 describe('a registry that wants Bearer tokens from a token service (distribution 2.8 verifying them)', () => {
   const docker = new Docker(process.env.DOCKER_HOST ? undefined : { socketPath: '/var/run/docker.sock' });
   const dirs = tempDirs('gg-registry-token-');
   const id = randomBytes(4).toString('hex');
+  let reg: TokenRegistry;
   let issuer: TokenIssuer;
-  let registry: ImageRegistry;
   let address: string;
   const users = { builder: { password: 'builder-pw', actions: ['pull', 'push'] as const }, reader: { password: 'reader-pw', actions: ['pull'] as const } };
   const as = (user: keyof typeof users, password = users[user].password): RegistryAuth => ({ username: user, password, serveraddress: address });
-  /** busybox with ENTRYPOINT /entrypoint.sh, local; then also in the token registry as `repository`:1 (linux/amd64). */
+  /** busybox with ENTRYPOINT /entrypoint.sh, local; also in the token registry as `repository`:1 (linux/amd64). */
   let typeImage: string;
   let entrypoint: string[];
   let cmd: string[];
   const repository = `glider-gun/token-type-${id}`;
   let amd64Digest: string;
   /** The multi-arch tags, arm64 listed first: tag → the index's digest (of the bytes put). */
-  const indexes: Record<string, string> = {};
+  let indexes: Record<string, string>;
   const made: string[] = [];
 
-  /** A token straight from the issuer, not through the product: for the test's own requests. */
-  const ownToken = (actions: string[]) => `Bearer ${issuer.mint('test', [{ type: 'repository', name: repository, actions }])}`;
-
-  /** What the registry serves for a manifest reference, asked with our own token. */
+  /** What the registry serves for a manifest reference, asked with the test's own token. */
   const served = async (repo: string, reference: string, accept: string) => {
-    const res = await fetch(`http://${address}/v2/${repo}/manifests/${reference}`, {
-      method: 'HEAD',
-      headers: { accept, authorization: `Bearer ${issuer.mint('test', [{ type: 'repository', name: repo, actions: ['pull'] }])}` },
-      signal: signal(),
-    });
+    const res = await fetch(`http://${address}/v2/${repo}/manifests/${reference}`, { method: 'HEAD', headers: { accept, authorization: reg.authorization(repo, ['pull']) }, signal: signal() });
     assert.equal(res.status, 200, `HEAD ${repo}:${reference}`);
     return res.headers.get('docker-content-digest');
   };
 
-  const uploadBlob = async (data: Buffer): Promise<{ digest: string; size: number }> => {
-    const digest = sha256(data);
-    const started = await fetch(`http://${address}/v2/${repository}/blobs/uploads/`, { method: 'POST', headers: { authorization: ownToken(['pull', 'push']) }, signal: signal() });
-    assert.equal(started.status, 202, await started.text());
-    const url = new URL(started.headers.get('location')!, `http://${address}`);
-    url.searchParams.set('digest', digest);
-    const put = await fetch(url, { method: 'PUT', headers: { authorization: ownToken(['pull', 'push']), 'content-type': 'application/octet-stream' }, body: data, signal: signal() });
-    assert.equal(put.status, 201, await put.text());
-    return { digest, size: data.length };
-  };
-
-  const putManifest = async (reference: string, mediaType: string, body: Buffer) => {
-    const res = await fetch(`http://${address}/v2/${repository}/manifests/${reference}`, {
-      method: 'PUT',
-      headers: { authorization: ownToken(['pull', 'push']), 'content-type': mediaType },
-      body,
-      signal: signal(),
-    });
-    assert.equal(res.status, 201, await res.text());
-    assert.equal(res.headers.get('docker-content-digest'), sha256(body));
-  };
-
   before(async () => {
-    const dir = await dirs.fresh();
-    issuer = await startTokenIssuer({ dir, users });
-    registry = await startImageRegistry({
-      dir: await dirs.fresh(),
-      tokenAuth: { realm: issuer.realm, service: issuer.service, issuer: issuer.issuer, rootCertBundle: issuer.certFile },
-      say: () => undefined,
-    });
-    address = registry.address;
-
-    // The registry really verifies: its own challenge names our service, it takes the issuer's token, and it
-    // refuses the same token signed by a key it does not trust.
-    const challenge = await fetch(`http://${address}/v2/`, { signal: signal() });
-    assert.equal(challenge.headers.get('www-authenticate'), `Bearer realm="${issuer.realm}",service="${issuer.service}"`);
-    const stranger = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
-    assert.equal((await fetch(`http://${address}/v2/`, { headers: { authorization: `Bearer ${issuer.mint('builder', [])}` }, signal: signal() })).status, 200);
-    assert.equal((await fetch(`http://${address}/v2/`, { headers: { authorization: `Bearer ${issuer.mint('builder', [], stranger)}` }, signal: signal() })).status, 401);
-
+    reg = await startTokenRegistry(dirs, users);
+    ({ issuer, address } = reg);
     typeImage = await scriptImage(docker, '#!/bin/sh\n# a template type for the token registry tests\nexec /template/bin/run.sh "$@"\n');
     const { Config } = await docker.getImage(typeImage).inspect();
     entrypoint = Config.Entrypoint as string[];
     cmd = Config.Cmd ?? [];
     assert.deepEqual(entrypoint, ['/entrypoint.sh']);
-
-    // linux/amd64: the type image, pushed by the engine with the builder's credentials (it gets its own token).
-    await docker.getImage(typeImage).tag({ repo: `${address}/${repository}`, tag: '1' });
-    try {
-      const stream = await docker.getImage(`${address}/${repository}`).push({ tag: '1', authconfig: as('builder') });
-      const messages = await new Promise<{ error?: string }[]>((resolve, reject) => docker.modem.followProgress(stream, (err, out: { error?: string }[]) => (err ? reject(err) : resolve(out))));
-      assert.deepEqual(messages.filter((m) => m.error), [], `pushing ${typeImage}`);
-    } finally {
-      await docker.getImage(`${address}/${repository}:1`).remove({ noprune: true });
-    }
-    amd64Digest = (await served(repository, '1', DOCKER_MANIFEST))!;
-    assert.match(amd64Digest, /^sha256:/);
-    const amd64Size = Number((await fetch(`http://${address}/v2/${repository}/manifests/1`, { headers: { accept: DOCKER_MANIFEST, authorization: ownToken(['pull']) }, signal: signal() })).headers.get('content-length'));
-
-    // linux/arm64: a one-layer manifest made here, whose config says so and names another entrypoint.
-    const layerTar = await tarOf({ 'arm64.txt': 'an arm64 image\n' });
-    const layer = await uploadBlob(gzipSync(layerTar));
-    const config = await uploadBlob(
-      Buffer.from(JSON.stringify({ architecture: 'arm64', variant: 'v8', os: 'linux', config: { Entrypoint: ARM64_ENTRYPOINT }, rootfs: { type: 'layers', diff_ids: [sha256(layerTar)] } })),
-    );
-    const arm64 = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: DOCKER_MANIFEST,
-        config: { mediaType: 'application/vnd.docker.container.image.v1+json', ...config },
-        layers: [{ mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', ...layer }],
-      }),
-    );
-    await putManifest(sha256(arm64), DOCKER_MANIFEST, arm64);
-
-    // The same two platforms as a Docker manifest list and as an OCI index, arm64 first.
-    for (const [tag, mediaType] of [['multi-docker', DOCKER_LIST], ['multi-oci', OCI_INDEX]] as const) {
-      const index = Buffer.from(
-        JSON.stringify({
-          schemaVersion: 2,
-          mediaType,
-          manifests: [
-            { mediaType: DOCKER_MANIFEST, digest: sha256(arm64), size: arm64.length, platform: { architecture: 'arm64', os: 'linux', variant: 'v8' } },
-            { mediaType: DOCKER_MANIFEST, digest: amd64Digest, size: amd64Size, platform: { architecture: 'amd64', os: 'linux' } },
-          ],
-        }),
-      );
-      await putManifest(tag, mediaType, index);
-      indexes[tag] = sha256(index);
-    }
+    // linux/amd64: the type image, pushed by the engine with the builder's credentials; arm64 made beside it.
+    await pushWithEngine(docker, typeImage, { repository, tag: '1' }, as('builder'));
+    ({ amd64Digest, indexes } = await pushMultiArch(reg, repository, '1'));
+    assert.equal(await served(repository, '1', DOCKER_MANIFEST), amd64Digest);
   });
 
   after(async () => {
     for (const ref of made) await docker.getImage(ref).remove().catch(() => undefined);
-    await registry?.stop();
-    await issuer?.stop();
+    await reg?.stop();
   });
 
   describe('the build\'s credential check (checkCredentials)', () => {
