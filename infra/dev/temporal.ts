@@ -3,7 +3,7 @@ import { access, constants, mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTES } from '../../workflows/messages.js';
-import { cacheDir } from './cache.js';
+import { buildOnce, cacheDir } from './cache.js';
 import { diesWithParent } from './processes.js';
 import { say as defaultSay, step, waitFor, type Say } from './progress.js';
 
@@ -32,7 +32,15 @@ export async function ensureTemporalCli(out: Say = defaultSay): Promise<string> 
   const dir = cacheDir('temporal', TEMPORAL_CLI_VERSION);
   const binary = path.join(dir, 'temporal');
   if (await isExecutable(binary)) return binary;
+  const built = await buildOnce(`${dir}.lock`, () => buildTemporalCli(dir, out), (pid) =>
+    out(`waiting for the Temporal CLI build that process ${pid} is running`),
+  );
+  if (built) return built;
+  return ensureTemporalCli(out);
+}
 
+async function buildTemporalCli(dir: string, out: Say): Promise<string> {
+  const binary = path.join(dir, 'temporal');
   // Build into a scratch folder and rename, so an interrupted build never leaves a half-written binary.
   const scratch = `${dir}.partial-${process.pid}`;
   await rm(scratch, { recursive: true, force: true });
