@@ -6,6 +6,7 @@
  *
  *   GG_TEST_KUBERNETES=0   no test cluster: mutants whose test needs one are skipped (and counted)
  *   GG_MUTANTS_CONTROL=1   also run each test without its mutant first: it must pass (twice the time)
+ *   GG_MUTANTS_JOBS=2      how many mutants run at once
  */
 import { execFile, spawn } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
@@ -143,51 +144,65 @@ async function main(): Promise<number> {
   const outcomes = new Map<Mutant, Outcome>();
   const logDir = await mkdtemp(path.join(os.tmpdir(), 'glider-gun-mutant-logs-'));
   try {
-    for (const [i, m] of mutants.entries()) {
+    const tryOne = async (m: Mutant, i: number): Promise<Outcome> => {
       const started = Date.now();
-      say(`mutant ${i + 1}/${mutants.length} ${m.id}: ${m.description}`);
+      const tell = (line: string) => say(`[${m.id}] ${line}`);
+      tell(`mutant ${i + 1}/${mutants.length}: ${m.description}`);
       if (!clusterNeeded && (await needsCluster(m))) {
-        say(`  skipped: its test needs the Kubernetes test cluster (GG_TEST_KUBERNETES=0)`);
-        outcomes.set(m, 'skipped');
-        continue;
+        tell('skipped: its test needs the Kubernetes test cluster (GG_TEST_KUBERNETES=0)');
+        return 'skipped';
       }
       const tree = await mkdtemp(path.join(scratch, `mutant-${m.id}-`));
+      // Its own GG_TEST_SCRATCH (the tests' run folders), so its leftovers are told from another mutant's.
+      const testScratch = `${tree}.scratch`;
+      await mkdir(testScratch);
       try {
         await copyTree(tree);
-        const env = { ...process.env, ...services?.env, GG_MUTANT_GIT_DIR: path.join(ROOT, '.git') };
+        const env = { ...process.env, ...services?.env, GG_TEST_SCRATCH: testScratch, GG_MUTANT_GIT_DIR: path.join(ROOT, '.git') };
         if (control) {
           const before = await runTest(tree, m, env);
           if (before.verdict !== 'passed') {
             await writeFile(path.join(logDir, `${m.id}.control.log`), before.output);
-            say(`  CONTROL FAILED: without the mutant, '${m.name}' ${before.verdict} (log: ${logDir}/${m.id}.control.log)`);
-            outcomes.set(m, 'control-failed');
-            continue;
+            tell(`CONTROL FAILED: without the mutant, '${m.name}' ${before.verdict} (log: ${logDir}/${m.id}.control.log)`);
+            return 'control-failed';
           }
         }
         const refused = await apply(tree, m);
         if (refused) {
-          say(`  STALE: the patch no longer applies: ${refused.split('\n')[0]}`);
-          outcomes.set(m, 'stale');
-          continue;
+          tell(`STALE: the patch no longer applies: ${refused.split('\n')[0]}`);
+          return 'stale';
         }
         const { verdict, output } = await runTest(tree, m, { ...env, ...(await rebuiltFor(tree, m, services)) });
         await writeFile(path.join(logDir, `${m.id}.log`), output);
         const secs = ((Date.now() - started) / 1000).toFixed(0);
         if (verdict === 'failed') {
-          say(`  killed: '${m.name}' failed (${secs}s)`);
-          outcomes.set(m, 'killed');
-        } else if (verdict === 'passed') {
-          say(`  SURVIVED: '${m.name}' passed with the mutant in place (${secs}s; log: ${logDir}/${m.id}.log)`);
-          outcomes.set(m, 'survived');
-        } else {
-          say(`  STALE: no test titled '${m.name}' ran in ${m.test} (${secs}s; log: ${logDir}/${m.id}.log)`);
-          outcomes.set(m, 'stale');
+          tell(`killed: '${m.name}' failed (${secs}s)`);
+          return 'killed';
         }
+        if (verdict === 'passed') {
+          tell(`SURVIVED: '${m.name}' passed with the mutant in place (${secs}s; log: ${logDir}/${m.id}.log)`);
+          return 'survived';
+        }
+        tell(`STALE: no test titled '${m.name}' ran in ${m.test} (${secs}s; log: ${logDir}/${m.id}.log)`);
+        return 'stale';
       } finally {
-        if (services) await removeLeftovers(services);
+        if (services) await removeLeftovers(services, testScratch);
         await rm(tree, { recursive: true, force: true });
+        await rm(testScratch, { recursive: true, force: true });
       }
-    }
+    };
+    // A mutant's test mostly waits on containers, Temporal and the cluster: a few at once keep 2 cores busy.
+    const jobs = Math.max(1, Number(process.env.GG_MUTANTS_JOBS ?? 2));
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(jobs, mutants.length) }, async () => {
+        while (next < mutants.length) {
+          const i = next++;
+          const m = mutants[i]!;
+          outcomes.set(m, await tryOne(m, i));
+        }
+      }),
+    );
   } finally {
     await services?.stop();
     if (!services) await rm(scratch, { recursive: true, force: true });
@@ -202,9 +217,9 @@ async function main(): Promise<number> {
 }
 
 /** A mutant may break cleanup itself: its containers must not outlive it. */
-async function removeLeftovers(services: TestServices): Promise<void> {
+async function removeLeftovers(services: TestServices, testScratch: string): Promise<void> {
   const mine = (await services.docker.listContainers({ all: true, filters: { label: [MANAGED_LABEL] } })).filter((c) =>
-    c.Labels[WORKDIR_LABEL]?.startsWith(`${services.scratch}/`),
+    c.Labels[WORKDIR_LABEL]?.startsWith(`${testScratch}/`),
   );
   for (const c of mine) await services.docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
 }
