@@ -409,7 +409,9 @@ export class DockerExecutor implements ExecutionAdapter {
       });
     } catch (err) {
       const why = err instanceof Error ? err.message : String(err);
-      const hint = /unauthorized|authentication required|no basic auth credentials|\b401\b/i.test(why)
+      // A registry with a token service gives anonymous (or pull-less) clients a token that grants nothing: the
+      // engine then says "pull access denied … may require 'docker login'".
+      const hint = /unauthorized|authentication required|no basic auth credentials|\b401\b|pull access denied|requested access to the resource is denied/i.test(why)
         ? auth
           ? ` (the registry refuses the credentials of ${auth.username})`
           : ' (the registry wants credentials and none are configured for it: see GLIDERGUN_REGISTRY_AUTH_FILE)'
