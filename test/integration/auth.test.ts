@@ -6,12 +6,62 @@ import { after, before, describe, it } from 'node:test';
 import { ensureAdminToken } from '../../core/bootstrap.js';
 import { migrate } from '../../core/db/migrate.js';
 import { createPool } from '../../core/db/pool.js';
-import { createToken, verifyToken } from '../../core/db/tokens.js';
+import { ROLES, createToken, verifyToken, type Role } from '../../core/db/tokens.js';
 import { adminUrlOf, dropDatabase, ensureDatabase, withDatabase } from '../../infra/dev/postgres.js';
 import { createDeployment, registerExampleTemplate, uniqueName } from '../support/fixtures.js';
 import { apiClient, env, startTestSystem, type TestSystem } from '../support/system.js';
 
-type OpenApi = { paths: Record<string, Record<string, { security?: unknown[] }>> };
+type OpenApi = { paths: Record<string, Record<string, { security?: Record<string, unknown>[]; 'x-roles'?: string[]; requestBody?: unknown }>> };
+
+/** Who may call what, as role lists: the product names the same four lists in api/http/roles.ts. */
+const MAY = {
+  read: ['admin', 'author', 'operator', 'viewer'],
+  author: ['admin', 'author'],
+  operate: ['admin', 'operator'],
+  admin: ['admin'],
+} as const satisfies Record<string, readonly Role[]>;
+
+/**
+ * Every route that takes a user's token, and who may call it, written out here rather than read from the product:
+ * a route whose roles widen or narrow, or a route added without a line here, fails the matrix below.
+ */
+const EXPECTED_ROLES: Record<string, keyof typeof MAY> = {
+  'POST /v1/tokens': 'admin',
+  'GET /v1/tokens': 'admin',
+  'POST /v1/tokens/{id}/revoke': 'admin',
+  'POST /v1/template-types': 'author',
+  'GET /v1/template-types': 'read',
+  'GET /v1/template-types/{name}': 'read',
+  'POST /v1/template-types/{name}/versions': 'author',
+  'GET /v1/template-types/{name}/versions/{version}': 'read',
+  'PUT /v1/template-types/{name}/versions/{version}': 'author',
+  'POST /v1/templates': 'author',
+  'GET /v1/templates': 'read',
+  'GET /v1/templates/{name}': 'read',
+  'POST /v1/templates/{name}/versions': 'author',
+  'POST /v1/templates/{name}/adhoc-versions': 'author',
+  'GET /v1/templates/{name}/versions/{version}': 'read',
+  'POST /v1/templates/{name}/builds': 'author',
+  'GET /v1/templates/{name}/builds': 'read',
+  'POST /v1/template-sources': 'author',
+  'GET /v1/template-sources/{id}': 'read',
+  'GET /v1/builds/{id}': 'read',
+  'GET /v1/builds/{id}/logs': 'read',
+  'POST /v1/builds/{id}/cancel': 'author',
+  'POST /v1/deployments': 'operate',
+  'GET /v1/deployments': 'read',
+  'GET /v1/deployments/{id}': 'read',
+  'DELETE /v1/deployments/{id}': 'operate',
+  'POST /v1/deployments/{id}/upgrade': 'operate',
+  'POST /v1/deployments/{id}/runs': 'operate',
+  'GET /v1/deployments/{id}/runs': 'read',
+  'GET /v1/runs/{id}': 'read',
+  'GET /v1/runs/{id}/logs': 'read',
+  'POST /v1/runs/{id}/cancel': 'operate',
+  'GET /v1/deployments/{id}/state-versions': 'read',
+  'POST /v1/deployments/{id}/state-versions/{version}/rollback': 'operate',
+  'GET /v1/deployments/{id}/state-versions/{version}/archive': 'operate',
+};
 
 describe('authentication and roles', () => {
   let sys: TestSystem;
@@ -87,6 +137,44 @@ describe('authentication and roles', () => {
     assert.deepEqual(await written(attempted), before, 'no refused request wrote anything');
     assert.equal(before.templates, 0);
     assert.equal((await as('author')('POST', '/v1/templates', { name: uniqueName('a') })).status, 201);
+  });
+
+  it('answers each role on every route as the expected table says: 403 FORBIDDEN outside the route\'s roles, through to the handler inside them', async () => {
+    const doc = (await (await fetch(`${sys.api.url}/openapi.json`)).json()) as OpenApi;
+    // The product's table: each operation's roles as the route table declares them (the document is generated from it).
+    const declared = new Map<string, { path: string; method: string; roles: string[]; hasBody: boolean }>();
+    for (const [p, ops] of Object.entries(doc.paths)) {
+      for (const [method, op] of Object.entries(ops)) {
+        if (!op.security?.some((s) => 'bearer' in s)) continue; // public routes, and the agent API (a run's credential, not a role)
+        declared.set(`${method.toUpperCase()} ${p}`, { path: p, method: method.toUpperCase(), roles: op['x-roles'] ?? [], hasBody: op.requestBody !== undefined });
+      }
+    }
+    assert.deepEqual([...declared.keys()].sort(), Object.keys(EXPECTED_ROLES).sort(), 'every route with a bearer token has a line in EXPECTED_ROLES');
+    for (const [key, { roles }] of declared) assert.deepEqual([...roles].sort(), [...MAY[EXPECTED_ROLES[key]!]].sort(), `${key}: declared roles`);
+
+    // And the router answers as the expected table says. Ids name nothing and bodies are invalid ([] is no object), so a
+    // request let through ends in 400 or 404 (or a read) and changes nothing; the role is checked before either.
+    const ids = { id: 'zzzzzzzzzzzz', name: uniqueName('none'), version: '1' };
+    let refused = 0;
+    let allowed = 0;
+    for (const [key, { path: p, method }] of declared) {
+      const url = p.replace(/\{(\w+)\}/g, (_, k: string) => ids[k as keyof typeof ids]);
+      const may: readonly Role[] = MAY[EXPECTED_ROLES[key]!];
+      for (const role of ROLES) {
+        const res = await as(role)<{ code?: string; details?: { role: string } } | undefined>(method, url, method === 'GET' ? undefined : '[]');
+        if (may.includes(role)) {
+          assert.ok(![401, 403].includes(res.status) && res.status < 500, `${role} ${key}: let through, got ${res.status} ${JSON.stringify(res.body)}`);
+          assert.notEqual(res.body?.code, 'ROUTE_NOT_FOUND', `${role} ${key}: the route is mounted`);
+          allowed++;
+        } else {
+          assert.equal(res.status, 403, `${role} ${key}: refused`);
+          assert.equal(res.body?.code, 'FORBIDDEN', `${role} ${key}`);
+          assert.equal(res.body?.details?.role, role, `${role} ${key}`);
+          refused++;
+        }
+      }
+    }
+    assert.equal(allowed + refused, Object.keys(EXPECTED_ROLES).length * ROLES.length);
   });
 
   it('records who asked on what they create', async () => {
