@@ -148,6 +148,22 @@ function drainedOrGone(sink: EntrySink): Promise<void> {
   });
 }
 
+/**
+ * An archive entry that would be written outside the folder being restored into: its name leaves it
+ * (`ENTRY_OUTSIDE`: `..` or an absolute path) or its way passes through a link (`ENTRY_THROUGH_LINK`).
+ * packState never makes one, so the archive is not one of ours: a damaged archive, never retried.
+ */
+export class UnsafeArchiveEntryError extends Error {
+  constructor(
+    readonly code: 'ENTRY_OUTSIDE' | 'ENTRY_THROUGH_LINK',
+    readonly entry: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'UnsafeArchiveEntryError';
+  }
+}
+
 /** Entry names must stay inside the folder they are restored into. */
 function safeRelative(name: string): string | undefined {
   const normalised = path.posix.normalize(name.replace(/\/+$/, ''));
@@ -162,7 +178,9 @@ async function assertRealParents(root: string, rel: string): Promise<void> {
   for (const part of parts) {
     current = path.join(current, part);
     const info = await lstat(current);
-    if (!info.isDirectory()) throw new Error(`refusing to restore through ${path.relative(root, current)}: not a real folder`);
+    if (!info.isDirectory()) {
+      throw new UnsafeArchiveEntryError('ENTRY_THROUGH_LINK', rel, `refusing to restore '${rel}' through ${path.relative(root, current)}: not a real folder`);
+    }
   }
 }
 
@@ -186,6 +204,7 @@ async function writeSparse(handle: FileHandle, content: AsyncIterable<Buffer>): 
  * (a full disk, a permission): the former no retry can mend.
  */
 export function isDamagedArchive(err: unknown): boolean {
+  if (err instanceof UnsafeArchiveEntryError) return true;
   const code = typeof err === 'object' && err !== null && 'code' in err ? String(err.code) : '';
   const message = err instanceof Error ? err.message : '';
   return code.startsWith('Z_') || /^(Invalid tar header|Unexpected end of data|unexpected end of file|incorrect header check)/i.test(message);
@@ -196,11 +215,26 @@ export async function unpackState(dir: string, archive: AsyncIterable<Buffer>): 
   const extract = tar.extract();
   const feeding = pipeline(Readable.from(archive), zlib.createGunzip({ chunkSize: 256 * 1024 }), extract);
   feeding.catch(() => undefined); // surfaced through the iteration below
+  try {
+    await restoreEntries(dir, extract);
+  } catch (err) {
+    // The extractor, destroyed by the pipeline, says only that (STREAM_DESTROYED); what destroyed it (a
+    // gzip stream cut short or damaged, the store failing) is the pipeline's error, and that is what counts.
+    if (typeof err === 'object' && err !== null && 'code' in err && err.code === 'STREAM_DESTROYED') {
+      const cause = await feeding.then(() => undefined, (reason: unknown) => reason);
+      if (cause instanceof Error) throw cause;
+    }
+    throw err;
+  }
+  await feeding;
+}
+
+async function restoreEntries(dir: string, extract: tar.Extract): Promise<void> {
   for await (const entry of extract) {
     const rel = safeRelative(entry.header.name);
     if (!rel) {
       entry.resume();
-      throw new Error(`archive entry '${entry.header.name}' points outside the state folder`);
+      throw new UnsafeArchiveEntryError('ENTRY_OUTSIDE', entry.header.name, `archive entry '${entry.header.name}' points outside the state folder`);
     }
     const target = path.join(dir, rel);
     await assertRealParents(dir, rel);
@@ -227,5 +261,4 @@ export async function unpackState(dir: string, archive: AsyncIterable<Buffer>): 
         entry.resume();
     }
   }
-  await feeding;
 }

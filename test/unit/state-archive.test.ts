@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
-import { packState, unpackState } from '../../activities/execution/state-archive.js';
+import { UnsafeArchiveEntryError, isDamagedArchive, packState, unpackState } from '../../activities/execution/state-archive.js';
 import { tempDirs } from '../support/temp-dirs.js';
 
 async function collect(stream: AsyncIterable<Buffer>): Promise<Buffer> {
@@ -51,16 +51,24 @@ describe('state archives', () => {
     assert.deepEqual(warnings, []);
   });
 
-  for (const [what, entries] of [
-    ['a ../ path', [{ name: '../evil' }]],
-    ['an absolute path', [{ name: '/tmp/gg-evil-absolute' }]],
-    ['a file through a link', [{ name: 'out', type: 'symlink' as const, linkname: '' }, { name: 'out/evil' }]],
+  for (const [what, entries, code] of [
+    ['a ../ path', [{ name: '../evil' }], 'ENTRY_OUTSIDE'],
+    ['an absolute path', [{ name: '/tmp/gg-evil-absolute' }], 'ENTRY_OUTSIDE'],
+    ['a file through a link', [{ name: 'out', type: 'symlink' as const, linkname: '' }, { name: 'out/evil' }], 'ENTRY_THROUGH_LINK'],
   ] as const) {
     it(`refuses ${what}, writing nothing outside the folder`, async () => {
       const dst = await fresh();
       const outside = await fresh();
       const list = entries.map((e) => ('linkname' in e ? { ...e, linkname: outside } : e));
-      await assert.rejects(unpackState(dst, once(await hostileArchive(list))));
+      const refusal = await unpackState(dst, once(await hostileArchive(list))).then(
+        () => assert.fail('the archive was restored'),
+        (err: unknown) => err,
+      );
+      // Refused as such, not failing on something else by chance (a missing folder, say).
+      assert.ok(refusal instanceof UnsafeArchiveEntryError, `refused with ${String(refusal)}`);
+      assert.equal(refusal.code, code);
+      assert.equal(refusal.entry, list.at(-1)!.name);
+      assert.ok(isDamagedArchive(refusal), 'a run restoring it fails as state-corrupt, not retried');
       assert.equal(existsSync(path.join(dirs.root, 'evil')), false);
       assert.equal(existsSync('/tmp/gg-evil-absolute'), false);
       assert.equal(existsSync(path.join(outside, 'evil')), false);
@@ -71,6 +79,11 @@ describe('state archives', () => {
     const src = await fresh();
     await writeFile(path.join(src, 'f'), 'x'.repeat(100_000));
     const archive = await collect(packState(src, () => undefined));
-    await assert.rejects(unpackState(await fresh(), once(archive.subarray(0, archive.length / 2))));
+    await assert.rejects(unpackState(await fresh(), once(archive.subarray(0, archive.length / 2))), (err: unknown) => {
+      assert.ok(err instanceof Error);
+      assert.equal((err as NodeJS.ErrnoException).code, 'Z_BUF_ERROR', `${err.message}`);
+      assert.ok(isDamagedArchive(err), 'a run restoring it fails as state-corrupt, not retried');
+      return true;
+    });
   });
 });
