@@ -23,7 +23,12 @@ process.stderr.write(`[glider-gun] cluster worker polls task queue ${config.temp
 const client = new Client({ connection: await Connection.connect({ address: config.temporal.address }), namespace: config.temporal.namespace });
 const reconciler = startReconciler(
   { db, temporal: client, taskQueue: config.temporal.taskQueue },
-  { everyMs: 30_000, olderThanSeconds: 60, onError: (err) => process.stderr.write(`[glider-gun] reconciling runs failed: ${String(err)}\n`) },
+  {
+    everyMs: 30_000,
+    olderThanSeconds: 60,
+    onError: (err) => process.stderr.write(`[glider-gun] reconciling runs failed: ${String(err)}\n`),
+    onHanded: (runIds) => process.stderr.write(`[glider-gun] handed ${runIds.length} run(s) no workflow was executing back to their workflows: ${runIds.join(' ')}\n`),
+  },
 );
 await worker.run();
 await close();

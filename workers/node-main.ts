@@ -10,6 +10,7 @@ import { PostgresStateStore } from '../activities/storage/postgres-state-store.j
 import { loadConfig } from '../core/config.js';
 import { SecretBox } from '../core/crypto.js';
 import { createPool } from '../core/db/pool.js';
+import { activeRunIds } from '../core/db/runs.js';
 import { loadEncryptionKey } from '../core/keys.js';
 import { createDockerClient, createNodeWorker } from './node.js';
 
@@ -25,6 +26,7 @@ const worker = await createNodeWorker({
   docker: createDockerClient(config.docker.host),
   logSink: new PostgresLogSink(db),
   stateStore: new PostgresStateStore(db, box, config.state),
+  activeRuns: (runIds) => activeRunIds(db, runIds),
 });
 process.stderr.write(`[glider-gun] node worker '${config.node.id}' polls task queue node-${config.node.id}\n`);
 await worker.run();

@@ -3,7 +3,16 @@ import { signalRun } from '../api/dispatch.js';
 import { getDeployment } from '../core/db/deployments.js';
 import type { Db } from '../core/db/pool.js';
 import { getRun } from '../core/db/runs.js';
+import { ACTIVE_RUN_STATUSES } from '../core/domain.js';
 import { deploymentWorkflowId, statusQuery } from '../workflows/messages.js';
+
+/** Which runs a reconciler looks at; all of them unless narrowed. */
+export interface ReconcileScope {
+  /** Only the runs of these deployments (an operator settling some by hand; test files sharing one database). */
+  deploymentIds?: readonly string[] | undefined;
+}
+
+const isActive = (status: string): boolean => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
 
 /**
  * Settles runs that Postgres says are active but no workflow is executing: the deployment's workflow was
@@ -11,11 +20,17 @@ import { deploymentWorkflowId, statusQuery } from '../workflows/messages.js';
  * (a new execution if none runs), which resumes it: the container is adopted if it exists, reported as
  * vanished if it was started and is gone, and started if it never was. Returns the runs handed over.
  */
-export async function reconcileRuns(deps: { db: Db; temporal: Client; taskQueue: string }, olderThanSeconds: number): Promise<string[]> {
+export async function reconcileRuns(
+  deps: { db: Db; temporal: Client; taskQueue: string },
+  olderThanSeconds: number,
+  scope: ReconcileScope = {},
+): Promise<string[]> {
   const { rows } = await deps.db.query<{ id: string; deployment_id: string }>(
-    `SELECT id, deployment_id FROM runs WHERE status IN ('pending', 'running', 'cancelling')
-        AND coalesce(started_at, created_at) < now() - make_interval(secs => $1) ORDER BY created_at`,
-    [olderThanSeconds],
+    `SELECT id, deployment_id FROM runs WHERE status = ANY($2::text[])
+        AND coalesce(started_at, created_at) < now() - make_interval(secs => $1)
+        AND ($3::text[] IS NULL OR deployment_id = ANY($3::text[]))
+      ORDER BY created_at`,
+    [olderThanSeconds, ACTIVE_RUN_STATUSES, scope.deploymentIds ?? null],
   );
   const handed: string[] = [];
   for (const row of rows) {
@@ -29,21 +44,37 @@ export async function reconcileRuns(deps: { db: Db; temporal: Client; taskQueue:
       if (!status || status.activeRun?.id === row.id) continue; // in progress (or not answering yet: next round)
     }
     const [deployment, run] = await Promise.all([getDeployment(deps.db, row.deployment_id), getRun(deps.db, row.id)]);
-    if (!deployment || !run || !['pending', 'running', 'cancelling'].includes(run.status)) continue;
+    if (!deployment || !run || !isActive(run.status)) continue;
     await signalRun(deps, deployment, run);
     handed.push(run.id);
   }
   return handed;
 }
 
-/** Runs reconcileRuns every `everyMs` until stopped; a failed round is reported and retried next time. */
+/**
+ * Runs reconcileRuns every `everyMs` until stopped (a round still going when the next is due is not doubled);
+ * a failed round is reported and retried next time. `onHanded` hears of each round that handed runs over.
+ */
 export function startReconciler(
   deps: { db: Db; temporal: Client; taskQueue: string },
-  opts: { everyMs: number; olderThanSeconds: number; onError: (err: unknown) => void },
+  opts: {
+    everyMs: number;
+    olderThanSeconds: number;
+    onError: (err: unknown) => void;
+    onHanded?: (runIds: string[]) => void;
+    scope?: ReconcileScope;
+  },
 ): { stop(): Promise<void> } {
-  let current: Promise<unknown> = Promise.resolve();
+  let current: Promise<void> | undefined;
   const timer = setInterval(() => {
-    current = reconcileRuns(deps, opts.olderThanSeconds).catch(opts.onError);
+    if (current) return;
+    current = reconcileRuns(deps, opts.olderThanSeconds, opts.scope)
+      .then((handed) => {
+        if (handed.length > 0) opts.onHanded?.(handed);
+      }, opts.onError)
+      .finally(() => {
+        current = undefined;
+      });
   }, opts.everyMs);
   return {
     async stop() {

@@ -168,7 +168,7 @@ export class DeploymentEntity {
       try {
         await node.cleanupRun(spec.runId);
       } catch (err) {
-        log.warn('could not remove the run container; the node removes leftovers at start', {
+        log.warn('could not remove the run container; the node worker removes it when it next starts', {
           runId: spec.runId,
           error: String(err),
         });

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chmod, mkdir, open, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { ApplicationFailure } from '@temporalio/common';
@@ -303,6 +303,29 @@ export class DockerExecutor implements ExecutionAdapter {
     }
     await rm(this.runDir(runId), { recursive: true, force: true });
     await rm(this.secretsPath(runId), { recursive: true, force: true });
+  }
+
+  /**
+   * What earlier workers of this node left behind for runs that have ended (a cleanup that failed, a worker
+   * that died between recording an outcome and cleaning up): their containers (this node's, by the work-dir
+   * label), run folders and secrets are removed. `activeRuns` tells which runs are still active; theirs are
+   * kept for the attempt that adopts them. Answers the runs cleaned up.
+   */
+  async removeLeftovers(activeRuns: (runIds: readonly string[]) => Promise<ReadonlySet<string>>): Promise<string[]> {
+    const containers = await this.docker.listContainers({ all: true, filters: { label: [MANAGED_LABEL, `${WORKDIR_LABEL}=${this.workDir}`] } });
+    const runIds = new Set(containers.map((c) => c.Labels[RUN_LABEL] ?? ''));
+    for (const dir of [path.join(this.workDir, 'runs'), this.secretsDir]) {
+      for (const name of await readdir(dir).catch(() => [])) runIds.add(name);
+    }
+    const candidates = [...runIds].filter((id) => /^run-[a-z0-9]+$/.test(id));
+    if (candidates.length === 0) return [];
+    const active = await activeRuns(candidates);
+    const removed: string[] = [];
+    for (const runId of candidates.filter((id) => !active.has(id))) {
+      await this.cleanup(runId);
+      removed.push(runId);
+    }
+    return removed;
   }
 
   /** Only ever on a memory file system, readable through the mount by whatever user the template runs as. */

@@ -1,4 +1,5 @@
 import {
+  ACTIVE_RUN_STATUSES,
   deploymentStatusFor,
   type FailureReason,
   type RunOutcome,
@@ -273,4 +274,10 @@ export async function finishRun(db: Db, runId: string, outcome: RunOutcome): Pro
     }
     return getRun(tx, runId);
   });
+}
+
+/** Which of these runs are active (pending, running, cancelling); a run the database does not know is not. */
+export async function activeRunIds(db: Queryable, runIds: readonly string[]): Promise<Set<string>> {
+  const { rows } = await db.query<{ id: string }>('SELECT id FROM runs WHERE id = ANY($1::text[]) AND status = ANY($2::text[])', [runIds, ACTIVE_RUN_STATUSES]);
+  return new Set(rows.map((r) => r.id));
 }

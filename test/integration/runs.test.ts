@@ -223,7 +223,7 @@ describe('a deployment runs its template container end to end', () => {
     });
     const t0 = Date.now();
     await handle.signal(cancelSignal, { runId: started.body.id });
-    const run = await waitForRun(call, started.body.id, sleepSeconds * 1000);
+    const run = await waitForRun(call, started.body.id, sleepSeconds * 2000);
     // A ratio, not a tight bound (which would flake on a loaded 2-core machine): ended in under half of the
     // template's sleep, the template was stopped, not waited for.
     assert.ok(Date.now() - t0 < (sleepSeconds * 1000) / 2, `cancel took ${Date.now() - t0} ms`);

@@ -18,6 +18,7 @@ import { SecretBox } from '../../core/crypto.js';
 import { loadEncryptionKey } from '../../core/keys.js';
 import { loadConfig, type Config } from '../../core/config.js';
 import { createPool, type Db } from '../../core/db/pool.js';
+import { activeRunIds } from '../../core/db/runs.js';
 import { ROLES, createToken, type Role } from '../../core/db/tokens.js';
 import { startApiServer, type ApiServer } from '../../workers/api.js';
 import { createBuilderWorker } from '../../workers/builder.js';
@@ -146,7 +147,7 @@ export async function startTestSystem(
     if (!nodeWorker) {
       const box = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
       nodeWorker = start(
-        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box, config.state), templateFiles: new PostgresTemplateFiles(db) }),
+        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box, config.state), templateFiles: new PostgresTemplateFiles(db), activeRuns: (runIds) => activeRunIds(db, runIds) }),
       );
     }
   };
