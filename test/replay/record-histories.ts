@@ -34,6 +34,8 @@ const HISTORIES = path.join(import.meta.dirname, 'histories');
 
 /** What a scenario leaves to be saved: one execution of one workflow (the latest when no runId). */
 interface Recorded {
+  /** The system that ran it. */
+  sys: TestSystem;
   workflowId: string;
   runId?: string | undefined;
 }
@@ -108,7 +110,7 @@ const buildEnded = async (sys: TestSystem, id: string, status: string) => {
   assert.equal(b.status, status, `build ${id}: ${JSON.stringify(b)}`);
   await eventually('the build workflow to close', async () =>
     ((await sys.client.workflow.getHandle(buildWorkflowId(id)).describe()).status.name !== 'RUNNING' ? true : undefined));
-  return { workflowId: buildWorkflowId(id) };
+  return { sys, workflowId: buildWorkflowId(id) };
 };
 
 const SCENARIOS: Scenario[] = [
@@ -122,7 +124,7 @@ const SCENARIOS: Scenario[] = [
       const id = await createDeployment(sys.call, template, { message: 'ok' }, node(sys));
       await ended(sys, await startRun(sys, id), 'succeeded');
       await ended(sys, await startRun(sys, id, 'destroy'), 'succeeded');
-      return { workflowId: deploymentWorkflowId(id) };
+      return { sys, workflowId: deploymentWorkflowId(id) };
     },
   },
   {
@@ -131,7 +133,7 @@ const SCENARIOS: Scenario[] = [
       const sys = await ctx.system();
       const id = await createDeployment(sys.call, await registerExampleTemplate(sys.call), { message: 'bad', exit_code: 2 }, node(sys));
       await ended(sys, await startRun(sys, id), 'failed', 'exit-code');
-      return { workflowId: deploymentWorkflowId(id) };
+      return { sys, workflowId: deploymentWorkflowId(id) };
     },
   },
   {
@@ -143,7 +145,7 @@ const SCENARIOS: Scenario[] = [
       await executing(sys, id);
       await sys.client.workflow.getHandle(deploymentWorkflowId(id)).signal(cancelSignal, { runId: run });
       await ended(sys, run, 'cancelled');
-      return { workflowId: deploymentWorkflowId(id) };
+      return { sys, workflowId: deploymentWorkflowId(id) };
     },
   },
   {
@@ -157,7 +159,7 @@ const SCENARIOS: Scenario[] = [
       await handle.cancel();
       await ended(sys, run, 'cancelled');
       await eventually('the workflow to close', async () => ((await handle.describe()).status.name === 'CANCELLED' ? true : undefined));
-      return { workflowId: deploymentWorkflowId(id) };
+      return { sys, workflowId: deploymentWorkflowId(id) };
     },
   },
   {
@@ -209,7 +211,7 @@ const SCENARIOS: Scenario[] = [
       });
       const carried = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).query(statusQuery);
       assert.equal(carried.lastRun?.id, run.id, 'the new execution carried the state over');
-      return { workflowId: deploymentWorkflowId(id), runId: first.firstExecutionRunId };
+      return { sys, workflowId: deploymentWorkflowId(id), runId: first.firstExecutionRunId };
     },
   },
   {
@@ -219,7 +221,7 @@ const SCENARIOS: Scenario[] = [
       const sys = await ctx.own({ nodeWorker: false, env: { GLIDERGUN_NODE_WAIT_SECONDS: '2' } });
       const id = await createDeployment(sys.call, await registerExampleTemplate(sys.call), { message: 'x' }, node(sys));
       await ended(sys, await startRun(sys, id), 'failed', 'node-unavailable');
-      return { workflowId: deploymentWorkflowId(id) };
+      return { sys, workflowId: deploymentWorkflowId(id) };
     },
   },
   {
@@ -235,7 +237,7 @@ const SCENARIOS: Scenario[] = [
       });
       assert.equal(d.status, 201, JSON.stringify(d.body));
       await ended(sys, await startRun(sys, d.body.id), 'failed', 'timeout');
-      return { workflowId: deploymentWorkflowId(d.body.id) };
+      return { sys, workflowId: deploymentWorkflowId(d.body.id) };
     },
   },
   {
@@ -258,7 +260,7 @@ const SCENARIOS: Scenario[] = [
       assert.equal(done.stateVersion, 1, 'its state was archived');
       const { runId: resumed } = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).describe();
       assert.notEqual(resumed, before, 'a new execution resumed the run');
-      return { workflowId: deploymentWorkflowId(id), runId: resumed };
+      return { sys, workflowId: deploymentWorkflowId(id), runId: resumed };
     },
   },
   {
@@ -271,7 +273,7 @@ const SCENARIOS: Scenario[] = [
       const id = await createDeployment(sys.call, template, { message: 'on the cluster' }, { kind: 'cluster' });
       const run: RunBody = await ended(sys, await startRun(sys, id), 'succeeded');
       assert.equal(run.stateVersion, 1);
-      return { workflowId: deploymentWorkflowId(id) };
+      return { sys, workflowId: deploymentWorkflowId(id) };
     },
   },
 ];
@@ -348,6 +350,12 @@ async function main(): Promise<number> {
       say(`recording ${s.name} ...`);
       try {
         const recorded = await s.record(ctx);
+        // The whole scenario: an open workflow is saved once idle (a node-unavailable run's cleanup waits out its own timeout).
+        const handle = recorded.sys.client.workflow.getHandle(recorded.workflowId, recorded.runId);
+        await eventually('the workflow to settle', async () => {
+          const d = await handle.describe();
+          return d.status.name !== 'RUNNING' || (d.raw.pendingActivities?.length ?? 0) === 0 ? true : undefined;
+        }, 60_000);
         const json = await historyJson(recorded);
         const replayed = await Worker.runReplayHistory({ workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } }, JSON.parse(json) as unknown, s.name)
           .then(() => undefined, (err: unknown) => (err instanceof Error ? err.message : 'an error'));
