@@ -97,8 +97,30 @@ describe('the Kubernetes test cluster', { skip: !enabled && 'GG_TEST_KUBERNETES=
     assert.equal(await statusOf(core.listNamespacedSecret({ namespace: 'kube-system' })), 403, 'other namespaces');
     assert.equal(await statusOf(core.listNamespacedSecret({ namespace })), 403, 'secrets: no list, only by name');
     assert.equal(await statusOf(batch.listNamespacedJob({ namespace })), 403, 'Jobs: only by name');
-    const [somePod] = (await core.listNamespacedPod({ namespace })).items;
-    if (somePod) assert.equal(await statusOf(core.readNamespacedPodLog({ name: somePod.metadata!.name!, namespace })), 403, 'no pod logs');
+    // A pod that has a log, made by the admin: the worker is refused a log that exists and that the admin can read.
+    const logPod = `logs-${newId('run')}`;
+    await adminCore.createNamespacedPod({
+      namespace,
+      body: {
+        metadata: { name: logPod, labels: { 'app.kubernetes.io/managed-by': 'glider-gun-test' } },
+        spec: {
+          restartPolicy: 'Never',
+          automountServiceAccountToken: false,
+          containers: [{ name: 'main', image: env('GG_TEST_K8S_IMAGE_BUSYBOX'), command: ['sh', '-c', `echo ${logPod} was here`] }],
+        },
+      },
+    });
+    try {
+      const ran = await eventually('the admin\'s pod to finish', async () => {
+        const p = await adminCore.readNamespacedPod({ name: logPod, namespace });
+        return p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed' ? p : undefined;
+      }, 90_000);
+      assert.equal(ran.status?.phase, 'Succeeded', JSON.stringify(ran.status));
+      assert.match(await adminCore.readNamespacedPodLog({ name: logPod, namespace }), new RegExp(`${logPod} was here`), 'the log is there to read');
+      assert.equal(await statusOf(core.readNamespacedPodLog({ name: logPod, namespace })), 403, 'no pod logs');
+    } finally {
+      await adminCore.deleteNamespacedPod({ name: logPod, namespace, gracePeriodSeconds: 0 });
+    }
     assert.equal(await statusOf(core.createNamespacedPod({ namespace, body: { metadata: { name: 'bare' }, spec: { containers: [{ name: 'c', image: 'x' }] } } })), 403, 'pods only through Jobs');
     assert.equal(
       await statusOf(

@@ -6,10 +6,10 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
-import { FINISHED_JOB_TTL_SECONDS, K8S_MANAGED_LABEL, jobName, runSelector } from '../../activities/execution/kubernetes/job-spec.js';
+import { BatchV1Api, CoreV1Api, Watch, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { FINISHED_JOB_TTL_SECONDS, K8S_MANAGED_LABEL, K8S_RUN_LABEL, jobName, runSelector } from '../../activities/execution/kubernetes/job-spec.js';
 import { getAgentResult } from '../../core/db/run-agents.js';
-import { EXAMPLE_PARAMETERS, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
+import { EXAMPLE_PARAMETERS, executeRunAttempts, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
 import { adminKubeConfig, runGoneFromCluster } from '../support/kubernetes.js';
 import { pushToRegistry } from '../support/registry.js';
@@ -18,6 +18,73 @@ import { env, eventually, images, kubernetesEnv, noCluster, startTestSystem, typ
 type Run = RunBody;
 
 const SECRET = 'k8s-secret-value-never-in-the-job';
+
+/**
+ * Every ADDED and DELETED event of one kind of object in a namespace, from a list's resourceVersion on: a real
+ * watch, reopened where it left off when the API server or the client's inactivity timeout closes it, so nothing
+ * created after `start` returns is missed. An ERROR event (e.g. 410 Gone: events were lost) is kept in `failure`.
+ */
+class NamespaceEvents {
+  readonly added: KubernetesObject[] = [];
+  readonly deleted: KubernetesObject[] = [];
+  failure: unknown;
+  reopened = 0;
+  private controller: AbortController | undefined;
+  private stopped = false;
+
+  private constructor(
+    private readonly kubeConfig: KubeConfig,
+    private readonly path: string,
+    private resourceVersion: string,
+  ) {}
+
+  static async start(kubeConfig: KubeConfig, path: string, list: () => Promise<{ metadata?: { resourceVersion?: string } }>): Promise<NamespaceEvents> {
+    const events = new NamespaceEvents(kubeConfig, path, (await list()).metadata!.resourceVersion!);
+    await events.open();
+    return events;
+  }
+
+  /** The run's objects among those added: named gg-<run> (the Job; its pods' names start so) or labelled with the run. */
+  addedOf(runId: string): string[] {
+    return this.added.filter((o) => o.metadata?.labels?.[K8S_RUN_LABEL] === runId || o.metadata?.name?.startsWith(jobName(runId))).map((o) => o.metadata!.name!);
+  }
+
+  deletedOf(runId: string): string[] {
+    return this.deleted.filter((o) => o.metadata?.labels?.[K8S_RUN_LABEL] === runId || o.metadata?.name?.startsWith(jobName(runId))).map((o) => o.metadata!.name!);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.controller?.abort();
+  }
+
+  private async open(): Promise<void> {
+    this.controller = await new Watch(this.kubeConfig).watch(
+      this.path,
+      { resourceVersion: this.resourceVersion, allowWatchBookmarks: true },
+      (type: string, obj: KubernetesObject) => {
+        if (type === 'ERROR') {
+          this.failure ??= obj;
+          return;
+        }
+        this.resourceVersion = obj.metadata?.resourceVersion ?? this.resourceVersion;
+        if (type === 'ADDED') this.added.push(obj);
+        if (type === 'DELETED') this.deleted.push(obj);
+      },
+      (err: unknown) => {
+        if (this.stopped || this.failure !== undefined) return;
+        this.reopened++;
+        if (this.reopened > 100) {
+          this.failure = err ?? new Error('the watch kept closing');
+          return;
+        }
+        this.open().catch((e: unknown) => {
+          this.failure ??= e;
+        });
+      },
+    );
+  }
+}
 
 describe('runs on Kubernetes', { skip: noCluster }, () => {
   let sys: TestSystem;
@@ -103,20 +170,44 @@ describe('runs on Kubernetes', { skip: noCluster }, () => {
     await runGoneFromCluster(runId);
   });
 
-  it('adopts its running Job when the worker restarts mid-run: one pod, the template ran once', async () => {
-    const runId = await startRun(example, { message: 'adopt', sleep_seconds: 8 });
-    await eventually('the template to run', async () => ((await stdout(runId)).includes('example template') ? true : undefined), 120_000);
-    const before_ = await batch.readNamespacedJob({ name: jobName(runId), namespace });
-    await sys.stopClusterWorker();
-    await new Promise((r) => setTimeout(r, 1_000));
-    await sys.startClusterWorker();
-    const run = await ended(runId);
-    assert.equal(run.status, 'succeeded', run.message ?? '');
-    assert.equal(run.outputs?.runCount, 1);
-    assert.equal((await stdout(runId)).match(/example template: action/g)?.length, 1, 'the template ran once');
-    const after_ = await batch.readNamespacedJob({ name: jobName(runId), namespace }).catch(() => undefined);
-    assert.ok(!after_ || after_.metadata?.uid === before_.metadata?.uid, 'the same Job, never a second one');
-    await runGoneFromCluster(runId);
+  it('adopts its running Job when the worker restarts mid-run: one Job, one pod, the template ran once', async () => {
+    // Watched from before the run starts to after it is gone: every Job and pod the run ever had is counted.
+    const admin = adminKubeConfig();
+    const jobs = await NamespaceEvents.start(admin, `/apis/batch/v1/namespaces/${namespace}/jobs`, () => batch.listNamespacedJob({ namespace }));
+    const pods = await NamespaceEvents.start(admin, `/api/v1/namespaces/${namespace}/pods`, () => core.listNamespacedPod({ namespace }));
+    try {
+      const runId = await startRun(example, { message: 'adopt', sleep_seconds: 30 });
+      await eventually('the template to run', async () => ((await stdout(runId)).includes('example template') ? true : undefined), 120_000);
+      const before_ = await batch.readNamespacedJob({ name: jobName(runId), namespace });
+      await sys.stopClusterWorker();
+      // The worker is gone while its run goes on: the Job is still running when the next worker comes.
+      const during = await batch.readNamespacedJob({ name: jobName(runId), namespace });
+      assert.equal(during.metadata?.uid, before_.metadata?.uid);
+      assert.equal(during.status?.active, 1, `the run was still going when its worker stopped: ${JSON.stringify(during.status)}`);
+      await sys.startClusterWorker();
+      const run = await ended(runId);
+      await runGoneFromCluster(runId);
+      // Every event up to the removal has arrived once the watch reports the removal itself.
+      await eventually('the watch to see the Job and its pod removed', () =>
+        Promise.resolve(jobs.deletedOf(runId).length > 0 && pods.deletedOf(runId).length > 0 ? true : undefined),
+      );
+      assert.equal(jobs.failure, undefined, 'the Job watch saw every event');
+      assert.equal(pods.failure, undefined, 'the pod watch saw every event');
+      assert.deepEqual(jobs.addedOf(runId), [jobName(runId)], 'one Job across the restart, never a second one');
+      assert.equal(pods.addedOf(runId).length, 1, `one pod across the restart: ${pods.addedOf(runId).join(', ')}`);
+
+      assert.equal(run.status, 'succeeded', run.message ?? '');
+      assert.equal(run.outputs?.runCount, 1);
+      assert.equal((await stdout(runId)).match(/example template: action/g)?.length, 1, 'the template ran once');
+      // The restarted worker's attempt is the one that finished the run: it took over the running Job.
+      const { deploymentId } = (await sys.call<{ deploymentId: string }>('GET', `/v1/runs/${runId}`)).body;
+      const attempts = await executeRunAttempts(sys.client, deploymentId);
+      assert.equal(attempts.length, 1);
+      assert.ok(attempts[0]! >= 2, `executeRun finished on attempt ${attempts[0]}, after the restart`);
+    } finally {
+      jobs.stop();
+      pods.stop();
+    }
   });
 
   it('reports the Kubernetes API server and the build registry in /healthz', async () => {
