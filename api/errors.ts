@@ -16,6 +16,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   [ErrorCode.RunNotFound]: 404,
   [ErrorCode.StateVersionNotFound]: 404,
   [ErrorCode.StateCorrupt]: 409,
+  [ErrorCode.StateKeyMismatch]: 409,
   [ErrorCode.StateTooLarge]: 413,
   [ErrorCode.StateWriteSuperseded]: 409,
   [ErrorCode.NodeNotFound]: 404,
@@ -84,6 +85,7 @@ function isUnavailable(err: unknown): boolean {
 /** Body-parser errors carry a `type`; everything else that is not an AppError is an internal error. */
 const STATE_ERROR_CODES = {
   'state-corrupt': ErrorCode.StateCorrupt,
+  'state-key-mismatch': ErrorCode.StateKeyMismatch,
   'state-too-large': ErrorCode.StateTooLarge,
   'state-write-superseded': ErrorCode.StateWriteSuperseded,
 } as const;

@@ -18,6 +18,21 @@ import {
  */
 const VERSION = 1;
 
+/**
+ * Why a sealed value could not be opened: `wrong-key` (sealed under another key: the installation's key
+ * changed, which no retry or rollback mends), `not-sealed` (not a blob of ours at all), `altered` (the
+ * authentication failed: the bytes, or where they were bound to (the associated data), are not those sealed).
+ */
+export class SealedValueError extends Error {
+  constructor(
+    readonly code: 'wrong-key' | 'not-sealed' | 'altered',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'SealedValueError';
+  }
+}
+
 export class SecretBox {
   private readonly keyId: Buffer;
 
@@ -35,12 +50,18 @@ export class SecretBox {
   }
 
   open(blob: Buffer, associatedData = ''): Buffer {
-    if (blob.length < 37 || blob[0] !== VERSION) throw new Error('not a sealed value');
-    if (!blob.subarray(1, 9).equals(this.keyId)) throw new Error('sealed with another key');
+    if (blob.length < 37 || blob[0] !== VERSION) throw new SealedValueError('not-sealed', 'not a sealed value');
+    if (!blob.subarray(1, 9).equals(this.keyId)) {
+      throw new SealedValueError('wrong-key', `sealed with another key (key id ${blob.subarray(1, 9).toString('hex')}; this key's id is ${this.keyId.toString('hex')})`);
+    }
     const decipher = createDecipheriv('aes-256-gcm', this.key, blob.subarray(9, 21));
     decipher.setAAD(Buffer.from(associatedData));
     decipher.setAuthTag(blob.subarray(21, 37));
-    return Buffer.concat([decipher.update(blob.subarray(37)), decipher.final()]);
+    try {
+      return Buffer.concat([decipher.update(blob.subarray(37)), decipher.final()]);
+    } catch {
+      throw new SealedValueError('altered', 'its authentication fails: altered, or stored under another name than it was sealed for');
+    }
   }
 }
 

@@ -24,11 +24,27 @@ export const FAILURE_REASONS = [
   'container-vanished',
   /** The state version to restore is damaged (a chunk missing or altered); the template did not start. */
   'state-corrupt',
+  /**
+   * The state version to restore was sealed under another encryption key than the installation's (its key
+   * changed): no data is damaged, the key must be restored; the template did not start.
+   */
+  'state-key-mismatch',
   /** /state outgrew the deployment's state size limit; the previous version stays current. */
   'state-too-large',
   'infrastructure',
 ] as const;
 export type FailureReason = (typeof FAILURE_REASONS)[number];
+
+/**
+ * Why a state version cannot be read, and its run ends before the template starts: `state-corrupt`, its
+ * stored chunks are missing, altered or not its own (roll back to an earlier version); `state-key-mismatch`,
+ * it was sealed under another encryption key (every version sealed under that key is alike: restore the
+ * key, a rollback cannot help).
+ */
+export const UNREADABLE_STATE_REASONS = ['state-corrupt', 'state-key-mismatch'] as const satisfies readonly FailureReason[];
+export type UnreadableStateReason = (typeof UNREADABLE_STATE_REASONS)[number];
+export const isUnreadableStateReason = (reason: unknown): reason is UnreadableStateReason =>
+  (UNREADABLE_STATE_REASONS as readonly unknown[]).includes(reason);
 
 /** A deployment mirrors its active run, else its last run's outcome; `new` before any run. */
 export const DEPLOYMENT_STATUSES = ['new', ...RUN_STATUSES, 'destroyed'] as const;

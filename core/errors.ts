@@ -34,6 +34,8 @@ export enum ErrorCode {
   StateVersionNotFound = 'STATE_VERSION_NOT_FOUND',
   /** A state version's stored chunks are missing or altered: it cannot be restored or downloaded. */
   StateCorrupt = 'STATE_CORRUPT',
+  /** A state version was sealed under another encryption key than the installation's: restore the key. */
+  StateKeyMismatch = 'STATE_KEY_MISMATCH',
   /** A /state archive over the deployment's limit. */
   StateTooLarge = 'STATE_TOO_LARGE',
   /** A newer attempt of the same run is writing its state version; this one's writes are refused. */

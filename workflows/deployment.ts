@@ -31,7 +31,7 @@ import {
 const MAX_HISTORY_EVENTS = 5_000;
 /** Restore plus archive of a run's /state: 6 hours covers the default 4 GiB limit at 0.2 MiB/s. */
 const STORAGE_ALLOWANCE_SECONDS = 6 * 3600;
-const KNOWN_REASONS: readonly FailureReason[] = ['timeout', 'node-unavailable', 'image-unavailable', 'container-vanished', 'state-corrupt', 'state-too-large'];
+const KNOWN_REASONS: readonly FailureReason[] = ['timeout', 'node-unavailable', 'image-unavailable', 'container-vanished', 'state-corrupt', 'state-key-mismatch', 'state-too-large'];
 
 const db = proxyActivities<RunActivities>({
   startToCloseTimeout: '30 seconds',

@@ -14,6 +14,7 @@ import type { Db } from '../../core/db/pool.js';
 import { markRunPhase } from '../../core/db/runs.js';
 import { getAgentStateFailure, markRunAgentStarted, recordAgentResult, recordAgentStateFailure, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
 import { StateStorageError, archiveStateForRun, restoreStateForRun } from '../../core/db/state.js';
+import { isUnreadableStateReason } from '../../core/domain.js';
 import { readSourceArchive } from '../../core/db/template-sources.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
 import { MAX_OUTPUTS_BYTES, parseOutputs } from '../../core/outputs.js';
@@ -85,7 +86,7 @@ export function agentRouter(deps: AgentDeps): Router {
       // remembered: the run ends as state-corrupt. A chunk found altered half-way is remembered too, so the
       // runner's retry is refused at once.
       const known = await getAgentStateFailure(deps.db, grant.runId);
-      if (known?.reason === 'state-corrupt') throw new StateStorageError('state-corrupt', known.message, { deploymentId: grant.deploymentId, version: grant.restoreVersion });
+      if (known && isUnreadableStateReason(known.reason)) throw new StateStorageError(known.reason, known.message, { deploymentId: grant.deploymentId, version: grant.restoreVersion });
       res.status(200).type('application/gzip');
       await pipeline(restoreStateForRun(deps.db, deps.secrets, grant, grant.restoreVersion), res);
     })().catch(async (err: unknown) => {

@@ -69,20 +69,28 @@ export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets' | 'state'>): An
       roles: OPERATORS,
       params: StateVersionParams,
       responses: { 200: { description: 'the archive; X-Checksum-Sha256 is its sha256', schema: z.string(), contentType: 'application/gzip' } },
-      errors: [ErrorCode.DeploymentNotFound, ErrorCode.StateVersionNotFound, ErrorCode.StateCorrupt],
+      errors: [ErrorCode.DeploymentNotFound, ErrorCode.StateVersionNotFound, ErrorCode.StateCorrupt, ErrorCode.StateKeyMismatch],
       async handler({ params, res }) {
         await loadDeployment(db, params.id);
         const meta = await getStateVersion(db, params.id, params.version);
         if (!meta) throw notFound(ErrorCode.StateVersionNotFound, 'state version', `${params.id}@${params.version}`);
         // Every chunk is checked before the first byte: a damaged version is an error, never a short 200.
         await verifyStateVersion(db, params.id, params.version, { deep: true });
+        // So is a first chunk that does not open (moved from elsewhere, or sealed under another key): it is
+        // opened before the status is sent. A later chunk that fails, or the final checksum, cuts the download.
+        const reader = readStateVersion(db, deps.secrets, params.id, params.version)[Symbol.asyncIterator]();
+        let next = await reader.next();
         res.status(200).type('application/gzip');
         res.setHeader('content-length', String(meta.sizeBytes));
         res.setHeader('x-checksum-sha256', meta.sha256);
         res.setHeader('content-disposition', `attachment; filename="${params.id}-state-${params.version}.tar.gz"`);
         try {
-          for await (const chunk of readStateVersion(db, deps.secrets, params.id, params.version)) {
-            if (!(await send(res, chunk))) return undefined; // the client has gone: leaving the loop closes the reader
+          while (!next.done) {
+            if (!(await send(res, next.value))) {
+              await reader.return(undefined); // the client has gone: closes the reader
+              return undefined;
+            }
+            next = await reader.next();
           }
           res.end();
         } catch (err) {

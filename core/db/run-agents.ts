@@ -1,5 +1,5 @@
 import { timingSafeEqual } from 'node:crypto';
-import { ACTIVE_RUN_STATUSES } from '../domain.js';
+import { ACTIVE_RUN_STATUSES, isUnreadableStateReason, type UnreadableStateReason } from '../domain.js';
 import { sha256 } from '../crypto.js';
 import type { Queryable } from './pool.js';
 
@@ -62,12 +62,12 @@ export async function runAgentStarted(db: Queryable, runId: string): Promise<boo
 
 /** What the agent API refused about a run's state; the first such failure is kept. */
 export interface AgentStateFailure {
-  reason: 'state-corrupt' | 'state-too-large';
+  reason: UnreadableStateReason | 'state-too-large';
   message: string;
 }
 
 export async function recordAgentStateFailure(db: Queryable, runId: string, failure: { reason: string; message: string }): Promise<void> {
-  if (failure.reason !== 'state-corrupt' && failure.reason !== 'state-too-large') return;
+  if (!isUnreadableStateReason(failure.reason) && failure.reason !== 'state-too-large') return;
   await db.query(`UPDATE run_agents SET state_failure = $2 WHERE run_id = $1 AND state_failure IS NULL`, [
     runId,
     { reason: failure.reason, message: failure.message },

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { sha256, type SecretBox } from '../crypto.js';
-import { ACTIVE_RUN_STATUSES } from '../domain.js';
+import { SealedValueError, sha256, type SecretBox } from '../crypto.js';
+import { ACTIVE_RUN_STATUSES, type UnreadableStateReason } from '../domain.js';
 import { inTransaction, type Db, type Queryable } from './pool.js';
 import { markRunPhase } from './runs.js';
 
@@ -63,7 +63,7 @@ async function* rechunk(source: AsyncIterable<Buffer>, size: number): AsyncGener
 /** Why a state version could not be written or read; `reason` is the run's failure reason where one ends with it. */
 export class StateStorageError extends Error {
   constructor(
-    readonly reason: 'state-corrupt' | 'state-too-large' | 'state-write-superseded',
+    readonly reason: UnreadableStateReason | 'state-too-large' | 'state-write-superseded',
     message: string,
     readonly details: { deploymentId: string; version?: number } & Record<string, unknown>,
   ) {
@@ -363,7 +363,8 @@ async function completeVersionRow(db: Queryable, deploymentId: string, version: 
 
 /**
  * The archive of a complete version, decrypted chunk by chunk. Checked first (every chunk there, none
- * foreign); a chunk that fails to decrypt, or a checksum that does not match, fails as `state-corrupt`.
+ * foreign); a chunk that fails to decrypt, or a checksum that does not match, fails as `state-corrupt`, a
+ * chunk sealed under another key as `state-key-mismatch`, both before the chunk's bytes are yielded.
  */
 export async function* readStateVersion(db: Queryable, box: SecretBox, deploymentId: string, version: number): AsyncGenerator<Buffer> {
   const meta = await completeVersionRow(db, deploymentId, version);
@@ -388,6 +389,14 @@ export async function* readStateVersion(db: Queryable, box: SecretBox, deploymen
       try {
         plain = box.open(chunk.rows[0].data, aad(deploymentId, version, idx));
       } catch (err) {
+        if (err instanceof SealedValueError && err.code === 'wrong-key') {
+          throw new StateStorageError(
+            'state-key-mismatch',
+            `state version ${version} of ${deploymentId} was sealed under another encryption key than this installation's: ${err.message}. ` +
+              'GLIDERGUN_ENCRYPTION_KEY (or its key file) changed since it was written; restore that key. The data is not damaged, and rolling back cannot help',
+            { deploymentId, version },
+          );
+        }
         throw corrupt(`chunk ${idx} does not decrypt (${err instanceof Error ? err.message : String(err)})`);
       }
       hash.update(plain);

@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import type { Client } from '@temporalio/client';
+import { deploymentWorkflowId } from '../../workflows/messages.js';
 import { eventually, images, type apiClient } from './system.js';
 
 type Call = ReturnType<typeof apiClient>;
@@ -71,4 +73,18 @@ export async function registerBlobTemplate(call: Call, prefix: string, image: st
   });
   if (version.status !== 201) throw new Error(`version not created: ${JSON.stringify(version.body)}`);
   return name;
+}
+
+/** The attempt number of every executeRun a deployment's workflow started, in order (1 each: nothing retried). */
+export async function executeRunAttempts(client: Client, deploymentId: string): Promise<number[]> {
+  const history = await client.workflow.getHandle(deploymentWorkflowId(deploymentId)).fetchHistory();
+  const scheduled = new Map<string, string>();
+  const attempts: number[] = [];
+  for (const e of history.events ?? []) {
+    const s = e.activityTaskScheduledEventAttributes;
+    if (s) scheduled.set(String(e.eventId), s.activityType?.name ?? '');
+    const started = e.activityTaskStartedEventAttributes;
+    if (started && scheduled.get(String(started.scheduledEventId)) === 'executeRun') attempts.push(started.attempt ?? 0);
+  }
+  return attempts;
 }

@@ -11,7 +11,7 @@ import {
 } from '@kubernetes/client-node';
 import { ApplicationFailure } from '@temporalio/common';
 import type { AgentResult, AgentStateFailure } from '../../../core/db/run-agents.js';
-import type { RunOutcome, RunSpec } from '../../../core/domain.js';
+import { isUnreadableStateReason, type RunOutcome, type RunSpec } from '../../../core/domain.js';
 import { ExecutionFailure, type ExecutionAdapter, type ExecutionContext } from '../adapter.js';
 import { ImageAccessDeniedError, ImageNotFoundError, parseImageReference, RegistryUnavailableError, type RegistryClient } from '../image-config.js';
 import { ARCHIVE_GRACE_SECONDS, jobName, runJob, runSecret, runSelector, type JobSettings } from './job-spec.js';
@@ -289,7 +289,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
     let stateFailure = await this.agents.stateFailure(spec.runId);
     const waitUntil = Date.now() + RESULT_WAIT_MS;
     // A runner refused its state to restore reports nothing more: the template never started.
-    while (!result && stateFailure?.reason !== 'state-corrupt' && Date.now() < waitUntil && ended.reason !== 'InitContainerFailed' && ended.reason !== 'JobFailed') {
+    while (!result && !isUnreadableStateReason(stateFailure?.reason) && Date.now() < waitUntil && ended.reason !== 'InitContainerFailed' && ended.reason !== 'JobFailed') {
       await sleep(500);
       result = await this.agents.result(spec.runId);
       stateFailure = await this.agents.stateFailure(spec.runId);
