@@ -208,7 +208,7 @@ async function main(): Promise<number> {
       checks[ok ? 'ok' : 'failed'] += 1;
       say(`${ok ? 'ok' : 'FAIL'}: ${message}`);
     };
-    if (hung) check(false, `the tests ended within ${process.env.GG_TEST_MAX_MINUTES ?? 30} min`);
+    if (hung) check(false, `the tests did not end within ${process.env.GG_TEST_MAX_MINUTES ?? 30} min (see above)`);
     check(
       leftovers.length === 0,
       leftovers.length === 0 ? 'no container left behind' : `${leftovers.length} container(s) left behind: ${leftovers.map((c) => c.Names.join(',')).join(' ')}`,
