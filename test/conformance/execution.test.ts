@@ -68,8 +68,14 @@ for (const target of ['docker', 'kubernetes'] as const) {
       images_ = {
         example: await pushToRegistry(images.example),
         leaky: await pushToRegistry(await scriptImage(sys.docker, '#!/bin/sh\necho "the key is $(cat /secrets/template-secrets.json)"\necho "key on stderr: $TF_VAR_message" >&2\n')),
+        // Marks the SIGTERM it gets, then goes on printing the time (the kernel's uptime, the same clock in
+        // every container and pod) every 0.1 s until it is killed.
         stubborn: await pushToRegistry(
-          await scriptImage(sys.docker, '#!/bin/sh\ntrap "echo ignoring TERM" TERM\necho "example template stubborn"\necho kept > /state/kept\nwhile true; do sleep 1; done\n'),
+          await scriptImage(
+            sys.docker,
+            '#!/bin/sh\nnow() { read -r up _ < /proc/uptime; echo "$up"; }\ntrap \'echo "SIGTERM at $(now)"\' TERM\n' +
+              'echo "example template stubborn"\necho kept > /state/kept\nwhile true; do echo "alive at $(now)"; sleep 0.1; done\n',
+          ),
         ),
       };
       example = await template(images_.example);
@@ -156,7 +162,16 @@ for (const target of ['docker', 'kubernetes'] as const) {
       const run = await ended(runId);
       const took = Date.now() - t0;
       assert.equal(run.status, 'cancelled');
-      assert.ok(took >= 2_000, `stopped after ${took} ms: before the 2 s grace`);
+      const grace = sys.config.runs.stopGraceSeconds;
+      assert.ok(took >= grace * 1000, `stopped after ${took} ms: before the ${grace} s grace`);
+      const stdout = await log(runId, 'stdout');
+      const terms = [...stdout.matchAll(/^SIGTERM at (\d+\.\d+)$/gm)].map((m) => Number(m[1]));
+      assert.equal(terms.length, 1, `the template received SIGTERM once:\n${stdout}`);
+      const alive = [...stdout.matchAll(/^alive at (\d+\.\d+)$/gm)].map((m) => Number(m[1]));
+      const lastAlive = alive.at(-1)!;
+      // It prints every 0.1 s until SIGKILL: the last print is at most one loop (0.1 s, 0.5 s on a loaded
+      // machine) before the kill. A kill before the grace period is over leaves a shorter gap.
+      assert.ok(lastAlive - terms[0]! >= grace - 0.5, `last alive ${(lastAlive - terms[0]!).toFixed(2)} s after SIGTERM: killed before the ${grace} s grace`);
       assert.ok(run.stateVersion);
       const archive = await fetch(`${sys.api.url}/v1/deployments/${id}/state-versions/${run.stateVersion}/archive`, {
         headers: { authorization: `Bearer ${sys.tokens.admin}` },
