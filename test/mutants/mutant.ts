@@ -52,22 +52,29 @@ export async function readMutant(file: string): Promise<Mutant> {
   return parseMutant(file, await readFile(file, 'utf8'));
 }
 
-export type TestVerdict = 'passed' | 'failed' | 'missing';
+export type TestVerdict = 'passed' | 'failed' | 'skipped' | 'missing';
 
 /**
  * The verdict of the test titled `name` in node's TAP output: failed if any test of that title failed
- * (a title may repeat in several suites), missing if none ran (the test was renamed or removed: the mutant
- * is stale). Tests skipped by --test-name-pattern are reported `ok … # SKIP`, and are not "passed".
+ * (a title may repeat in several suites); skipped if it, or a suite around it, was skipped by the test
+ * itself (no test cluster, say): a skipped suite's tests are not listed at all; missing if none ran (the
+ * test was renamed or removed: the mutant is stale). Tests left out by --test-name-pattern are not listed.
  */
 export function verdictFromTap(tap: string, name: string): TestVerdict {
-  let seen = false;
+  let passed = false;
+  let skipped = false;
+  let anySkip = false;
   for (const m of tap.matchAll(/^\s*(not ok|ok) \d+ - (.*)$/gm)) {
     const [title, directive] = splitTapDescription(m[2]!);
+    const skip = /^SKIP\b/i.test(directive) && !/does not match pattern/.test(directive);
+    anySkip ||= skip;
     if (title !== name) continue;
     if (m[1] === 'not ok') return 'failed';
-    if (!/^(SKIP|TODO)\b/i.test(directive)) seen = true;
+    if (skip) skipped = true;
+    else if (!/^(SKIP|TODO)\b/i.test(directive)) passed = true;
   }
-  return seen ? 'passed' : 'missing';
+  if (passed) return 'passed';
+  return skipped || anySkip ? 'skipped' : 'missing';
 }
 
 /** TAP escapes `#` and `\` in a description; an unescaped `#` starts a directive (SKIP, TODO). */

@@ -12,6 +12,15 @@ import { MUTANTS_DIR, MutantFormatError, parseMutant, readMutant, verdictFromGo,
 
 const ROOT = path.resolve(MUTANTS_DIR, '..', '..');
 
+/** Whether the source has a test of that title: written out in quotes, or made by a template literal. */
+function titledIn(source: string, name: string): boolean {
+  if (["'", '"', '`'].some((q) => source.includes(`${q}${name.replaceAll(q, `\\${q}`)}${q}`))) return true;
+  const escape = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return [...source.matchAll(/\b(?:it|test|describe)\(\s*`((?:[^`\\]|\\.)*)`/g)].some((m) =>
+    new RegExp(`^${m[1]!.split(/\$\{[^}]*\}/).map(escape).join('.+')}$`).test(name),
+  );
+}
+
 describe('mutants', () => {
   it('every patch under test/mutants parses, applies to the tree, and names a test that exists', async () => {
     const files = (await readdir(MUTANTS_DIR)).filter((f) => f.endsWith('.patch'));
@@ -23,9 +32,7 @@ describe('mutants', () => {
         const m = await readMutant(file);
         if (m.kind === 'node') {
           const source = await readFile(path.join(ROOT, m.test), 'utf8');
-          // The title as written in an it('…') / it("…") / it(`…`) call.
-          const quoted = ["'", '"', '`'].some((q) => source.includes(`${q}${m.name.replaceAll(q, `\\${q}`)}${q}`));
-          if (!quoted) problems.push(`${f}: ${m.test} has no test titled '${m.name}'`);
+          if (!titledIn(source, m.name)) problems.push(`${f}: ${m.test} has no test titled '${m.name}'`);
         } else {
           const source = (await Promise.all((await readdir(path.join(ROOT, m.test))).filter((g) => g.endsWith('_test.go')).map((g) => readFile(path.join(ROOT, m.test, g), 'utf8')))).join('\n');
           if (!source.includes(`func ${m.name}(t *testing.T)`)) problems.push(`${f}: no Go test ${m.name} in ${m.test}`);
@@ -64,6 +71,9 @@ describe('mutants', () => {
     assert.equal(verdictFromTap(tap, 'reads a # sign'), 'failed');
     assert.equal(verdictFromTap(tap, 'other'), 'missing');
     assert.equal(verdictFromTap(tap, 'renamed'), 'missing');
+    assert.equal(verdictFromTap('ok 1 - on the cluster # SKIP GG_TEST_KUBERNETES=0: no test cluster started', 'on the cluster'), 'skipped');
+    // A skipped suite does not list its tests.
+    assert.equal(verdictFromTap('ok 1 - Kubernetes runs # SKIP GG_TEST_KUBERNETES=0', 'runs a Job'), 'skipped');
   });
 
   it('takes a Go test\'s verdict from go test -v', () => {
