@@ -3,43 +3,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
-import { buffer } from 'node:stream/consumers';
-import { gunzipSync, gzipSync } from 'node:zlib';
+import { gunzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
-import tar from 'tar-stream';
-import { SecretBox } from '../../core/crypto.js';
-import { loadEncryptionKey } from '../../core/keys.js';
-import { createDeployment, executeRunAttempts, registerExampleTemplate, uniqueName } from '../support/fixtures.js';
+import { createDeployment, registerExampleTemplate, uniqueName } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
+import { COUNTING_TEMPLATE, MiB, handMadeArchive, stateBench, systemBox, untrustedStateChecks, type StateBench } from '../support/state-bench.js';
 import { env, eventually, startTestSystem, type TestSystem } from '../support/system.js';
-
-const MiB = 1024 * 1024;
-/** What each stored chunk is bound to (its associated data), written here apart from the code that seals them. */
-const boundTo = (deploymentId: string, version: number, idx: number) => `state/${deploymentId}/${version}/${idx}`;
-const sha256 = (data: Buffer) => createHash('sha256').update(data).digest();
-
-/** deploy: says it started, counts its runs in /state, and leaves 2.5 MiB of random bytes there (three stored chunks). */
-const COUNTING_TEMPLATE = `#!/bin/sh
-set -e
-echo "template started"
-n=$(cat /state/count 2>/dev/null || echo 0)
-n=$((n + 1))
-echo "$n" > /state/count
-head -c 2621440 /dev/urandom > /state/blob
-echo "{\\"count\\": $n}" > /state/outputs.json
-`;
-
-/** A tar.gz made by hand, holding what packState never writes. */
-async function handMadeArchive(entries: { name: string; type?: 'file' | 'symlink'; linkname?: string; body?: string }[]): Promise<Buffer> {
-  const pack = tar.pack();
-  for (const e of entries) {
-    if (e.type === 'symlink') pack.entry({ name: e.name, type: 'symlink', linkname: e.linkname! });
-    else pack.entry({ name: e.name }, e.body ?? 'planted\n');
-  }
-  pack.finalize();
-  return gzipSync(await buffer(Readable.from(pack)));
-}
+import type { SecretBox } from '../../core/crypto.js';
 
 interface Run {
   id: string;
@@ -72,9 +42,11 @@ function tarEntries(gz: Buffer): Map<string, { type: string; linkname: string; d
 describe('state versions', () => {
   let sys: TestSystem;
   let box: SecretBox;
+  let bench: StateBench;
   before(async () => {
     sys = await startTestSystem();
-    box = new SecretBox(await loadEncryptionKey({ base64: sys.config.security.encryptionKey, file: sys.config.security.encryptionKeyFile }));
+    box = await systemBox(sys);
+    bench = stateBench(sys, box, { image: await scriptImage(sys.docker, COUNTING_TEMPLATE), target: { kind: 'node', node: sys.nodeId } });
   });
   after(async () => {
     await sys.stop();
@@ -87,63 +59,6 @@ describe('state versions', () => {
       const r = await sys.call<Run>('GET', `/v1/runs/${started.body.id}`);
       return ['succeeded', 'failed', 'cancelled'].includes(r.body.status) ? r.body : undefined;
     }, timeoutMs);
-  }
-
-  const download = (id: string, version: number) =>
-    fetch(`${sys.api.url}/v1/deployments/${id}/state-versions/${version}/archive`, { headers: { authorization: `Bearer ${sys.tokens.operator}` } });
-  async function stdout(runId: string): Promise<string> {
-    const res = await fetch(`${sys.api.url}/v1/runs/${runId}/logs?stream=stdout`, { headers: { authorization: `Bearer ${sys.tokens.admin}` } });
-    return res.text();
-  }
-  async function countingDeployment(): Promise<string> {
-    const name = uniqueName('counting');
-    assert.equal((await sys.call('POST', '/v1/templates', { name })).status, 201);
-    assert.equal((await sys.call('POST', `/v1/templates/${name}/versions`, { image: await scriptImage(sys.docker, COUNTING_TEMPLATE) })).status, 201);
-    return createDeployment(sys.call, name, {}, { kind: 'node', node: sys.nodeId });
-  }
-  /** The stored chunks of a version, in order. */
-  async function storedChunks(id: string, version: number): Promise<Buffer[]> {
-    const { rows } = await sys.db.query<{ data: Buffer }>('SELECT data FROM state_chunks WHERE deployment_id = $1 AND version = $2 ORDER BY idx', [id, version]);
-    return rows.map((r) => r.data);
-  }
-  /**
-   * Replaces what a version holds, as someone with write access to the database could: each chunk's digest
-   * and the version's chain of digests are made to agree, so only the encryption can tell.
-   */
-  async function storeChunks(id: string, version: number, sealed: Buffer[], meta?: { sha256: Buffer; sizeBytes: number }): Promise<void> {
-    await sys.db.query('DELETE FROM state_chunks WHERE deployment_id = $1 AND version = $2', [id, version]);
-    for (const [idx, data] of sealed.entries()) {
-      await sys.db.query('INSERT INTO state_chunks (deployment_id, version, idx, data, digest) VALUES ($1, $2, $3, $4, $5)', [id, version, idx, data, sha256(data)]);
-    }
-    await sys.db.query(
-      `UPDATE state_versions SET chunk_count = $3, chunks_sha256 = $4, sha256 = coalesce($5, sha256), size_bytes = coalesce($6, size_bytes)
-        WHERE deployment_id = $1 AND version = $2`,
-      [id, version, sealed.length, sha256(Buffer.concat(sealed.map(sha256))), meta?.sha256 ?? null, meta?.sizeBytes ?? null],
-    );
-  }
-  /** A version's stored chunks and checksums copied from another version (of this deployment or another). */
-  async function copyVersion(from: { id: string; version: number }, to: { id: string; version: number }): Promise<void> {
-    const { rows } = await sys.db.query<{ sha256: Buffer; size_bytes: string }>('SELECT sha256, size_bytes FROM state_versions WHERE deployment_id = $1 AND version = $2', [
-      from.id,
-      from.version,
-    ]);
-    await storeChunks(to.id, to.version, await storedChunks(from.id, from.version), { sha256: rows[0]!.sha256, sizeBytes: Number(rows[0]!.size_bytes) });
-  }
-  /** A version's content replaced by `archive`, sealed as Glider Gun seals it. */
-  async function plantArchive(id: string, version: number, archive: Buffer): Promise<void> {
-    const sealed: Buffer[] = [];
-    for (let at = 0, idx = 0; at < archive.length; at += MiB, idx++) sealed.push(box.seal(archive.subarray(at, at + MiB), boundTo(id, version, idx)));
-    await storeChunks(id, version, sealed, { sha256: sha256(archive), sizeBytes: archive.length });
-  }
-  /** The run restoring a version it cannot trust: failed with `reason` before the template started, in one attempt. */
-  async function refusedRun(id: string, reason: string, runsBefore: number): Promise<Run> {
-    const refused = await run(id);
-    assert.equal(refused.status, 'failed', JSON.stringify(refused));
-    assert.equal(refused.reason, reason, refused.message ?? '');
-    assert.equal(refused.stateVersion, null, 'nothing archived from a run whose state was refused');
-    assert.ok(!(await stdout(refused.id)).includes('template started'), 'the template did not start');
-    assert.deepEqual(await executeRunAttempts(sys.client, id), Array<number>(runsBefore + 1).fill(1), 'each run executed once: the refusal is not retried');
-    return refused;
   }
 
   it('carries /state from run to run, archiving it after a failed run too', async () => {
@@ -191,16 +106,16 @@ describe('state versions', () => {
   });
 
   it('stores only ciphertext: no piece of the archive is in state_chunks', async () => {
-    const id = await countingDeployment();
-    const first = await run(id);
+    const id = await bench.countingDeployment();
+    const first = await bench.run(id);
     assert.equal(first.status, 'succeeded', first.message ?? '');
-    const res = await download(id, first.stateVersion!);
+    const res = await bench.download(id, first.stateVersion!);
     assert.equal(res.status, 200);
     // The archive as the run left it: 2.5 MiB of random bytes, which gzip stores as they are (stored blocks),
     // so a plaintext store would hold long runs of these very bytes.
     const archive = Buffer.from(await res.arrayBuffer());
     assert.ok(archive.length > 2.5 * MiB, `${archive.length} bytes`);
-    const stored = Buffer.concat(await storedChunks(id, first.stateVersion!));
+    const stored = Buffer.concat(await bench.storedChunks(id, first.stateVersion!));
     assert.equal(stored.length, archive.length + 3 * 37, 'three chunks, each the size of its plaintext and a 37-byte header');
     let seen = 0;
     for (let at = 0; at + 32 <= archive.length; at += 4096) {
@@ -210,64 +125,15 @@ describe('state versions', () => {
     assert.ok(seen > 600);
   });
 
-  it('refuses a version whose chunks were moved from another deployment: the run fails state-corrupt at once, the download answers 409', async () => {
-    const victim = await countingDeployment();
-    const other = await countingDeployment();
-    assert.equal((await run(victim)).stateVersion, 1);
-    assert.equal((await run(other)).stateVersion, 1);
-    // The other deployment's state (intact, with its own checksums) under the victim's name.
-    await copyVersion({ id: other, version: 1 }, { id: victim, version: 1 });
-    const res = await download(victim, 1);
-    assert.equal(res.status, 409, 'an error before any byte, not a 200');
-    assert.equal(((await res.json()) as { code: string }).code, 'STATE_CORRUPT');
-    const refused = await refusedRun(victim, 'state-corrupt', 1);
-    assert.match(refused.message ?? '', /state version 1 of \S+ is damaged: chunk 0 does not decrypt/);
-  });
+  // Chunks moved from another deployment, version or place, and a version sealed under another key.
+  const untrusted = untrustedStateChecks(() => ({ bench, box }));
+  it('refuses a version whose chunks were moved from another deployment: the run fails state-corrupt at once, the download answers 409', () => untrusted.movedFromAnotherDeployment());
 
-  it('refuses a version whose chunks were moved from another version: the run fails state-corrupt at once, the download answers 409', async () => {
-    const id = await countingDeployment();
-    assert.equal((await run(id)).stateVersion, 1);
-    assert.equal((await run(id)).stateVersion, 2);
-    // Version 1 (intact, with its own checksums) replayed as version 2: a rollback nobody asked for.
-    await copyVersion({ id, version: 1 }, { id, version: 2 });
-    const res = await download(id, 2);
-    assert.equal(res.status, 409, 'an error before any byte, not a 200');
-    assert.equal(((await res.json()) as { code: string }).code, 'STATE_CORRUPT');
-    const refused = await refusedRun(id, 'state-corrupt', 2);
-    assert.match(refused.message ?? '', /chunk 0 does not decrypt/);
-  });
+  it('refuses a version whose chunks were moved from another version: the run fails state-corrupt at once, the download answers 409', () => untrusted.movedFromAnotherVersion());
 
-  it('refuses a version whose chunks were swapped, at the first chunk, before any byte of it is used', async () => {
-    const id = await countingDeployment();
-    assert.equal((await run(id)).stateVersion, 1);
-    const [c0, c1, ...rest] = await storedChunks(id, 1);
-    assert.ok(c0 && c1 && rest.length === 1);
-    await storeChunks(id, 1, [c1, c0, ...rest]);
-    // Each chunk is its own, only in another place: it must not open there (the archive's checksum would
-    // notice only after every byte had been restored or sent).
-    const res = await download(id, 1);
-    assert.equal(res.status, 409, 'an error before any byte, not a 200 cut at the end');
-    assert.equal(((await res.json()) as { code: string }).code, 'STATE_CORRUPT');
-    const refused = await refusedRun(id, 'state-corrupt', 1);
-    assert.match(refused.message ?? '', /chunk 0 does not decrypt/);
-  });
+  it('refuses a version whose chunks were swapped, at the first chunk, before any byte of it is used', () => untrusted.swapped());
 
-  it('names a version sealed under another key state-key-mismatch, not damage: the run fails at once, the download answers 409', async () => {
-    const id = await countingDeployment();
-    assert.equal((await run(id)).stateVersion, 1);
-    // The same content sealed under another key, in its right place: what an installation whose key was replaced finds.
-    const otherKey = new SecretBox(randomBytes(32));
-    const chunks = await storedChunks(id, 1);
-    await storeChunks(id, 1, chunks.map((c, idx) => otherKey.seal(box.open(c, boundTo(id, 1, idx)), boundTo(id, 1, idx))));
-    const res = await download(id, 1);
-    assert.equal(res.status, 409);
-    const body = (await res.json()) as { code: string; message: string };
-    assert.equal(body.code, 'STATE_KEY_MISMATCH');
-    assert.match(body.message, /GLIDERGUN_ENCRYPTION_KEY/);
-    const refused = await refusedRun(id, 'state-key-mismatch', 1);
-    assert.match(refused.message ?? '', /sealed under another encryption key/);
-    assert.doesNotMatch(refused.message ?? '', /roll back to/, 'a rollback cannot help: every version sealed under that key is alike');
-  });
+  it('names a version sealed under another key state-key-mismatch, not damage: the run fails at once, the download answers 409', () => untrusted.sealedUnderAnotherKey());
 
   it('rolls back to an earlier version as a new one, refused while a run is active', async () => {
     const template = await registerExampleTemplate(sys.call);
@@ -400,8 +266,8 @@ exit 0
   });
 
   it('restores nothing outside /state from an archive naming ../, an absolute path or a way through a link: the run fails state-corrupt at once', async () => {
-    const id = await countingDeployment();
-    assert.equal((await run(id)).stateVersion, 1);
+    const id = await bench.countingDeployment();
+    assert.equal((await bench.run(id)).stateVersion, 1);
     const outside = path.join(env('GG_TEST_SCRATCH'), `outside-${randomBytes(4).toString('hex')}`);
     await mkdir(outside, { recursive: true });
     const tag = randomBytes(4).toString('hex');
@@ -413,8 +279,8 @@ exit 0
     ];
     for (const [i, c] of cases.entries()) {
       // A template cannot make such an archive through packState, but what a cluster run's runner uploads is the pod's to say.
-      await plantArchive(id, 1, await handMadeArchive(c.entries));
-      const refused = await refusedRun(id, 'state-corrupt', i + 1);
+      await bench.plantArchive(id, 1, await handMadeArchive(c.entries));
+      const refused = await bench.refusedRun(id, 'state-corrupt', i + 1);
       assert.match(refused.message ?? '', /cannot be unpacked/);
       assert.equal(existsSync(c.target), false, `${c.target} was written`);
     }
