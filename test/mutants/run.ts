@@ -16,6 +16,7 @@ import { promisify } from 'node:util';
 import { bundleWorkflowCode } from '@temporalio/worker';
 import { MANAGED_LABEL, WORKDIR_LABEL } from '../../activities/execution/adapter.js';
 import { goEnv } from '../../infra/dev/images.js';
+import { RUNS_NAMESPACE, WORKER_SERVICE_ACCOUNT } from '../../infra/dev/kubernetes.js';
 import { say } from '../../infra/dev/progress.js';
 import { startTestServices, type TestServices } from '../../infra/dev/test-services.js';
 import { MUTANTS_DIR, namePattern, readMutant, verdictFromGo, verdictFromTap, type Mutant, type TestVerdict } from './mutant.js';
@@ -23,6 +24,8 @@ import { MUTANTS_DIR, namePattern, readMutant, verdictFromGo, verdictFromTap, ty
 const run = promisify(execFile);
 const ROOT = path.resolve(MUTANTS_DIR, '..', '..');
 const TEST_TIMEOUT_MS = 10 * 60_000;
+/** The worker's Role, applied by the test cluster at start (infra/dev/kubernetes.ts). */
+const RBAC_FILE = 'infra/k8s/rbac.yaml';
 
 type Outcome = 'killed' | 'survived' | 'stale' | 'skipped' | 'control-failed';
 
@@ -33,7 +36,8 @@ const needsCluster = async (m: Mutant) =>
 /** The working tree as `git` sees it (tracked and new files, not ignored ones), without node_modules. */
 async function copyTree(into: string): Promise<void> {
   const { stdout } = await run('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: ROOT, maxBuffer: 64 << 20 });
-  const files = stdout.split('\0').filter((f) => f && !f.startsWith('node_modules/'));
+  // (A worktree's node_modules is often a symlink, which `node_modules/` in .gitignore does not match.)
+  const files = stdout.split('\0').filter((f) => f && f !== 'node_modules' && !f.startsWith('node_modules/'));
   for (const f of files) {
     const target = path.join(into, f);
     await mkdir(path.dirname(target), { recursive: true });
@@ -118,6 +122,26 @@ async function rebuiltFor(tree: string, m: Mutant, services: TestServices | unde
     );
     extra.GG_TEST_RUNNER_IMAGE = await services.kubernetes.pushImage(stdout.trim());
   }
+  if (m.touches.includes(RBAC_FILE) && services?.kubernetes) {
+    // The cluster applied the working tree's Role once, at start: the mutant's Role gets a namespace of its own.
+    const k = services.kubernetes;
+    const namespace = `gg-mutant-${m.id.replace(/[^a-z0-9-]/g, '-')}`.slice(0, 63).replace(/-+$/, '');
+    const rbac = (await readFile(path.join(tree, RBAC_FILE), 'utf8')).replaceAll(RUNS_NAMESPACE, namespace);
+    await k.kubectl(['apply', '-f', '-'], { input: rbac });
+    // Pods are not admitted before the namespace's default ServiceAccount exists (the controller-manager makes it).
+    for (let i = 0; ; i++) {
+      if (await k.kubectl(['-n', namespace, 'get', 'serviceaccount', 'default']).then(() => true, () => false)) break;
+      if (i === 120) throw new Error(`no ServiceAccount default in ${namespace} after 60 s`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const token = (await k.kubectl(['-n', namespace, 'create', 'token', WORKER_SERVICE_ACCOUNT, '--duration', '2h'])).trim();
+    const kubeconfig = path.join(tree, '.mutant-worker.kubeconfig');
+    await cp(k.workerKubeconfig, kubeconfig);
+    const user = (await k.kubectl(['config', 'view', '-o', 'jsonpath={.users[0].name}'], { kubeconfig })).trim();
+    await k.kubectl(['config', 'set-credentials', user, `--token=${token}`], { kubeconfig });
+    extra.GG_TEST_KUBECONFIG_WORKER = kubeconfig;
+    extra.GG_TEST_K8S_NAMESPACE = namespace;
+  }
   const unsupported = m.touches.filter((f) => f.startsWith('infra/images/') && !f.startsWith('infra/images/pod-runner/'));
   if (unsupported.length) throw new Error(`the mutant changes ${unsupported.join(', ')}: base images are built once, not per mutant`);
   return extra;
@@ -149,6 +173,7 @@ async function main(): Promise<number> {
       const tell = (line: string) => say(`[${m.id}] ${line}`);
       tell(`mutant ${i + 1}/${mutants.length}: ${m.description}`);
       const tree = await mkdtemp(path.join(scratch, `mutant-${m.id}-`));
+      let extra: Record<string, string> = {};
       // Its own GG_TEST_SCRATCH (the tests' run folders), so its leftovers are told from another mutant's.
       const testScratch = `${tree}.scratch`;
       await mkdir(testScratch);
@@ -168,7 +193,8 @@ async function main(): Promise<number> {
           tell(`STALE: the patch no longer applies: ${refused.split('\n')[0]}`);
           return 'stale';
         }
-        const { verdict, output } = await runTest(tree, m, { ...env, ...(await rebuiltFor(tree, m, services)) });
+        extra = await rebuiltFor(tree, m, services);
+        const { verdict, output } = await runTest(tree, m, { ...env, ...extra });
         await writeFile(path.join(logDir, `${m.id}.log`), output);
         const secs = ((Date.now() - started) / 1000).toFixed(0);
         if (verdict === 'failed') {
@@ -192,6 +218,10 @@ async function main(): Promise<number> {
         return 'stale';
       } finally {
         if (services) await removeLeftovers(services, testScratch);
+        // A namespace made for the mutant's own Role goes with everything in it.
+        if (extra.GG_TEST_K8S_NAMESPACE && extra.GG_TEST_K8S_NAMESPACE !== services?.env.GG_TEST_K8S_NAMESPACE) {
+          await services?.kubernetes?.kubectl(['delete', 'namespace', extra.GG_TEST_K8S_NAMESPACE, '--wait=false']);
+        }
         await rm(tree, { recursive: true, force: true });
         await rm(testScratch, { recursive: true, force: true });
       }
