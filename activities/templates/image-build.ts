@@ -263,7 +263,7 @@ function explainPushFailure(message: string): string {
     [/connection refused|no such host|i\/o timeout|network is unreachable|no route to host/i, 'the registry cannot be reached'],
     [/\b405\b|method not allowed|unsupported/i, 'the registry does not accept uploads: read-only?'],
     [/unauthorized|authentication required|no basic auth credentials|\b401\b/i, 'the registry wants other credentials'],
-    [/denied|forbidden|\b403\b/i, 'the registry refuses these credentials this repository'],
+    [/denied|forbidden|\b403\b/i, 'the registry refuses these credentials access to this repository'],
     [/name invalid|invalid reference|repository name/i, 'the registry refuses the name'],
   ];
   const hint = hints.find(([pattern]) => pattern.test(message))?.[1];
