@@ -150,12 +150,13 @@ function drainedOrGone(sink: EntrySink): Promise<void> {
 
 /**
  * An archive entry that would be written outside the folder being restored into: its name leaves it
- * (`ENTRY_OUTSIDE`: `..` or an absolute path) or its way passes through a link (`ENTRY_THROUGH_LINK`).
+ * (`ENTRY_OUTSIDE`: `..` or an absolute path) or its way passes through a link (`ENTRY_THROUGH_LINK`); or
+ * one that comes before its folder (`ENTRY_BEFORE_FOLDER`), as the pod-runner refuses it too.
  * packState never makes one, so the archive is not one of ours: a damaged archive, never retried.
  */
 export class UnsafeArchiveEntryError extends Error {
   constructor(
-    readonly code: 'ENTRY_OUTSIDE' | 'ENTRY_THROUGH_LINK',
+    readonly code: 'ENTRY_OUTSIDE' | 'ENTRY_THROUGH_LINK' | 'ENTRY_BEFORE_FOLDER',
     readonly entry: string,
     message: string,
   ) {
@@ -177,10 +178,12 @@ async function assertRealParents(root: string, rel: string): Promise<void> {
   let current = root;
   for (const part of parts) {
     current = path.join(current, part);
-    const info = await lstat(current);
-    if (!info.isDirectory()) {
-      throw new UnsafeArchiveEntryError('ENTRY_THROUGH_LINK', rel, `refusing to restore '${rel}' through ${path.relative(root, current)}: not a real folder`);
-    }
+    const folder = path.relative(root, current);
+    const info = await lstat(current).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+      throw new UnsafeArchiveEntryError('ENTRY_BEFORE_FOLDER', rel, `archive entry '${rel}' comes before its folder ${folder}`);
+    });
+    if (!info.isDirectory()) throw new UnsafeArchiveEntryError('ENTRY_THROUGH_LINK', rel, `refusing to restore '${rel}' through ${folder}: not a real folder`);
   }
 }
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
@@ -271,18 +271,26 @@ exit 0
     const outside = path.join(env('GG_TEST_SCRATCH'), `outside-${randomBytes(4).toString('hex')}`);
     await mkdir(outside, { recursive: true });
     const tag = randomBytes(4).toString('hex');
+    // Short: a name over tar's 100 characters is split into a prefix and a name, and loses its leading '/'.
+    const absolute = `/tmp/gg-state-absolute-${tag}`;
     // The run's /state is <workDir>/runs/<run>/state on the node; ../../../ is the node's work folder.
     const cases = [
       { entries: [{ name: 'ok' }, { name: `../../../escaped-${tag}` }], target: path.join(sys.config.node.workDir, `escaped-${tag}`) },
-      { entries: [{ name: 'ok' }, { name: path.join(outside, `absolute-${tag}`) }], target: path.join(outside, `absolute-${tag}`) },
+      { entries: [{ name: 'ok' }, { name: absolute }], target: absolute },
       { entries: [{ name: 'out', type: 'symlink' as const, linkname: outside }, { name: `out/through-${tag}` }], target: path.join(outside, `through-${tag}`) },
     ];
-    for (const [i, c] of cases.entries()) {
-      // A template cannot make such an archive through packState, but what a cluster run's runner uploads is the pod's to say.
-      await bench.plantArchive(id, 1, await handMadeArchive(c.entries));
-      const refused = await bench.refusedRun(id, 'state-corrupt', i + 1);
-      assert.match(refused.message ?? '', /cannot be unpacked/);
-      assert.equal(existsSync(c.target), false, `${c.target} was written`);
+    try {
+      for (const [i, c] of cases.entries()) {
+        // A template cannot make such an archive through packState, but what a cluster run's runner uploads is the pod's to say.
+        const archive = await handMadeArchive(c.entries);
+        assert.deepEqual([...tarEntries(archive).keys()], c.entries.map((e) => e.name), 'the archive holds the names as written');
+        await bench.plantArchive(id, 1, archive);
+        const refused = await bench.refusedRun(id, 'state-corrupt', i + 1);
+        assert.match(refused.message ?? '', /cannot be unpacked/);
+        assert.equal(existsSync(c.target), false, `${c.target} was written`);
+      }
+    } finally {
+      await rm(absolute, { force: true });
     }
   });
 });

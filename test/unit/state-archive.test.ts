@@ -55,6 +55,7 @@ describe('state archives', () => {
     ['a ../ path', [{ name: '../evil' }], 'ENTRY_OUTSIDE'],
     ['an absolute path', [{ name: '/tmp/gg-evil-absolute' }], 'ENTRY_OUTSIDE'],
     ['a file through a link', [{ name: 'out', type: 'symlink' as const, linkname: '' }, { name: 'out/evil' }], 'ENTRY_THROUGH_LINK'],
+    ['a file before its folder', [{ name: 'missing/evil' }], 'ENTRY_BEFORE_FOLDER'],
   ] as const) {
     it(`refuses ${what}, writing nothing outside the folder`, async () => {
       const dst = await fresh();
