@@ -12,7 +12,7 @@ import { StateStorageError, readStateVersion, writeStateVersion } from '../../co
 import { migrate } from '../../core/db/migrate.js';
 import { loadEncryptionKey } from '../../core/keys.js';
 import { adminUrlOf, dropDatabase, ensureDatabase, withDatabase } from '../../infra/dev/postgres.js';
-import { uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
+import { executeRunAttempts, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
 import { pushToRegistry } from '../support/registry.js';
 import { env, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
@@ -197,19 +197,7 @@ for (const target of ['docker', 'kubernetes'] as const) {
       const res = await fetch(`${sys.api.url}/v1/runs/${runId}/logs?stream=stdout`, { headers: { authorization: `Bearer ${sys.tokens.admin}` } });
       return res.text();
     }
-    /** The attempts of every executeRun the deployment's workflow started. */
-    async function executeAttempts(id: string): Promise<number[]> {
-      const history = await sys.client.workflow.getHandle(`deployment-${id}`).fetchHistory();
-      const scheduled = new Map<string, string>();
-      const attempts: number[] = [];
-      for (const e of history.events ?? []) {
-        const s = e.activityTaskScheduledEventAttributes;
-        if (s) scheduled.set(String(e.eventId), s.activityType?.name ?? '');
-        const started = e.activityTaskStartedEventAttributes;
-        if (started && scheduled.get(String(started.scheduledEventId)) === 'executeRun') attempts.push(started.attempt ?? 0);
-      }
-      return attempts;
-    }
+    const executeAttempts = (id: string) => executeRunAttempts(sys.client, id);
     const download = (id: string, version: number) =>
       fetch(`${sys.api.url}/v1/deployments/${id}/state-versions/${version}/archive`, { headers: { authorization: `Bearer ${sys.tokens.admin}` } });
 
