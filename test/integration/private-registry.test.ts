@@ -4,17 +4,15 @@
  * configuration with them and the kubelet pulls with GLIDERGUN_KUBERNETES_IMAGE_PULL_SECRETS.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { CoreV1Api } from '@kubernetes/client-node';
 import Docker from 'dockerode';
 import { pushImageTo, registryHostsToml, startImageRegistry, type ImageRegistry } from '../../infra/dev/kubernetes.js';
 import { createDeployment, registerExampleTemplate, waitForRun } from '../support/fixtures.js';
-import { adminKubeConfig, runGoneFromCluster } from '../support/kubernetes.js';
+import { adminKubeConfig, createPullSecret, runGoneFromCluster } from '../support/kubernetes.js';
 import { startGuardedRegistry } from '../support/registry.js';
 import { env, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
 
@@ -74,12 +72,7 @@ describe('template images in a registry that wants credentials', () => {
       adminCore = adminKubeConfig().makeApiClient(CoreV1Api);
       // The kubelet's credentials name only `known`: `workerOnly` shows what a missing pull secret does. The
       // Secret is made as docs/operators-guide.md says.
-      const pullAuth = path.join(scratch, 'pull-auth.json');
-      await writeFile(pullAuth, JSON.stringify({ auths: { [known]: { username: PULLER, password: passwords.known } } }));
-      await promisify(execFile)(env('GG_TEST_KUBECTL'), [
-        '--kubeconfig', env('GG_TEST_KUBECONFIG_ADMIN'), '-n', env('GG_TEST_K8S_NAMESPACE'),
-        'create', 'secret', 'generic', pullSecret, '--type=kubernetes.io/dockerconfigjson', `--from-file=.dockerconfigjson=${pullAuth}`,
-      ]);
+      await createPullSecret(pullSecret, { [known]: { username: PULLER, password: passwords.known } }, scratch);
     }
     sys = await startTestSystem({
       env: {

@@ -5,17 +5,15 @@
  * kubelet pulls the index with the pull secret. Registry-level checks are in registry-token-auth.test.ts.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { CoreV1Api } from '@kubernetes/client-node';
 import Docker from 'dockerode';
 import { registryHostsToml } from '../../infra/dev/registry.js';
 import { createDeployment, registerExampleTemplate, waitForRun } from '../support/fixtures.js';
-import { adminKubeConfig, runGoneFromCluster } from '../support/kubernetes.js';
+import { adminKubeConfig, createPullSecret, runGoneFromCluster } from '../support/kubernetes.js';
 import { tempDirs } from '../support/temp-dirs.js';
 import { pushMultiArch, pushWithEngine, startTokenRegistry, type TokenRegistry } from '../support/token-registry.js';
 import { env, images, kubernetesEnv, noCluster, startTestSystem, type TestSystem } from '../support/system.js';
@@ -53,12 +51,7 @@ describe('template runs of a multi-arch image in a registry that wants Bearer to
       await mkdir(hostsDir, { recursive: true });
       await writeFile(path.join(hostsDir, 'hosts.toml'), registryHostsToml(known));
       adminCore = adminKubeConfig().makeApiClient(CoreV1Api);
-      const pullAuth = path.join(await dirs.fresh(), 'pull-auth.json');
-      await writeFile(pullAuth, JSON.stringify({ auths: { [known]: PULLER } }));
-      await promisify(execFile)(env('GG_TEST_KUBECTL'), [
-        '--kubeconfig', env('GG_TEST_KUBECONFIG_ADMIN'), '-n', env('GG_TEST_K8S_NAMESPACE'),
-        'create', 'secret', 'generic', pullSecret, '--type=kubernetes.io/dockerconfigjson', `--from-file=.dockerconfigjson=${pullAuth}`,
-      ]);
+      await createPullSecret(pullSecret, { [known]: PULLER }, await dirs.fresh());
     }
     sys = await startTestSystem({
       env: {

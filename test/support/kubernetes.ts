@@ -1,3 +1,7 @@
+import { execFile } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { BatchV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { runSelector } from '../../activities/execution/kubernetes/job-spec.js';
 import { env, eventually } from './env.js';
@@ -7,6 +11,19 @@ export function adminKubeConfig(): KubeConfig {
   const kc = new KubeConfig();
   kc.loadFromFile(env('GG_TEST_KUBECONFIG_ADMIN'));
   return kc;
+}
+
+/**
+ * An image pull Secret in the runs' namespace, made as docs/operators-guide.md tells an operator to:
+ * `kubectl create secret generic … --type=kubernetes.io/dockerconfigjson` from a Docker auth file.
+ */
+export async function createPullSecret(name: string, auths: Record<string, { username: string; password: string }>, scratchDir: string): Promise<void> {
+  const authFile = path.join(scratchDir, `${name}.json`);
+  await writeFile(authFile, JSON.stringify({ auths }));
+  await promisify(execFile)(env('GG_TEST_KUBECTL'), [
+    '--kubeconfig', env('GG_TEST_KUBECONFIG_ADMIN'), '-n', env('GG_TEST_K8S_NAMESPACE'),
+    'create', 'secret', 'generic', name, '--type=kubernetes.io/dockerconfigjson', `--from-file=.dockerconfigjson=${authFile}`,
+  ]);
 }
 
 /** Waits until nothing of the run is left in the cluster: no Job, no pod, no Secret. */
