@@ -1,4 +1,5 @@
 import type { OpenAPIRegistry } from '@asteasolutions/zod-to-openapi';
+import { AUTHORS } from '../http/roles.js';
 import { z } from '../zod.js';
 
 /** The one operator route with a raw body: an upload of template files. */
@@ -13,7 +14,7 @@ export function registerSourcePaths(registry: OpenAPIRegistry, errorBody: z.ZodT
       'Refused (422 SOURCE_REJECTED, `details.reason` says why, `details.entry` names the entry): paths with `..` or absolute, links pointing outside or hard links, devices, FIFOs, sockets, archives inflating past the size or file-count limits (zip bombs), corrupt or empty archives. Use the returned id in a build or an ad-hoc version.',
     tags: ['builds'],
     security: [{ bearer: [] }],
-    'x-roles': ['admin', 'author'],
+    'x-roles': AUTHORS,
     request: {
       body: {
         required: true,
