@@ -157,6 +157,7 @@ async function main(): Promise<number> {
     : (await readdir(MUTANTS_DIR)).filter((f) => f.endsWith('.patch')).sort().map((f) => path.join(MUTANTS_DIR, f));
   if (files.length === 0) throw new Error('no mutants (test/mutants/*.patch)');
   const mutants = await Promise.all(files.map(readMutant));
+  const started = Date.now();
   const control = process.env.GG_MUTANTS_CONTROL === '1';
   const clusterWanted = process.env.GG_TEST_KUBERNETES !== '0';
   const clusterNeeded = clusterWanted && (await Promise.all(mutants.map(needsCluster))).some(Boolean);
@@ -251,7 +252,7 @@ async function main(): Promise<number> {
   const bad = mutants.filter((m) => !['killed', 'skipped'].includes(outcomes.get(m) ?? 'stale'));
   for (const m of bad) say(`not killed: ${m.id} (${outcomes.get(m) ?? 'not run'})`);
   console.log(
-    `mutants: ${count('killed')} killed, ${count('survived')} survived, ${count('stale')} stale, ${count('control-failed')} control failed, ${count('skipped')} skipped (logs: ${logDir})`,
+    `mutants: ${count('killed')} killed, ${count('survived')} survived, ${count('stale')} stale, ${count('control-failed')} control failed, ${count('skipped')} skipped in ${((Date.now() - started) / 60_000).toFixed(1)} min (logs: ${logDir})`,
   );
   return bad.length ? 1 : 0;
 }
