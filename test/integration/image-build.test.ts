@@ -61,6 +61,8 @@ describe('template image builds (real engine, real registry)', () => {
   /** A template type: busybox with an ENTRYPOINT that runs the template's script (local only). */
   let typeImage: string;
   let typeImageId: string;
+  /** This process's template type name: what its builds are labelled with. */
+  const ownType = `script-${process.pid}-${randomBytes(3).toString('hex')}`;
 
   const startRegistry = async (readOnly = false) => {
     const r = await startImageRegistry({ dir: path.join(scratch, `registry-${ownRegistries.length}`), readOnly, say: () => undefined });
@@ -73,7 +75,7 @@ describe('template image builds (real engine, real registry)', () => {
     templateName: `t${randomBytes(3).toString('hex')}`,
     version: 1,
     sourceDigest: randomBytes(32).toString('hex'),
-    typeName: 'script',
+    typeName: ownType,
     typeVersion: 1,
     ...overrides,
   });
@@ -112,7 +114,7 @@ describe('template image builds (real engine, real registry)', () => {
     }
     ours.delete(baseId);
     // Whatever carries this file's template type label was made by a build of it, orphaned or not.
-    for (const i of all) if (i.Labels?.['io.glider-gun.template-type'] === 'script@1' && i.Id !== baseId) ours.add(i.Id);
+    for (const i of all) if (i.Labels?.['io.glider-gun.template-type'] === `${ownType}@1` && i.Id !== baseId) ours.add(i.Id);
     for (const id of pulled) ours.delete(id);
     const containers = await docker.listContainers({ all: true, filters: { ancestor: [baseId] } });
     return { images: [...ours], containers: containers.map((c) => `${c.Id.slice(0, 12)} ${c.Command} ${c.State}`) };
@@ -165,7 +167,10 @@ describe('template image builds (real engine, real registry)', () => {
 
   before(async () => {
     registry = process.env.GG_TEST_REGISTRY ?? (await startRegistry());
-    typeImage = await scriptImage(docker, '#!/bin/sh\n# a template type for image-build tests\nexec /template/bin/run.sh "$@"\n');
+    // A type image of this process's own: the leftover checks count what was built from it, and another
+    // test process (a mutant, another run of this file) builds from its own.
+    typeImage = await scriptImage(docker, `#!/bin/sh\n# a template type for image-build tests (${ownType})\nexec /template/bin/run.sh "$@"\n`);
+    made.push(typeImage);
     typeImageId = (await docker.getImage(typeImage).inspect()).Id;
   });
 
