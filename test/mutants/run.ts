@@ -166,6 +166,7 @@ async function main(): Promise<number> {
   const servicesNeeded = mutants.some((m) => m.kind === 'node' && !m.test.startsWith('test/unit/'));
   const services = servicesNeeded ? await startTestServices('mutants', { kubernetes: clusterNeeded }) : undefined;
   const scratch = services?.scratch ?? (await mkdtemp(path.join(os.tmpdir(), 'glider-gun-mutants-')));
+  const imagesBefore = services ? new Set((await services.docker.listImages({ all: true })).map((i) => i.Id)) : undefined;
   const outcomes = new Map<Mutant, Outcome>();
   const logDir = await mkdtemp(path.join(os.tmpdir(), 'glider-gun-mutant-logs-'));
   try {
@@ -245,6 +246,7 @@ async function main(): Promise<number> {
       }),
     );
   } finally {
+    if (services && imagesBefore) await removeImagesMadeSince(services, imagesBefore);
     await services?.stop();
     if (!services) await rm(scratch, { recursive: true, force: true });
   }
@@ -255,6 +257,27 @@ async function main(): Promise<number> {
     `mutants: ${count('killed')} killed, ${count('survived')} survived, ${count('stale')} stale, ${count('control-failed')} control failed, ${count('skipped')} skipped in ${((Date.now() - started) / 60_000).toFixed(1)} min (logs: ${logDir})`,
   );
   return bad.length ? 1 : 0;
+}
+
+/**
+ * A mutant that breaks a build's cleanup leaves its images on the engine, and the next run's build tests
+ * would find them: what template builds and the tests' type images made during the run goes at the end.
+ */
+async function removeImagesMadeSince(services: TestServices, before: ReadonlySet<string>): Promise<void> {
+  const made = (await services.docker.listImages({ all: true }))
+    .filter((i) => !before.has(i.Id))
+    .filter(
+      (i) =>
+        Object.keys(i.Labels ?? {}).some((k) => k.startsWith('io.glider-gun.template')) ||
+        (i.RepoTags ?? []).every((t) => t === '<none>:<none>' || t.startsWith('glider-gun/test-script:')),
+    )
+    .sort((a, b) => b.Created - a.Created); // children before their parents
+  // Not forced: an image a container still uses (another test run's, beside this one) stays.
+  for (const i of made) {
+    for (const tag of (i.RepoTags ?? []).filter((t) => t !== '<none>:<none>')) await services.docker.getImage(tag).remove().catch(() => undefined);
+    await services.docker.getImage(i.Id).remove().catch(() => undefined);
+  }
+  if (made.length > 0) say(`removed ${made.length} image(s) that builds under the mutants left`);
 }
 
 /** A mutant may break cleanup itself: its containers must not outlive it. */
