@@ -265,10 +265,11 @@ describe('template image builds (real engine, real registry)', () => {
   it('fails with BuildFailedError when a step fails (COPY onto a file), removing the images the build made', async () => {
     // A base whose /template is a file: COPY into it fails, after the LABEL step committed an image.
     const pack = tar.pack();
-    pack.entry({ name: 'Dockerfile' }, `FROM ${images.busybox}\nCOPY template /template\nLABEL gg.test=image-build-file-template\n`);
+    // Of this process's own (its label), as the type image is: what is built from it is this test's alone.
+    pack.entry({ name: 'Dockerfile' }, `FROM ${images.busybox}\nCOPY template /template\nLABEL gg.test=image-build-file-template-${ownType}\n`);
     pack.entry({ name: 'template' }, 'a file');
     pack.finalize();
-    const bad = 'glider-gun/test-template-is-a-file:1';
+    const bad = `glider-gun/test-template-is-a-file:${ownType}`;
     const stream = await docker.buildImage(Readable.from(pack as AsyncIterable<Buffer>), { t: bad, rm: true, forcerm: true });
     await new Promise((resolve, reject) => docker.modem.followProgress(stream, (e: Error | null) => (e ? reject(e) : resolve(undefined))));
     made.push(bad);
