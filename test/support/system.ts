@@ -4,6 +4,8 @@
  * an ephemeral port.
  */
 import { randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
 import type Docker from 'dockerode';
@@ -180,6 +182,13 @@ export async function startTestSystem(
       // may get here first. Let the removal happen before the node worker goes.
       await eventually('this system\'s containers to be removed', async () => {
         const left = await docker.listContainers({ all: true, filters: { label: [`${WORKDIR_LABEL}=${config.node.workDir}`] } });
+        return left.length === 0 ? true : undefined;
+      }, 15_000).catch(() => undefined);
+      // A run that never had a container (its image could not be pulled, say) is cleaned up just after its
+      // outcome too: its secrets and folder go with that same activity. A cleanup that never comes still
+      // fails the suite's leftover check after this wait.
+      await eventually('this system\'s run secrets and folders to be removed', async () => {
+        const left = [...(await readdir(config.node.secretsDir).catch(() => [])), ...(await readdir(path.join(config.node.workDir, 'runs')).catch(() => []))];
         return left.length === 0 ? true : undefined;
       }, 15_000).catch(() => undefined);
       // Likewise a run's Job (and its Secret, which the Job owns) on the cluster target.
