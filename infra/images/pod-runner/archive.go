@@ -22,10 +22,14 @@ import (
 // gzipLevel is GZIP_LEVEL in activities/execution/state-archive.ts.
 const gzipLevel = 6
 
+// keptModeBits are the mode bits archived and restored: permissions and the sticky bit. Setuid and setgid
+// are dropped both ways: a restored file must not run as its owner (often root) for whoever runs it.
+const keptModeBits = 0o1777
+
 // packState writes dir as tar + gzip, like packState in state-archive.ts: paths relative to dir, regular
-// files with their modes, folders (names ending in /), symbolic links stored as links and never followed;
-// FIFOs, sockets and devices are skipped with a warning. Files are opened without following links and
-// must still be regular files once open.
+// files with their modes (exactly, 000 included, without setuid/setgid) and owners, folders (names ending
+// in /), symbolic links stored as links and never followed; FIFOs, sockets and devices are skipped with a
+// warning. Files are opened without following links and must still be regular files once open.
 func packState(dir string, out io.Writer, warn func(string)) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
@@ -66,7 +70,8 @@ func packDir(root *os.Root, dir, rel string, tw *tar.Writer, warn func(string)) 
 		if err != nil {
 			return err
 		}
-		hdr := &tar.Header{Name: relPath, Mode: int64(unixMode(info) & 0o7777), ModTime: info.ModTime().Truncate(time.Second)}
+		uid, gid := owner(info)
+		hdr := &tar.Header{Name: relPath, Mode: int64(unixMode(info) & keptModeBits), Uid: uid, Gid: gid, ModTime: info.ModTime().Truncate(time.Second)}
 		switch {
 		case info.Mode()&fs.ModeSymlink != 0:
 			target, err := os.Readlink(filepath.Join(dir, relPath))
@@ -131,6 +136,13 @@ func unixMode(info fs.FileInfo) uint32 {
 	return uint32(info.Mode().Perm())
 }
 
+func owner(info fs.FileInfo) (uid, gid int) {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return int(st.Uid), int(st.Gid)
+	}
+	return 0, 0
+}
+
 func cmp(s, fallback string) string {
 	if s == "" {
 		return fallback
@@ -179,7 +191,9 @@ func assertRealParents(root *os.Root, rel string) error {
 
 // unpackState restores an archive made by packState (this one or state-archive.ts's) into an empty folder,
 // writing nothing outside it and never through a link. Entries that are neither files, folders nor links
-// are reported through warn. Folder modes are applied last, so a read-only folder can still be filled.
+// are reported through warn. Modes are restored exactly (setuid and setgid dropped), folder modes last, so a
+// read-only folder can still be filled. Owners are restored where the runner may set them (as root); where
+// it may not, entries keep the runner's own, with one warning.
 func unpackState(dir string, archive io.Reader, warn func(string)) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
@@ -192,10 +206,12 @@ func unpackState(dir string, archive io.Reader, warn func(string)) error {
 	}
 	tr := tar.NewReader(gz)
 	type dirMode struct {
-		rel  string
-		mode uint32
+		rel      string
+		mode     uint32
+		uid, gid int
 	}
 	var dirs []dirMode
+	owners := &ownerSetter{}
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -214,7 +230,7 @@ func unpackState(dir string, archive io.Reader, warn func(string)) error {
 		if err := assertRealParents(root, rel); err != nil {
 			return err
 		}
-		mode := uint32(hdr.Mode) & 0o7777
+		mode := uint32(hdr.Mode) & keptModeBits
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			info, err := root.Lstat(rel)
@@ -228,13 +244,13 @@ func unpackState(dir string, archive io.Reader, warn func(string)) error {
 			case !info.IsDir():
 				return &refusal{fmt.Sprintf("archive entry '%s' is a folder, but something else of that name was restored", rel)}
 			}
-			dirs = append(dirs, dirMode{rel, mode})
+			dirs = append(dirs, dirMode{rel, mode, hdr.Uid, hdr.Gid})
 		case tar.TypeReg:
-			if err := restoreFile(root, rel, mode, tr); err != nil {
+			if err := restoreFile(root, rel, mode, hdr.Uid, hdr.Gid, owners, tr); err != nil {
 				return err
 			}
 		case tar.TypeSymlink:
-			if err := symlinkIn(root, rel, hdr.Linkname); err != nil {
+			if err := symlinkIn(root, rel, hdr.Linkname, hdr.Uid, hdr.Gid, owners); err != nil {
 				return fmt.Errorf("restoring %s: %w", rel, err)
 			}
 		default:
@@ -246,14 +262,46 @@ func unpackState(dir string, archive io.Reader, warn func(string)) error {
 		return fmt.Errorf("reading the state archive: %w", err)
 	}
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := chmodIn(root, dirs[i].rel, dirs[i].mode, true); err != nil {
+		if err := finishDir(root, dirs[i].rel, dirs[i].mode, dirs[i].uid, dirs[i].gid, owners); err != nil {
 			return err
 		}
+	}
+	if w := owners.warning(); w != "" {
+		warn(w)
 	}
 	return nil
 }
 
-func restoreFile(root *os.Root, rel string, mode uint32, content io.Reader) error {
+// ownerSetter sets restored entries' owners. Refused (EPERM: the runner is not root; EINVAL: an owner its
+// user namespace cannot map), an entry keeps the runner's user, and the refusals make one warning in all.
+type ownerSetter struct {
+	refused int
+	first   error
+}
+
+func (o *ownerSetter) set(rel string, chown func() error) error {
+	err := chown()
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL) {
+		o.refused++
+		if o.first == nil {
+			o.first = fmt.Errorf("%s: %w", rel, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("setting the owner of %s: %w", rel, err)
+	}
+	return nil
+}
+
+func (o *ownerSetter) warning() string {
+	if o.refused == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the owners of %d restored entries could not be set (first: %v); they belong to the runner's user", o.refused, o.first)
+}
+
+func restoreFile(root *os.Root, rel string, mode uint32, uid, gid int, owners *ownerSetter, content io.Reader) error {
 	// O_EXCL never follows a link (os.Root adds O_NOFOLLOW too): an existing name is an error.
 	f, err := root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -263,26 +311,49 @@ func restoreFile(root *os.Root, rel string, mode uint32, content io.Reader) erro
 	if err := writeSparse(f, content); err != nil {
 		return fmt.Errorf("restoring %s: %w", rel, err)
 	}
+	// The owner before the mode: a chown may clear mode bits.
+	if err := owners.set(rel, func() error { return fchown(f, uid, gid) }); err != nil {
+		return err
+	}
 	if err := fchmod(f, mode); err != nil {
 		return err
 	}
 	return f.Close()
 }
 
-func chmodIn(root *os.Root, rel string, mode uint32, wantDir bool) error {
+// finishDir sets a restored folder's owner and mode, once everything in it is restored.
+func finishDir(root *os.Root, rel string, mode uint32, uid, gid int, owners *ownerSetter) error {
 	info, err := root.Lstat(rel)
 	if err != nil {
 		return err
 	}
-	if info.IsDir() != wantDir || info.Mode()&fs.ModeSymlink != 0 {
+	if !info.IsDir() || info.Mode()&fs.ModeSymlink != 0 {
 		return &refusal{fmt.Sprintf("%s changed while being restored", rel)}
 	}
-	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_DIRECTORY, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if err := owners.set(rel, func() error { return fchown(f, uid, gid) }); err != nil {
+		return err
+	}
 	return fchmod(f, mode)
+}
+
+func fchown(f *os.File, uid, gid int) error {
+	conn, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var chownErr error
+	if err := conn.Control(func(fd uintptr) { chownErr = syscall.Fchown(int(fd), uid, gid) }); err != nil {
+		return err
+	}
+	if chownErr != nil {
+		return &os.PathError{Op: "fchown", Path: f.Name(), Err: chownErr}
+	}
+	return nil
 }
 
 func fchmod(f *os.File, mode uint32) error {
@@ -300,8 +371,9 @@ func fchmod(f *os.File, mode uint32) error {
 	return nil
 }
 
-// symlinkIn creates a link (its target untouched) in a parent already checked to be a real folder.
-func symlinkIn(root *os.Root, rel, target string) error {
+// symlinkIn creates a link (its target untouched) in a parent already checked to be a real folder, owned
+// by uid:gid (the link itself, never what it points to).
+func symlinkIn(root *os.Root, rel, target string, uid, gid int, owners *ownerSetter) error {
 	parent, base := path.Split(rel)
 	d, err := root.OpenFile(cmp(strings.TrimSuffix(parent, "/"), "."), os.O_RDONLY|syscall.O_DIRECTORY, 0)
 	if err != nil {
@@ -316,8 +388,22 @@ func symlinkIn(root *os.Root, rel, target string) error {
 	if err := conn.Control(func(fd uintptr) { linkErr = symlinkat(target, int(fd), base) }); err != nil {
 		return err
 	}
-	return linkErr
+	if linkErr != nil {
+		return linkErr
+	}
+	return owners.set(rel, func() error {
+		var chownErr error
+		if err := conn.Control(func(fd uintptr) {
+			chownErr = syscall.Fchownat(int(fd), base, uid, gid, atSymlinkNoFollow)
+		}); err != nil {
+			return err
+		}
+		return chownErr
+	})
 }
+
+// atSymlinkNoFollow is AT_SYMLINK_NOFOLLOW (linux/fcntl.h), which the syscall package does not export.
+const atSymlinkNoFollow = 0x100
 
 // symlinkat: the syscall package has no exported symlinkat, and os.Root.Symlink needs Go 1.25.
 func symlinkat(target string, dirfd int, name string) error {
