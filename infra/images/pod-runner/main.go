@@ -260,6 +260,10 @@ func run(argv []string) int {
 	if err := writeParameters(cfg.stateDir, parameters); err != nil {
 		return fatal("writing %s: %v", parametersFile, err)
 	}
+	// What the previous run wrote is not this run's outputs: a run that writes none reports none.
+	if err := os.RemoveAll(filepath.Join(cfg.stateDir, outputsFile)); err != nil {
+		return fatal("removing the previous run's %s: %v", outputsFile, err)
+	}
 
 	if r.stopped.Load() {
 		// Like the Docker adapter: a run stopped before its container started still archives /state as

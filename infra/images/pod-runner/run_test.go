@@ -555,3 +555,43 @@ func TestStoppedBeforeTheTemplateStarted(t *testing.T) {
 		t.Errorf("archive %q", files)
 	}
 }
+
+// The previous run's outputs.json comes back with /state: a run that writes none must not report it.
+func TestPreviousOutputsAreNotReported(t *testing.T) {
+	requireShell(t)
+	hostFile := filepath.Join(t.TempDir(), "host-outputs.json")
+	must(t, os.WriteFile(hostFile, []byte(`{"host":true}`), 0o644))
+	for name, restore := range map[string][]byte{
+		"a file":                archiveOf(t, map[string]string{"outputs.json": `{"old":true}`, "kept": "k"}, nil),
+		"a link to a host file": archiveOf(t, map[string]string{"kept": "k"}, map[string]string{"outputs.json": hostFile}),
+		"a folder": hostile(t, tar.Header{Name: "outputs.json/", Typeflag: tar.TypeDir, Mode: 0o755},
+			tar.Header{Name: "outputs.json/inside", Typeflag: tar.TypeReg}, tar.Header{Name: "kept", Typeflag: tar.TypeReg}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			a := newFakeAgent(t, func(a *fakeAgent) { a.restore = restore })
+			d := newRunDirs(t)
+			r := startRunner(t, a, d, []string{"GG_RESTORE=1"}, "/bin/sh", "-c", `test -e "$STATE/kept" && test ! -e "$STATE/outputs.json" && echo "no outputs.json when started"`)
+			if code := r.wait(t); code != 0 {
+				t.Fatalf("exit code %d; stderr:\n%s", code, r.stderr)
+			}
+			results, archives, _ := a.reported()
+			if len(results) != 1 || len(archives) != 1 {
+				t.Fatalf("results %v, %d archives", results, len(archives))
+			}
+			if got, _ := json.Marshal(results[0]); string(got) != `{"exitCode":0,"stateVersion":7,"stopped":false,"warnings":[]}` {
+				t.Errorf("result %s", got)
+			}
+			if got := a.log("stdout"); got != "no outputs.json when started\n" {
+				t.Errorf("stdout %q", got)
+			}
+			for file := range archiveFiles(t, archives[0]) {
+				if strings.HasPrefix(file, "outputs.json") {
+					t.Errorf("archived %s", file)
+				}
+			}
+			if b, _ := os.ReadFile(hostFile); string(b) != `{"host":true}` {
+				t.Errorf("the host file was touched: %q", b)
+			}
+		})
+	}
+}
