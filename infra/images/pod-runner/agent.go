@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,16 +32,40 @@ type agentClient struct {
 	lastNotice time.Time
 }
 
-func newAgentClient(base, runID, token string) *agentClient {
+// unixHost names the agent in requests sent over a unix socket: HTTP needs a host, the socket is the address.
+const unixHost = "http://agent"
+
+// newAgentClient calls the agent at agentURL: http(s)://host[:port], or unix:///path/of/agent.sock for a
+// socket (on a Docker node, the node worker's relay, which adds the run's credential itself). An empty
+// token sends no Authorization header.
+func newAgentClient(agentURL, runID, token string) *agentClient {
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	dial := dialer.DialContext
+	base := strings.TrimRight(agentURL, "/")
+	if socket, ok := unixSocketPath(agentURL); ok {
+		dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "unix", socket)
+		}
+		base = unixHost
+	}
 	transport := &http.Transport{
 		Proxy:                 nil, // the agent is reached directly, whatever proxy the template image configures
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           dial,
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       60 * time.Second,
 		ResponseHeaderTimeout: 5 * time.Minute, // the state upload is answered once it is stored
 		DisableCompression:    true,            // the archive is gzip itself: never unpacked on the way
 	}
-	return &agentClient{base: strings.TrimRight(base, "/"), runID: runID, token: token, http: &http.Client{Transport: transport}}
+	return &agentClient{base: base, runID: runID, token: token, http: &http.Client{Transport: transport}}
+}
+
+// unixSocketPath gives the socket of a unix:///abs/path URL.
+func unixSocketPath(agentURL string) (string, bool) {
+	u, err := url.Parse(agentURL)
+	if err != nil || u.Scheme != "unix" || u.Host != "" || !path.IsAbs(u.Path) || u.RawQuery != "" || u.Fragment != "" {
+		return "", false
+	}
+	return u.Path, true
 }
 
 // callError is a failed call; retryable when the agent could not be reached or had a passing problem.
@@ -71,7 +96,9 @@ func (a *agentClient) do(ctx context.Context, method, what string, query url.Val
 	if err != nil {
 		return nil, &callError{msg: err.Error()}
 	}
-	req.Header.Set("Authorization", "Bearer "+a.token)
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}

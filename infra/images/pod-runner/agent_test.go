@@ -174,3 +174,73 @@ func TestPutStateDoesNotRetryAPackFailure(t *testing.T) {
 		t.Errorf("err %v after %d calls", err, calls.Load())
 	}
 }
+
+// shortSocket is a path for a unix socket: t.TempDir's can pass the 108 bytes a socket path may have.
+func shortSocket(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "gg-agent-")
+	must(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "agent.sock")
+}
+
+// On a Docker node the runner reaches the agent through the node worker's relay on a unix socket, which
+// adds the run's credential: the runner has none to send.
+func TestRunOverAUnixSocketWithoutCredential(t *testing.T) {
+	requireShell(t)
+	a := newFakeAgent(t, func(a *fakeAgent) {
+		a.socket = shortSocket(t)
+		a.noAuth = true
+		a.restore = archiveOf(t, map[string]string{"kept": "k"}, nil)
+	})
+	d := newRunDirs(t)
+	must(t, os.Remove(filepath.Join(d.runner, "credential")))
+	r := startRunner(t, a, d, []string{"GG_RESTORE=1"}, "/bin/sh", "-c", `cat "$STATE/kept"; echo " restored"; echo oops >&2; exit 4`)
+	if code := r.wait(t); code != 4 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, r.stderr)
+	}
+	if got := a.log("stdout"); got != "k restored\n" {
+		t.Errorf("stdout %q", got)
+	}
+	if got := a.log("stderr"); got != "oops\n" {
+		t.Errorf("stderr %q", got)
+	}
+	results, archives, _ := a.reported()
+	if len(results) != 1 || results[0]["exitCode"] != 4.0 || results[0]["stateVersion"] != 7.0 || len(archives) != 1 {
+		t.Errorf("results %v, %d archives", results, len(archives))
+	}
+}
+
+func TestAgentURLAndCredential(t *testing.T) {
+	socket := shortSocket(t)
+	for _, c := range []struct {
+		url        string
+		credential string // "": no file
+		want       string // the error, or "token=<credential sent>"
+	}{
+		{"unix://" + socket, "", "token="},
+		{"unix://" + socket, "ggr_x\n", "token=ggr_x"},
+		{"http://agent:8080", "", "reading the credential: open "},
+		{"http://agent:8080", "ggr_y", "token=ggr_y"},
+		{"unix://relative/agent.sock", "ggr_x", `GG_AGENT_URL must be an http(s) URL or unix:///<absolute path of a socket>, not "unix://relative/agent.sock"`},
+		{"unix:agent.sock", "ggr_x", "GG_AGENT_URL must be"},
+		{"ftp://agent", "ggr_x", "GG_AGENT_URL must be"},
+	} {
+		dir := t.TempDir()
+		if c.credential != "" {
+			must(t, os.WriteFile(filepath.Join(dir, "credential"), []byte(c.credential), 0o600))
+		}
+		t.Setenv("GG_AGENT_URL", c.url)
+		t.Setenv("GG_RUN_ID", "run-1")
+		t.Setenv("GG_RUNNER_DIR", dir)
+		cfg, err := loadConfig()
+		got := ""
+		if err != nil {
+			got = err.Error()
+		} else {
+			got = "token=" + cfg.credential
+		}
+		if !strings.HasPrefix(got, c.want) {
+			t.Errorf("%s with credential %q: %s, want %s", c.url, c.credential, got, c.want)
+		}
+	}
+}

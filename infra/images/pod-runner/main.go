@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"os/signal"
@@ -135,8 +136,9 @@ func loadConfig() (*config, error) {
 		templateFiles: os.Getenv("GG_TEMPLATE_FILES") == "1",
 		templateDir:   envOr("GG_TEMPLATE_DIR", "/template"),
 	}
-	if u, err := url.Parse(c.agentURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("GG_AGENT_URL must be an http(s) URL, not %q", c.agentURL)
+	_, overSocket := unixSocketPath(c.agentURL)
+	if u, err := url.Parse(c.agentURL); !overSocket && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+		return nil, fmt.Errorf("GG_AGENT_URL must be an http(s) URL or unix:///<absolute path of a socket>, not %q", c.agentURL)
 	}
 	if c.runID == "" {
 		return nil, errors.New("GG_RUN_ID is not set")
@@ -151,6 +153,10 @@ func loadConfig() (*config, error) {
 		return nil, fmt.Errorf("GG_LOG_MAX_BYTES must be a number of bytes, not %q", os.Getenv("GG_LOG_MAX_BYTES"))
 	}
 	credential, err := os.ReadFile(filepath.Join(c.runnerDir, "credential"))
+	if overSocket && errors.Is(err, fs.ErrNotExist) {
+		// The socket's relay is the run's own and adds its credential: the template never sees one.
+		return c, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reading the credential: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -40,6 +41,8 @@ type fakeAgent struct {
 	stateFailures int    // PUT state answers 503 this many times first
 	logs          map[string][]byte
 	logCalls      []string
+	noAuth        bool   // over a unix socket: calls carry no credential
+	socket        string // listen on this unix socket rather than on TCP
 	// Log behaviours, each once: the first stdout upload stores only half and answers 409; the second
 	// is stored but answered 500 (a lost answer).
 	partialFirst, loseSecond bool
@@ -57,9 +60,24 @@ func newFakeAgent(t *testing.T, setup func(a *fakeAgent)) *fakeAgent {
 	if setup != nil {
 		setup(a)
 	}
-	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
+	a.srv = httptest.NewUnstartedServer(http.HandlerFunc(a.serve))
+	if a.socket != "" {
+		a.srv.Listener.Close()
+		l, err := net.Listen("unix", a.socket)
+		must(t, err)
+		a.srv.Listener = l
+	}
+	a.srv.Start()
 	t.Cleanup(a.srv.Close)
 	return a
+}
+
+// url is GG_AGENT_URL for the runner.
+func (a *fakeAgent) url() string {
+	if a.socket != "" {
+		return "unix://" + a.socket
+	}
+	return a.srv.URL
 }
 
 func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
@@ -73,7 +91,7 @@ func (a *fakeAgent) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if r.Header.Get("Authorization") != "Bearer "+testToken {
+	if want := "Bearer " + testToken; a.noAuth && r.Header.Get("Authorization") != "" || !a.noAuth && r.Header.Get("Authorization") != want {
 		http.Error(w, `{"code":"UNAUTHENTICATED","message":"no"}`, http.StatusUnauthorized)
 		return
 	}
@@ -211,7 +229,7 @@ func startRunner(t *testing.T, a *fakeAgent, d runDirs, extraEnv []string, argv 
 	t.Helper()
 	cmd := exec.Command(os.Args[0], append([]string{"run", "--"}, argv...)...)
 	cmd.Env = append(os.Environ(),
-		"POD_RUNNER_TEST_MAIN=1", "GG_AGENT_URL="+a.srv.URL, "GG_RUN_ID=run-1",
+		"POD_RUNNER_TEST_MAIN=1", "GG_AGENT_URL="+a.url(), "GG_RUN_ID=run-1",
 		"GG_RUNNER_DIR="+d.runner, "GG_STATE_DIR="+d.state, "GG_LOGS_DIR="+d.logs, "GG_SECRETS_DIR="+d.secrets,
 		"STATE="+d.state, "LOGS="+d.logs)
 	cmd.Env = append(cmd.Env, extraEnv...)
