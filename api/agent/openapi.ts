@@ -1,5 +1,6 @@
 import type { OpenAPIRegistry } from '@asteasolutions/zod-to-openapi';
 import { z } from '../zod.js';
+import { LOG_FRAMES_TYPE } from './log-frames.js';
 import { AgentResultSchema } from './routes.js';
 
 const runId = z.object({ runId: z.string() });
@@ -56,23 +57,37 @@ export function registerAgentPaths(registry: OpenAPIRegistry, errorBody: z.ZodTy
       415: error('Not application/gzip: UNSUPPORTED_MEDIA_TYPE'),
     },
   });
+  const storedBytes = z
+    .record(z.string(), z.number().int())
+    .openapi({ description: 'bytes stored of each stream of the run (a stream not listed has none)', example: { stdout: 1024, stderr: 0 } });
   registry.registerPath({
     ...base,
-    method: 'put',
-    path: '/v1/agent/runs/{runId}/logs',
-    operationId: 'agentPutLog',
-    summary: 'Log bytes (already masked) of one stream at a byte offset; exactly once however often retried',
+    method: 'post',
+    path: '/v1/agent/runs/{runId}/log-frames',
+    operationId: 'agentPostLogFrames',
+    summary: 'Log bytes (already masked) of every stream, in the order they were read; stored in that order, all or none, exactly once by offset',
+    description:
+      `The body is a sequence of frames, each (big-endian) \`[u16 stream name length][stream name][u64 offset][u32 data length][data]\`: the stream is \`stdout\`, \`stderr\` or \`file:<name>\`, the offset is where data starts in that stream. ` +
+      'The frames are stored in their order (so the combined log keeps the writing order across streams), in one transaction: bytes a stream already holds are skipped, so a retried call is harmless. ' +
+      'A frame that starts past what its stream holds refuses the whole call with 409, listing what every stream holds.',
     request: {
       params: runId,
-      query: z.object({ stream: z.string().openapi({ example: 'stdout' }), offset: z.string().openapi({ example: '0' }) }),
-      body: { required: true, content: { 'application/octet-stream': { schema: z.string().openapi({ format: 'binary' }) } } },
+      body: { required: true, content: { [LOG_FRAMES_TYPE]: { schema: z.string().openapi({ format: 'binary' }) } } },
     },
     responses: {
-      204: { description: 'stored (or already stored)' },
-      400: error('Bad stream name or offset: VALIDATION_FAILED'),
+      204: { description: 'every frame stored (or already stored)' },
+      400: error('A frame cut short, a bad stream name or offset, or no frame at all: VALIDATION_FAILED (the message names the frame and its byte)'),
       ...common,
-      409: error('The offset is past what is stored; resend from `storedBytes`: LOG_OFFSET_MISMATCH'),
-      413: error('Over the run\'s log cap: PAYLOAD_TOO_LARGE'),
+      409: {
+        description: 'A frame starts past what its stream holds; nothing was stored: resend each stream from `storedBytes`: LOG_OFFSET_MISMATCH',
+        content: {
+          'application/json': {
+            schema: z.object({ code: z.literal('LOG_OFFSET_MISMATCH'), message: z.string(), storedBytes, details: z.object({ stream: z.string(), storedBytes }) }),
+          },
+        },
+      },
+      413: error('Over the run\'s log cap (`details.stream` names the stream), or a body over 8 MiB: PAYLOAD_TOO_LARGE'),
+      415: error(`Not ${LOG_FRAMES_TYPE}: UNSUPPORTED_MEDIA_TYPE`),
     },
   });
   registry.registerPath({

@@ -9,7 +9,7 @@ import express, { Router, type NextFunction, type Request, type Response } from 
 import { z } from 'zod';
 import type { StatePolicy } from '../../core/config.js';
 import type { SecretBox } from '../../core/crypto.js';
-import { appendLogChunk, storedLogLengths, type LogStream } from '../../core/db/logs.js';
+import { appendLogFrames } from '../../core/db/logs.js';
 import type { Db } from '../../core/db/pool.js';
 import { markRunPhase } from '../../core/db/runs.js';
 import { getAgentStateFailure, markRunAgentStarted, recordAgentResult, recordAgentStateFailure, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
@@ -18,6 +18,7 @@ import { isUnreadableStateReason } from '../../core/domain.js';
 import { readSourceArchive } from '../../core/db/template-sources.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
 import { MAX_OUTPUTS_BYTES, parseOutputs } from '../../core/outputs.js';
+import { LOG_FRAMES_TYPE, parseLogFrames } from './log-frames.js';
 
 export interface AgentDeps {
   db: Db;
@@ -27,11 +28,10 @@ export interface AgentDeps {
   logMaxBytes: number;
 }
 
-/** One upload of log bytes; the runner sends at most 256 KiB at a time. */
+/** One upload of log frames; the runner sends at most 256 KiB of log at a time. */
 const MAX_LOG_UPLOAD_BYTES = 8 * 1024 * 1024;
 /** The cap's marker line comes on top of the cap. */
 const LOG_MARKER_SLACK = 1024;
-const STREAM = /^(stdout|stderr|file:[!-~][ -~]{0,199})$/;
 
 export const AgentResultSchema = z.strictObject({
   exitCode: z.number().int(),
@@ -137,39 +137,42 @@ export function agentRouter(deps: AgentDeps): Router {
     });
   });
 
-  /** Log bytes (already masked by the runner) at an offset of a stream: exactly-once whatever is retried. */
-  router.put(
-    '/v1/agent/runs/:runId/logs',
+  /**
+   * Log frames (already masked by the runner) of every stream, in the order the runner read them: stored
+   * in that order, all or none, exactly once by offset whatever is retried (api/agent/log-frames.ts).
+   */
+  router.post(
+    '/v1/agent/runs/:runId/log-frames',
     authenticate,
-    express.raw({ type: 'application/octet-stream', limit: MAX_LOG_UPLOAD_BYTES }),
+    express.raw({ type: LOG_FRAMES_TYPE, limit: MAX_LOG_UPLOAD_BYTES }),
     (req: AgentRequest, res, next) => {
       const grant = grantOf(req);
-      const stream = typeof req.query.stream === 'string' ? req.query.stream : '';
-      const offset = typeof req.query.offset === 'string' && /^\d{1,15}$/.test(req.query.offset) ? Number(req.query.offset) : -1;
-      if (!STREAM.test(stream) || offset < 0 || !Buffer.isBuffer(req.body)) {
-        next(new AppError(ErrorCode.ValidationFailed, 'expected ?stream=stdout|stderr|file:<name>&offset=<bytes> and an application/octet-stream body'));
+      if (!req.is(LOG_FRAMES_TYPE) || !Buffer.isBuffer(req.body)) {
+        next(new AppError(ErrorCode.UnsupportedMediaType, `log frames must be sent as ${LOG_FRAMES_TYPE}`));
         return;
       }
-      const data = req.body;
+      const body = req.body;
       (async () => {
-        const stored = (await storedLogLengths(deps.db, grant.runId))[stream as LogStream] ?? 0;
-        if (offset > stored) {
+        const frames = parseLogFrames(body);
+        const outcome = await appendLogFrames(deps.db, grant.runId, frames, { maxStreamBytes: deps.logMaxBytes + LOG_MARKER_SLACK, at: new Date() });
+        if (outcome.stored) {
+          res.status(204).end();
+          return;
+        }
+        const storedBytes = Object.fromEntries(Object.entries(outcome.lengths));
+        if (outcome.reason === 'gap') {
           res.status(409).json({
             code: ErrorCode.LogOffsetMismatch,
-            message: `stream ${stream} has ${stored} bytes stored; send from there`,
-            storedBytes: stored,
-            details: { storedBytes: stored },
+            message: `stream ${outcome.stream} has ${outcome.lengths[outcome.stream] ?? 0} bytes stored; nothing of this call was stored: send every stream from its storedBytes`,
+            storedBytes,
+            details: { stream: outcome.stream, storedBytes },
           });
           return;
         }
-        const fresh = data.subarray(stored - offset);
-        if (fresh.length > 0) {
-          if (stored + fresh.length > deps.logMaxBytes + LOG_MARKER_SLACK) {
-            throw new AppError(ErrorCode.PayloadTooLarge, `stream ${stream} would exceed the run's log cap of ${deps.logMaxBytes} bytes`);
-          }
-          await appendLogChunk(deps.db, { runId: grant.runId, stream: stream as LogStream, offset: stored, at: new Date(), data: fresh });
-        }
-        res.status(204).end();
+        throw new AppError(ErrorCode.PayloadTooLarge, `stream ${outcome.stream} would exceed the run's log cap of ${deps.logMaxBytes} bytes; nothing of this call was stored`, {
+          stream: outcome.stream,
+          storedBytes,
+        });
       })().catch(next);
     },
   );

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"path"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -73,6 +72,7 @@ type callError struct {
 	status    int // 0: no answer
 	retryable bool
 	msg       string
+	stream    string // the log stream a refusal names (details.stream), if any
 }
 
 func (e *callError) Error() string { return e.msg }
@@ -115,9 +115,13 @@ func (a *agentClient) do(ctx context.Context, method, what string, query url.Val
 	defer res.Body.Close()
 	text, _ := io.ReadAll(io.LimitReader(res.Body, 8192))
 	var problem struct {
-		Code        string `json:"code"`
-		Message     string `json:"message"`
-		StoredBytes *int64 `json:"storedBytes"`
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		// LOG_OFFSET_MISMATCH: what the agent holds of each stream.
+		StoredBytes map[string]int64 `json:"storedBytes"`
+		Details     struct {
+			Stream string `json:"stream"`
+		} `json:"details"`
 	}
 	detail := strings.TrimSpace(string(text))
 	if json.Unmarshal(text, &problem) == nil && problem.Message != "" {
@@ -130,15 +134,16 @@ func (a *agentClient) do(ctx context.Context, method, what string, query url.Val
 		status:    res.StatusCode,
 		retryable: res.StatusCode >= 500 || res.StatusCode == http.StatusTooManyRequests || res.StatusCode == http.StatusRequestTimeout,
 		msg:       fmt.Sprintf("%s %s: HTTP %d %s", method, what, res.StatusCode, detail),
+		stream:    problem.Details.Stream,
 	}
 	if res.StatusCode == http.StatusConflict && problem.Code == "LOG_OFFSET_MISMATCH" && problem.StoredBytes != nil {
-		return nil, &offsetMismatch{stored: *problem.StoredBytes, callError: ce}
+		return nil, &offsetMismatch{held: problem.StoredBytes, callError: ce}
 	}
 	return nil, ce
 }
 
 type offsetMismatch struct {
-	stored int64
+	held map[string]int64
 	*callError
 }
 
@@ -210,34 +215,37 @@ func (a *agentClient) getTemplate(ctx context.Context) (io.ReadCloser, error) {
 	return res.Body, nil
 }
 
-// putLog stores data at offset of a stream, retrying until it is stored, the agent says it holds a
-// different length (resent from there by the caller), the stream is refused for good, or ctx ends.
-func (a *agentClient) putLog(ctx context.Context, stream string, offset int64, data []byte) uploadResult {
-	query := url.Values{"stream": {stream}, "offset": {strconv.FormatInt(offset, 10)}}
-	var stored int64 = -1
+// putFrames stores frames in their order, in one call: retried while the agent cannot be reached or has
+// a passing problem, until it is stored, the agent says where each stream stands (409: the caller resends
+// from there), the frames are refused for good, or ctx ends.
+func (a *agentClient) putFrames(ctx context.Context, frames []logFrame) framesResult {
+	body := encodeFrames(frames)
+	var res framesResult
 	err := a.retry(ctx, "storing the log", 365*24*time.Hour, nil, func() error {
 		attemptCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
-		res, err := a.do(attemptCtx, http.MethodPut, "logs", query, "application/octet-stream", bytes.NewReader(data), http.StatusNoContent, http.StatusOK)
+		answer, err := a.do(attemptCtx, http.MethodPost, "log-frames", nil, logFramesType, bytes.NewReader(body), http.StatusNoContent, http.StatusOK)
 		var mismatch *offsetMismatch
 		switch {
 		case errors.As(err, &mismatch):
-			stored = mismatch.stored
+			res.held = mismatch.held
 			return nil
 		case err != nil:
 			return err
 		}
-		res.Body.Close()
-		stored = offset + int64(len(data))
+		answer.Body.Close()
+		res.stored = true
 		return nil
 	})
-	if ctx.Err() != nil && stored < 0 {
-		return uploadResult{stored: offset}
+	if err != nil && ctx.Err() == nil {
+		var ce *callError
+		errors.As(err, &ce)
+		res.fatal = err
+		if ce != nil {
+			res.stream = ce.stream
+		}
 	}
-	if err != nil {
-		return uploadResult{stored: -1, fatal: err}
-	}
-	return uploadResult{stored: stored}
+	return res
 }
 
 // stateVersion is the agent's answer to a stored archive.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -98,9 +99,14 @@ func TestLogsSurviveAnAgentOutage(t *testing.T) {
 			return
 		}
 		body, _ := io.ReadAll(r.Body)
-		stream := r.URL.Query().Get("stream")
-		offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
-		stored[stream] = append(stored[stream][:offset], body...)
+		frames, err := decodeFrames(body)
+		if err != nil || r.URL.Path != "/v1/agent/runs/run-1/log-frames" {
+			http.Error(w, fmt.Sprint(err), http.StatusBadRequest)
+			return
+		}
+		for _, f := range frames {
+			stored[f.stream] = append(stored[f.stream][:f.offset], f.data...)
+		}
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	defer srv.Close()

@@ -11,8 +11,8 @@ import (
 	"time"
 )
 
-// Like LogCollector in activities/execution/logs.ts: masked, capped, in order within each stream, sent
-// at least every 250 ms or as soon as 256 KiB are waiting.
+// Like LogCollector in activities/execution/logs.ts: masked and capped per stream, sent at least every
+// 250 ms or as soon as 256 KiB are waiting.
 var (
 	flushBytes    = 256 * 1024
 	flushInterval = 250 * time.Millisecond
@@ -20,37 +20,36 @@ var (
 	maxUnacknowledged int64 = 64 * 1024 * 1024
 )
 
-// logUploader stores a piece of a stream at an offset; see agent.go.
+// logUploader stores frames, in their order, in one call; see agent.go.
 type logUploader interface {
-	putLog(ctx context.Context, stream string, offset int64, data []byte) uploadResult
+	putFrames(ctx context.Context, frames []logFrame) framesResult
 }
 
-type uploadResult struct {
-	// stored is how many bytes of the stream the agent holds after the call (offset+len on success,
-	// storedBytes on a 409); -1 with fatal set when the stream cannot be stored at all.
-	stored int64
+// framesResult is how a call of putFrames ended. None of its fields set: ctx ended first.
+type framesResult struct {
+	stored bool // every frame is stored
+	// held is, on a 409, how many bytes of each stream the agent holds (nothing of the call was stored).
+	held map[string]int64
+	// fatal is a refusal for good; stream is the stream the agent blamed, when it named one.
 	fatal  error
+	stream string
 }
 
-// logStream is one stream's masker, cap and upload queue. Entries for one stream come from one goroutine.
+// logStream is one stream's masker and cap, and how far the agent holds it.
 type logStream struct {
 	name     string
 	masker   *Masker
 	maxBytes int64
-	produced int64
+	produced int64 // bytes made (masked, capped) so far: the offset of the next frame
 	cut      bool
 	echo     io.Writer
-
-	mu      sync.Mutex
-	buf     []byte // the bytes at [acked, acked+len(buf))
-	acked   int64  // what the agent holds
-	ended   bool
-	failure error
-	kick    chan struct{}
-	done    chan struct{}
+	acked    int64 // what the agent holds
+	failure  error // the stream was refused for good: nothing more of it is sent
 }
 
-// LogCollector turns the template's output into uploaded, masked log streams.
+// LogCollector turns the template's output into masked, capped frames and uploads them in ONE queue, in
+// the order the pieces were read, so the stored log keeps the writing order across streams (the combined
+// view and the follow read it by storage order).
 type LogCollector struct {
 	up       logUploader
 	secrets  []string
@@ -58,14 +57,16 @@ type LogCollector struct {
 	echo     map[string]io.Writer
 
 	mu      sync.Mutex
+	room    *sync.Cond // signalled when queued goes down or waiting is given up
 	streams map[string]*logStream
 	order   []string
+	queue   []logFrame // not acknowledged yet, in reading order
+	queued  int64      // bytes in queue
+	ended   bool
+	kick    chan struct{}
+	done    chan struct{}
 	ctx     context.Context // cancelled when waiting for the agent is given up
 	cancel  context.CancelFunc
-
-	budgetMu sync.Mutex
-	room     *sync.Cond // signalled when unacked goes down or waiting is given up
-	unacked  int64
 }
 
 func NewLogCollector(up logUploader, secrets []string, maxBytes int64, echo map[string]io.Writer) *LogCollector {
@@ -73,51 +74,48 @@ func NewLogCollector(up logUploader, secrets []string, maxBytes int64, echo map[
 		maxBytes = math.MaxInt64
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &LogCollector{up: up, secrets: secrets, maxBytes: maxBytes, echo: echo, streams: map[string]*logStream{}, ctx: ctx, cancel: cancel}
-	c.room = sync.NewCond(&c.budgetMu)
+	c := &LogCollector{up: up, secrets: secrets, maxBytes: maxBytes, echo: echo, streams: map[string]*logStream{},
+		kick: make(chan struct{}, 1), done: make(chan struct{}), ctx: ctx, cancel: cancel}
+	c.room = sync.NewCond(&c.mu)
+	go c.upload()
 	return c
 }
 
-// release gives back room for n bytes the agent acknowledged (or that will never be sent).
-func (c *LogCollector) release(n int64) {
-	if n <= 0 {
-		return
+func (c *LogCollector) kickNow() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
 	}
-	c.budgetMu.Lock()
-	c.unacked -= n
-	c.room.Broadcast()
-	c.budgetMu.Unlock()
 }
 
+// stream gives a stream's state, made on its first piece; c.mu held.
 func (c *LogCollector) stream(name string) *logStream {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if s := c.streams[name]; s != nil {
 		return s
 	}
-	s := &logStream{name: name, masker: NewMasker(c.secrets), maxBytes: c.maxBytes, echo: c.echo[name],
-		kick: make(chan struct{}, 1), done: make(chan struct{})}
+	s := &logStream{name: name, masker: NewMasker(c.secrets), maxBytes: c.maxBytes, echo: c.echo[name]}
 	c.streams[name] = s
 	c.order = append(c.order, name)
-	go c.upload(s)
 	return s
 }
 
-func (c *LogCollector) kickAll() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, s := range c.streams {
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
-	}
-}
-
 // Entry is one piece of a stream as its source delivered it; data may be reused by the caller afterwards.
+// Entries for one stream come from one goroutine at a time.
 func (c *LogCollector) Entry(name string, data []byte) {
+	c.mu.Lock()
+	// Back-pressure: a source waits (and with it the template's writes) rather than bytes being dropped.
+	for c.queued >= maxUnacknowledged && c.ctx.Err() == nil {
+		c.kickNow() // sends now what is waiting, rather than at the next tick
+		c.room.Wait()
+	}
 	s := c.stream(name)
-	c.emit(s, s.masker.Push(data))
+	out := c.emit(s, s.masker.Push(data))
+	c.mu.Unlock()
+	// Only masked bytes are copied to the runner's own output (docker logs, kubectl logs). Outside the lock,
+	// so a slow reader of one output holds back no other stream; one goroutine per stream keeps its order.
+	if len(out) > 0 && s.echo != nil {
+		_, _ = s.echo.Write(out)
+	}
 }
 
 // capped applies the cap exactly like LogCollector.capped in logs.ts, so both adapters store the same bytes.
@@ -135,93 +133,66 @@ func (s *logStream) capped(masked []byte) []byte {
 	return append(out, marker...)
 }
 
-func (c *LogCollector) emit(s *logStream, masked []byte) {
+// emit queues masked bytes of a stream and gives what the stream produced (to copy to the runner's own
+// output); c.mu held.
+func (c *LogCollector) emit(s *logStream, masked []byte) []byte {
 	data := s.capped(masked)
 	if len(data) == 0 {
-		return
-	}
-	if s.echo != nil {
-		_, _ = s.echo.Write(data)
+		return nil
 	}
 	start := s.produced
 	s.produced += int64(len(data))
-	// Back-pressure: a source waits (and with it the template's writes) rather than bytes being dropped.
-	c.budgetMu.Lock()
-	for c.unacked >= maxUnacknowledged && c.ctx.Err() == nil {
-		c.budgetMu.Unlock()
-		c.kickAll() // sends now what is waiting, rather than at the next tick
-		c.budgetMu.Lock()
-		if c.unacked < maxUnacknowledged {
-			break
-		}
-		c.room.Wait()
-	}
-	c.unacked += int64(len(data))
-	c.budgetMu.Unlock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	queued := data
 	if s.failure != nil {
-		c.release(int64(len(data)))
-		return
+		return data
 	}
-	if skip := s.acked - start; skip > 0 { // the agent already holds these (a resent stream)
-		c.release(min(skip, int64(len(data))))
-		if skip >= int64(len(data)) {
-			return
+	if skip := s.acked - start; skip > 0 { // the agent already holds these (it had more than was sent)
+		if skip >= int64(len(queued)) {
+			return data
 		}
-		data = data[skip:]
+		queued, start = queued[skip:], start+skip
 	}
-	s.buf = append(s.buf, data...)
-	if len(s.buf) >= flushBytes {
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
+	// A copy: the masker may hand back the caller's own buffer.
+	c.queue = append(c.queue, logFrame{stream: s.name, offset: start, data: append([]byte(nil), queued...)})
+	c.queued += int64(len(queued))
+	if c.queued >= int64(flushBytes) {
+		c.kickNow()
 	}
+	return data
 }
 
-// upload sends a stream's bytes in order, each piece at its offset, until the stream has ended and
-// everything is acknowledged (or the wait is given up).
-func (c *LogCollector) upload(s *logStream) {
-	defer close(s.done)
+// upload sends the queue in order, up to 256 KiB a call, until the collector has ended and everything is
+// acknowledged (or the wait is given up).
+func (c *LogCollector) upload() {
+	defer close(c.done)
 	ticker := time.NewTicker(flushInterval)
 	defer ticker.Stop()
 	for {
 		select {
-		case <-s.kick:
+		case <-c.kick:
 		case <-ticker.C:
 		case <-c.ctx.Done():
 			return
 		}
 		for {
-			s.mu.Lock()
-			if s.failure != nil || len(s.buf) == 0 {
-				ended := s.ended
-				s.mu.Unlock()
+			c.mu.Lock()
+			if len(c.queue) == 0 {
+				ended := c.ended
+				c.mu.Unlock()
 				if ended {
 					return
 				}
 				break
 			}
-			offset, chunk := s.acked, s.buf[:min(len(s.buf), flushBytes)]
-			s.mu.Unlock()
-			res := c.up.putLog(c.ctx, s.name, offset, chunk)
-			s.mu.Lock()
-			var freed int64
-			switch {
-			case res.fatal != nil:
-				s.failure = res.fatal
-				freed, s.buf = int64(len(s.buf)), nil
-			case res.stored < s.acked:
-				s.failure = fmt.Errorf("the agent holds %d bytes, fewer than the %d it acknowledged", res.stored, s.acked)
-				freed, s.buf = int64(len(s.buf)), nil
-			default:
-				freed = min(res.stored-s.acked, int64(len(s.buf)))
-				s.buf = s.buf[freed:]
-				s.acked = res.stored
+			batch := takeBatch(c.queue, flushBytes)
+			c.mu.Unlock()
+			res := c.up.putFrames(c.ctx, batch)
+			if !res.stored && res.held == nil && res.fatal == nil {
+				return // given up while retrying
 			}
-			s.mu.Unlock()
-			c.release(freed)
+			c.mu.Lock()
+			c.apply(batch, res)
+			c.mu.Unlock()
 			if c.ctx.Err() != nil {
 				return
 			}
@@ -229,49 +200,144 @@ func (c *LogCollector) upload(s *logStream) {
 	}
 }
 
+// apply takes the agent's answer to batch into account; c.mu held.
+func (c *LogCollector) apply(batch []logFrame, res framesResult) {
+	switch {
+	case res.stored:
+		for _, f := range batch {
+			s := c.streams[f.stream]
+			s.acked = max(s.acked, f.offset+int64(len(f.data)))
+		}
+		c.dropAcknowledged(true)
+		return
+	case res.held != nil:
+		moved := false
+		for _, name := range c.order {
+			s := c.streams[name]
+			held := res.held[name]
+			switch {
+			case s.failure != nil:
+			case held < s.acked:
+				s.failure = fmt.Errorf("the agent holds %d bytes, fewer than the %d it acknowledged", held, s.acked)
+				moved = true
+			case held > s.acked:
+				s.acked = held
+				moved = true
+			}
+		}
+		if !moved { // resending would get the same answer for ever
+			for _, f := range batch {
+				c.fail(f.stream, fmt.Errorf("the agent refused offset %d, where it holds %d bytes", f.offset, res.held[f.stream]))
+			}
+		}
+	case res.fatal != nil:
+		blamed := false
+		for _, f := range batch {
+			blamed = blamed || f.stream == res.stream
+		}
+		for _, f := range batch {
+			if !blamed || f.stream == res.stream {
+				c.fail(f.stream, res.fatal)
+			}
+		}
+	}
+	c.dropAcknowledged(false)
+}
+
+func (c *LogCollector) fail(name string, err error) {
+	if s := c.streams[name]; s.failure == nil {
+		s.failure = err
+	}
+}
+
+// dropAcknowledged removes from the queue what the agent holds, or will never get; c.mu held. After a
+// stored batch only the front can have gone (the batch was the front), so only the front is looked at:
+// a backlog of small frames is not copied for every batch.
+func (c *LogCollector) dropAcknowledged(frontOnly bool) {
+	var freed int64
+	// done says how much of f goes: all of it for a failed stream, else what the agent holds.
+	done := func(f logFrame) int64 {
+		if s := c.streams[f.stream]; s.failure == nil {
+			return min(int64(len(f.data)), max(0, s.acked-f.offset))
+		}
+		return int64(len(f.data))
+	}
+	if frontOnly {
+		k := 0
+		for ; k < len(c.queue); k++ {
+			skip := done(c.queue[k])
+			freed += skip
+			if skip < int64(len(c.queue[k].data)) {
+				f := &c.queue[k]
+				f.offset, f.data = f.offset+skip, f.data[skip:]
+				break
+			}
+		}
+		clear(c.queue[:k]) // lets the data go
+		c.queue = c.queue[k:]
+	} else {
+		kept := c.queue[:0]
+		for _, f := range c.queue {
+			skip := done(f)
+			freed += skip
+			if skip < int64(len(f.data)) {
+				kept = append(kept, logFrame{stream: f.stream, offset: f.offset + skip, data: f.data[skip:]})
+			}
+		}
+		clear(c.queue[len(kept):])
+		c.queue = kept
+	}
+	c.queued -= freed
+	if freed > 0 {
+		c.room.Broadcast()
+	}
+}
+
 // End releases what masking held back, flushes, and waits until every byte is acknowledged, for at most
 // wait. Only once every source has stopped calling Entry. It returns one warning per stream that could
 // not be stored completely.
 func (c *LogCollector) End(wait time.Duration) []string {
-	c.mu.Lock()
-	streams := make([]*logStream, 0, len(c.order))
-	for _, name := range c.order {
-		streams = append(streams, c.streams[name])
-	}
-	c.mu.Unlock()
 	giveUp := func() {
 		c.cancel()
-		c.budgetMu.Lock()
+		c.mu.Lock()
 		c.room.Broadcast() // wakes a source waiting for room
-		c.budgetMu.Unlock()
+		c.mu.Unlock()
 	}
 	timer := time.AfterFunc(wait, giveUp)
 	defer timer.Stop()
-	for _, s := range streams {
-		c.emit(s, s.masker.End())
-		s.mu.Lock()
-		s.ended = true
-		s.mu.Unlock()
-		select {
-		case s.kick <- struct{}{}:
-		default:
+	c.mu.Lock()
+	type echoed struct {
+		w    io.Writer
+		data []byte
+	}
+	var echoes []echoed
+	for _, name := range c.order {
+		s := c.streams[name]
+		if out := c.emit(s, s.masker.End()); len(out) > 0 && s.echo != nil {
+			echoes = append(echoes, echoed{s.echo, out})
 		}
 	}
-	for _, s := range streams {
-		<-s.done
+	c.ended = true
+	c.mu.Unlock()
+	for _, e := range echoes {
+		_, _ = e.w.Write(e.data)
 	}
+	c.kickNow()
+	<-c.done
 	giveUp()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	names := append([]string(nil), c.order...)
+	sort.Strings(names)
 	var warnings []string
-	sort.SliceStable(streams, func(a, b int) bool { return streams[a].name < streams[b].name })
-	for _, s := range streams {
-		s.mu.Lock()
+	for _, name := range names {
+		s := c.streams[name]
 		switch {
 		case s.failure != nil:
 			warnings = append(warnings, fmt.Sprintf("log stream %s: only %d of %d bytes could be stored (%v)", s.name, s.acked, s.produced, s.failure))
-		case len(s.buf) > 0:
+		case s.acked < s.produced:
 			warnings = append(warnings, fmt.Sprintf("log stream %s: only %d of %d bytes were stored within %s", s.name, s.acked, s.produced, wait))
 		}
-		s.mu.Unlock()
 	}
 	return warnings
 }

@@ -112,16 +112,21 @@ func TestSecretStrings(t *testing.T) {
 	}
 }
 
+// memoryUploader stores frames as the agent does, and keeps every call's frames.
 type memoryUploader struct {
 	mu     sync.Mutex
 	stored map[string][]byte
+	calls  [][]logFrame
 }
 
-func (m *memoryUploader) putLog(_ context.Context, stream string, offset int64, data []byte) uploadResult {
+func (m *memoryUploader) putFrames(_ context.Context, frames []logFrame) framesResult {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.stored[stream] = append(m.stored[stream][:offset], data...)
-	return uploadResult{stored: offset + int64(len(data))}
+	m.calls = append(m.calls, frames)
+	for _, f := range frames {
+		m.stored[f.stream] = append(m.stored[f.stream][:f.offset], f.data...)
+	}
+	return framesResult{stored: true}
 }
 
 // testdata/log-vectors.json: what the Docker adapter's LogCollector stores for the same pieces, values
