@@ -95,8 +95,12 @@ export function registerAgentPaths(registry: OpenAPIRegistry, errorBody: z.ZodTy
     method: 'post',
     path: '/v1/agent/runs/{runId}/result',
     operationId: 'agentPostResult',
-    summary: 'The pod-runner\'s report: exit code, outputs, warnings and the archived state version; the first one counts',
+    summary: 'The pod-runner\'s report: exit code, outputs and warnings; the first one counts',
     request: { params: runId, body: { required: true, content: { 'application/json': { schema: AgentResultSchema } } } },
-    responses: { 204: { description: 'recorded' }, 400: error('Invalid report: VALIDATION_FAILED'), ...common },
+    responses: {
+      204: { description: 'recorded, with the state version this run archived (if any) whatever the report says' },
+      400: error('Invalid report, or a `stateVersion` other than the one this run archived (not recorded): VALIDATION_FAILED'),
+      ...common,
+    },
   });
 }

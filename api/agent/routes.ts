@@ -12,7 +12,7 @@ import type { SecretBox } from '../../core/crypto.js';
 import { appendLogFrames } from '../../core/db/logs.js';
 import type { Db } from '../../core/db/pool.js';
 import { markRunPhase } from '../../core/db/runs.js';
-import { getAgentStateFailure, markRunAgentStarted, recordAgentResult, recordAgentStateFailure, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
+import { archivedStateVersion, getAgentStateFailure, markRunAgentStarted, recordAgentResult, recordAgentStateFailure, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
 import { StateStorageError, archiveStateForRun, restoreStateForRun } from '../../core/db/state.js';
 import { isUnreadableStateReason } from '../../core/domain.js';
 import { readSourceArchive } from '../../core/db/template-sources.js';
@@ -40,6 +40,7 @@ export const AgentResultSchema = z.strictObject({
   /** outputs.json's bytes, base64: parsed here with the Docker adapter's own code, so both agree. */
   outputsFile: z.base64().max(Math.ceil((MAX_OUTPUTS_BYTES * 4) / 3) + 4).optional(),
   warnings: z.array(z.string().max(4096)).max(100).default([]),
+  /** Checked, never trusted: the version recorded is the one this run archived (a template can call the agent too). */
   stateVersion: z.number().int().min(1).optional(),
 });
 
@@ -185,13 +186,28 @@ export function agentRouter(deps: AgentDeps): Router {
       next(new AppError(ErrorCode.ValidationFailed, `invalid result: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`));
       return;
     }
-    const { outputsFile, ...report } = parsed.data;
+    const { outputsFile, stateVersion: claimed, ...report } = parsed.data;
     const outputs = outputsFile === undefined ? { warnings: [] } : parseOutputs(Buffer.from(outputsFile, 'base64').toString('utf8'));
-    const result = { ...report, warnings: [...report.warnings, ...outputs.warnings], ...(outputs.outputs ? { outputs: outputs.outputs } : {}) };
-    recordAgentResult(deps.db, grant.runId, result).then(
-      () => res.status(204).end(),
-      (err: unknown) => next(err),
-    );
+    (async () => {
+      // The template shares the runner's way to the agent and could report first: the version recorded is
+      // the one this run archived, and a report claiming another is refused.
+      const archived = await archivedStateVersion(deps.db, grant.runId);
+      if (claimed !== undefined && claimed !== archived) {
+        throw new AppError(
+          ErrorCode.ValidationFailed,
+          `stateVersion ${claimed} is not the state version this run archived (${archived === undefined ? 'it archived none' : archived}); result not recorded`,
+          { stateVersion: claimed, archivedStateVersion: archived ?? null },
+        );
+      }
+      const result = {
+        ...report,
+        warnings: [...report.warnings, ...outputs.warnings],
+        ...(outputs.outputs ? { outputs: outputs.outputs } : {}),
+        ...(archived !== undefined ? { stateVersion: archived } : {}),
+      };
+      await recordAgentResult(deps.db, grant.runId, result);
+      res.status(204).end();
+    })().catch(next);
   });
 
   return router;

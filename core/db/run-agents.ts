@@ -84,6 +84,12 @@ export async function recordAgentResult(db: Queryable, runId: string, result: Ag
   await db.query(`UPDATE run_agents SET result = $2, result_at = now() WHERE run_id = $1 AND result IS NULL`, [runId, result]);
 }
 
+/** The state version this run archived (complete), if any: the only one its result may name. */
+export async function archivedStateVersion(db: Queryable, runId: string): Promise<number | undefined> {
+  const { rows } = await db.query<{ version: number }>(`SELECT version FROM state_versions WHERE run_id = $1 AND status = 'complete'`, [runId]);
+  return rows[0]?.version;
+}
+
 export async function getAgentResult(db: Queryable, runId: string): Promise<AgentResult | undefined> {
   const { rows } = await db.query<{ result: AgentResult | null }>(`SELECT result FROM run_agents WHERE run_id = $1`, [runId]);
   return rows[0]?.result ?? undefined;

@@ -1,7 +1,7 @@
 /**
  * The agent API that a run's pod-runner calls back (api/agent/routes.ts), against the real database: the
  * per-run credential, log frames stored in their order exactly once at their offsets, the state archive both
- * ways, the report.
+ * ways, the report (and the state version it may name).
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -184,6 +184,31 @@ describe('the agent API', () => {
     assert.equal(res.status, 204);
     assert.deepEqual(await getAgentResult(sys.db, run.body.id), { exitCode: 0, stopped: false, warnings: ['outputs.json must hold a JSON object; outputs ignored'] });
     assert.equal((await sys.call('POST', `/v1/runs/${run.body.id}/cancel`)).status, 202);
+  });
+
+  it('records the state version this run archived, never another one a report claims', async () => {
+    const post = (id: string, body: unknown) => agent('POST', `/v1/agent/runs/${id}/result`, JSON.stringify(body), { 'content-type': 'application/json' });
+    const archived = await newRun();
+    const put = await agent('PUT', `/v1/agent/runs/${archived.runId}/state`, gzipSync(Buffer.from('state')), { 'content-type': 'application/gzip' });
+    const version = ((await put.json()) as { version: number }).version;
+    const lying = await post(archived.runId, { exitCode: 0, stopped: false, stateVersion: version + 1 });
+    assert.equal(lying.status, 400);
+    const problem = (await lying.json()) as { code: string; message: string };
+    assert.equal(problem.code, 'VALIDATION_FAILED');
+    assert.equal(problem.message, `stateVersion ${version + 1} is not the state version this run archived (${version}); result not recorded`);
+    assert.equal(await getAgentResult(sys.db, archived.runId), undefined, 'a refused report is not recorded');
+    // A report that names none still gets the version the run archived.
+    assert.equal((await post(archived.runId, { exitCode: 0, stopped: false })).status, 204);
+    assert.deepEqual(await getAgentResult(sys.db, archived.runId), { exitCode: 0, stopped: false, warnings: [], stateVersion: version });
+
+    // A run that archived nothing (a template reporting before its runner) cannot borrow another run's version.
+    const early = await newRun();
+    const borrowed = await post(early.runId, { exitCode: 0, stopped: false, stateVersion: version });
+    assert.equal(borrowed.status, 400);
+    assert.match(((await borrowed.json()) as { message: string }).message, /this run archived \(it archived none\)/);
+    assert.equal(await getAgentResult(sys.db, early.runId), undefined);
+    await cancel(archived.runId);
+    await cancel(early.runId);
   });
 
   it('records the first report only, validates it, and stops accepting the credential once the run ended', async () => {
