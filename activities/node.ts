@@ -2,7 +2,7 @@ import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { openSealedForNode } from '../core/crypto.js';
-import type { RunOutcome, RunSpec } from '../core/domain.js';
+import { RunFailure, type RunOutcome, type RunSpec } from '../core/domain.js';
 import type { ExecutionAdapter } from './execution/adapter.js';
 
 /** Activities of a node worker (task queue `node-<id>`): it can only execute and clean up runs. */
@@ -15,7 +15,7 @@ export function createNodeActivities(deps: { adapter: ExecutionAdapter; nodePriv
       return JSON.parse(openSealedForNode(deps.nodePrivateKeyPem, spec.secrets).toString('utf8')) as Record<string, unknown>;
     } catch {
       // Sealed to another key: this node's key changed since the run was prepared. Retrying cannot help.
-      throw ApplicationFailure.create({ type: 'infrastructure', message: 'the run\'s secrets were sealed for another node key', nonRetryable: true });
+      throw ApplicationFailure.create({ type: RunFailure.Infrastructure, message: 'the run\'s secrets were sealed for another node key', nonRetryable: true });
     }
   }
 

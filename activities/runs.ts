@@ -8,6 +8,7 @@ import { getTemplateVersion } from '../core/db/templates.js';
 import {
   CONTRACT_VERSION,
   effectiveLimits,
+  RunFailure,
   type DeploymentStatus,
   type RunOutcome,
   type RunPhase,
@@ -31,7 +32,7 @@ export interface StartedRun extends RunTransition {
 
 /** Thrown for facts that retrying cannot change, e.g. a run id the database does not know. */
 const missing = (what: string, id: string) =>
-  ApplicationFailure.create({ type: 'infrastructure', message: `${what} '${id}' not found`, nonRetryable: true });
+  ApplicationFailure.create({ type: RunFailure.Infrastructure, message: `${what} '${id}' not found`, nonRetryable: true });
 
 /** Terraform reads TF_VAR_x as a string, or as HCL/JSON for numbers, booleans and collections. */
 function tfVarValue(value: unknown): string {

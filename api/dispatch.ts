@@ -1,51 +1,13 @@
-import { WorkflowIdConflictPolicy, WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { isGrpcServiceError } from '@temporalio/client';
 import type { Deployment } from '../core/db/deployments.js';
 import type { Db } from '../core/db/pool.js';
-import { finishRun, getRun, runSummary, type Run } from '../core/db/runs.js';
-import { targetLabel } from '../core/domain.js';
+import { finishRun, previousRunSummary, type Run } from '../core/db/runs.js';
 import { AppError, ErrorCode } from '../core/errors.js';
-import {
-  StatusSearchAttribute,
-  TargetSearchAttribute,
-  TemplateSearchAttribute,
-  deploymentWorkflowId,
-  cancelSignal,
-  runRequestedSignal,
-  type DeploymentWorkflowInput,
-} from '../workflows/messages.js';
+import { signalRun } from '../workflows/client.js';
+import { cancelSignal, deploymentWorkflowId } from '../workflows/messages.js';
 
 import { status as GrpcStatus } from '@grpc/grpc-js';
-
-/**
- * Signals the run to the deployment's workflow, starting a new execution if none is running. Safe to
- * repeat: the workflow queues a run id once.
- */
-export async function signalRun(deps: { db: Db; temporal: Client; taskQueue: string }, deployment: Deployment, run: Run): Promise<void> {
-  const lastRun = deployment.lastRunId && deployment.lastRunId !== run.id ? await getRun(deps.db, deployment.lastRunId) : undefined;
-  const input: DeploymentWorkflowInput = {
-    deploymentId: deployment.id,
-    template: deployment.template.name,
-    target: deployment.target,
-    clusterTaskQueue: deps.taskQueue,
-    status: deployment.status,
-    pending: [],
-    lastRun: lastRun ? runSummary(lastRun) : undefined,
-  };
-  await deps.temporal.workflow.signalWithStart('deploymentWorkflow', {
-    workflowId: deploymentWorkflowId(deployment.id),
-    taskQueue: deps.taskQueue,
-    args: [input],
-    signal: runRequestedSignal,
-    signalArgs: [{ runId: run.id, action: run.action }],
-    workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
-    typedSearchAttributes: [
-      { key: StatusSearchAttribute, value: deployment.status },
-      { key: TemplateSearchAttribute, value: deployment.template.name },
-      { key: TargetSearchAttribute, value: targetLabel(deployment.target) },
-    ],
-  });
-}
 
 /**
  * Hands a run that Postgres has accepted to the deployment's workflow. If Temporal refuses, the run is
@@ -53,7 +15,7 @@ export async function signalRun(deps: { db: Db; temporal: Client; taskQueue: str
  */
 export async function dispatchRun(deps: { db: Db; temporal: Client; taskQueue: string }, deployment: Deployment, run: Run): Promise<Run> {
   try {
-    await signalRun(deps, deployment, run);
+    await signalRun(deps, deployment, run, await previousRunSummary(deps.db, deployment, run));
     return run;
   } catch (err) {
     const throttled = isGrpcServiceError(err) && err.code === GrpcStatus.RESOURCE_EXHAUSTED;

@@ -32,6 +32,10 @@ const ConfigSchema = z.object({
   /** Where pods reach the agent API (the pod-runner calls back here). Unset: the API's own address. */
   GLIDERGUN_KUBERNETES_AGENT_URL: z.string().url().optional(),
   GLIDERGUN_KUBERNETES_RUNNER_IMAGE: z.string().min(1).optional(),
+  /** The pod-runner image a node worker takes its runner from (infra/images/pod-runner); pulled if the engine lacks it. */
+  GLIDERGUN_NODE_RUNNER_IMAGE: z.string().min(1).optional(),
+  /** Where a node worker relays its runners' agent calls. Unset: the API's own address. */
+  GLIDERGUN_AGENT_URL: z.string().url().optional(),
   GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(300),
   GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(120),
   /** Secrets (type kubernetes.io/dockerconfigjson) in the runs' namespace that the kubelet pulls template images with. */
@@ -84,7 +88,11 @@ export interface Config {
   /** Where the dev stack (npm start) runs the services it starts itself. */
   devStack: { startTemporal: boolean; temporalPort: number; postgresPort: number };
   api: { host: string; port: number };
-  node: { id: string; workDir: string; secretsDir: string };
+  /**
+   * `runnerImage`: where the runner every Docker run wraps its template with comes from (required to run);
+   * `agentUrl`: where the runner's calls, relayed by the node worker, go.
+   */
+  node: { id: string; workDir: string; secretsDir: string; runnerImage: string | undefined; agentUrl: string };
   security: { encryptionKey: string | undefined; encryptionKeyFile: string; adminTokenFile: string };
   docker: { host: string | undefined };
   kubernetes: {
@@ -110,6 +118,13 @@ export interface Config {
   /** How state versions are kept: how many per deployment, and how large one may be unless set per deployment. */
   state: StatePolicy;
   logLevel: z.infer<typeof ConfigSchema>['GLIDERGUN_LOG_LEVEL'];
+}
+
+/** An address that listens on every interface is reached on loopback. */
+function reachable(host: string): string {
+  if (host === '0.0.0.0') return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return host.includes(':') ? `[${host}]` : host;
 }
 
 export class ConfigError extends Error {
@@ -162,6 +177,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       id: e.GLIDERGUN_NODE_ID,
       workDir: path.join(dataDir, 'node', e.GLIDERGUN_NODE_ID),
       secretsDir: path.join(e.GLIDERGUN_SECRETS_DIR, e.GLIDERGUN_NODE_ID),
+      runnerImage: e.GLIDERGUN_NODE_RUNNER_IMAGE,
+      agentUrl: e.GLIDERGUN_AGENT_URL ?? `http://${reachable(e.GLIDERGUN_API_HOST)}:${e.GLIDERGUN_API_PORT}`,
     },
     security: {
       encryptionKey: e.GLIDERGUN_ENCRYPTION_KEY,

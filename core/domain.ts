@@ -8,32 +8,52 @@ export type RunStatus = (typeof RUN_STATUSES)[number];
 /** A run in one of these holds the deployment: the database refuses a second one (migration 001). */
 export const ACTIVE_RUN_STATUSES = ['pending', 'running', 'cancelling'] as const satisfies readonly RunStatus[];
 export type ActiveRunStatus = (typeof ACTIVE_RUN_STATUSES)[number];
+export const isActiveRunStatus = (status: string): status is ActiveRunStatus => (ACTIVE_RUN_STATUSES as readonly string[]).includes(status);
 export type FinalRunStatus = Exclude<RunStatus, ActiveRunStatus>;
 
 export const RUN_PHASES = ['preparing', 'restoring', 'executing', 'archiving'] as const;
 export type RunPhase = (typeof RUN_PHASES)[number];
 
-/** Why a run failed, as a stable machine-readable word. */
-export const FAILURE_REASONS = [
-  'exit-code',
-  'timeout',
-  'node-unavailable',
-  'image-unavailable',
+/**
+ * Why a run failed, as a stable machine-readable word: the `reason` of a failed run (its column and the
+ * API's field) and the type of the ApplicationFailure an activity throws for it, one vocabulary for both.
+ */
+export const RunFailure = {
+  ExitCode: 'exit-code',
+  Timeout: 'timeout',
+  NodeUnavailable: 'node-unavailable',
+  ImageUnavailable: 'image-unavailable',
   /** Kubernetes found no node for the pod within the bound. */
-  'unschedulable',
-  'container-vanished',
+  Unschedulable: 'unschedulable',
+  ContainerVanished: 'container-vanished',
   /** The state version to restore is damaged (a chunk missing or altered); the template did not start. */
-  'state-corrupt',
+  StateCorrupt: 'state-corrupt',
   /**
    * The state version to restore was sealed under another encryption key than the installation's (its key
    * changed): no data is damaged, the key must be restored; the template did not start.
    */
-  'state-key-mismatch',
+  StateKeyMismatch: 'state-key-mismatch',
   /** /state outgrew the deployment's state size limit; the previous version stays current. */
-  'state-too-large',
-  'infrastructure',
-] as const;
-export type FailureReason = (typeof FAILURE_REASONS)[number];
+  StateTooLarge: 'state-too-large',
+  Infrastructure: 'infrastructure',
+} as const;
+export type FailureReason = (typeof RunFailure)[keyof typeof RunFailure];
+export const FAILURE_REASONS = Object.values(RunFailure) as readonly FailureReason[];
+export const isFailureReason = (type: unknown): type is FailureReason => (FAILURE_REASONS as readonly unknown[]).includes(type);
+
+/** Why a template build failed: the `reason` of a failed build and the type of its ApplicationFailure. */
+export const BuildFailure = {
+  /** The source, or the parameter plan against the type, was refused. */
+  SourceRejected: 'source-rejected',
+  /** The Dockerfile's build failed (its FROM could not be had, a step failed). */
+  BuildFailed: 'build-failed',
+  PushFailed: 'push-failed',
+  Timeout: 'timeout',
+  Infrastructure: 'infrastructure',
+} as const;
+export type BuildFailureReason = (typeof BuildFailure)[keyof typeof BuildFailure];
+/** Failures a retry cannot mend: the source, the Dockerfile's FROM, or the registry said no. */
+export const FINAL_BUILD_FAILURES: readonly BuildFailureReason[] = [BuildFailure.SourceRejected, BuildFailure.BuildFailed, BuildFailure.PushFailed, BuildFailure.Timeout];
 
 /**
  * Why a state version cannot be read, and its run ends before the template starts: `state-corrupt`, its
@@ -41,7 +61,7 @@ export type FailureReason = (typeof FAILURE_REASONS)[number];
  * it was sealed under another encryption key (every version sealed under that key is alike: restore the
  * key, a rollback cannot help).
  */
-export const UNREADABLE_STATE_REASONS = ['state-corrupt', 'state-key-mismatch'] as const satisfies readonly FailureReason[];
+export const UNREADABLE_STATE_REASONS = [RunFailure.StateCorrupt, RunFailure.StateKeyMismatch] as const satisfies readonly FailureReason[];
 export type UnreadableStateReason = (typeof UNREADABLE_STATE_REASONS)[number];
 export const isUnreadableStateReason = (reason: unknown): reason is UnreadableStateReason =>
   (UNREADABLE_STATE_REASONS as readonly unknown[]).includes(reason);

@@ -26,7 +26,7 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-/** The HTTP API's composition root: real Temporal client, Postgres pool and health probes. */
+/** The HTTP API: the app on the process's Temporal client and Postgres pool, with health probes of what it depends on. */
 export async function startApiServer(opts: {
   config: Config;
   db: Db;
@@ -34,9 +34,12 @@ export async function startApiServer(opts: {
   docker?: Docker | undefined;
   log: Logger;
   port?: number;
+  /** The process's own client and key box (workers/compose.ts); made here for a test that starts an API of its own. */
+  temporal?: Client;
+  secrets?: SecretBox;
 }): Promise<ApiServer> {
   const { config, db, connection } = opts;
-  const temporal = new Client({ connection, namespace: config.temporal.namespace });
+  const temporal = opts.temporal ?? new Client({ connection, namespace: config.temporal.namespace });
   const probes: Record<string, () => Promise<void>> = {
     postgres: async () => {
       await db.query('SELECT 1');
@@ -67,7 +70,7 @@ export async function startApiServer(opts: {
       if (res.status >= 500) throw new Error(`${url} answered ${res.status}`);
     };
   }
-  const secrets = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
+  const secrets = opts.secrets ?? new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
   const adminToken = await ensureAdminToken(db, config.security.adminTokenFile);
   const app = createApp({
     db,

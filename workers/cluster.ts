@@ -1,13 +1,14 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { NativeConnection} from '@temporalio/worker';
+import type { NativeConnection } from '@temporalio/worker';
 import { Worker, type WorkflowBundleOption } from '@temporalio/worker';
+import type { RunAgents } from '../activities/execution/outcome.js';
 import { createNodeActivities } from '../activities/node.js';
 import { createRunActivities } from '../activities/runs.js';
 import { createBuildActivities } from '../activities/templates/build-activities.js';
 import type { Config } from '../core/config.js';
-import { SecretBox } from '../core/crypto.js';
-import { loadEncryptionKey, loadNodeKey } from '../core/keys.js';
+import type { SecretBox } from '../core/crypto.js';
+import { loadNodeKey } from '../core/keys.js';
 import type { Db } from '../core/db/pool.js';
 import { createKubernetesExecutor } from './kubernetes.js';
 
@@ -27,17 +28,19 @@ export async function createClusterWorker(opts: {
   connection: NativeConnection;
   config: Config;
   db: Db;
+  secrets: SecretBox;
+  /** What runners told the agent API: how the `cluster` target's runs ended. */
+  agents: RunAgents;
   /** A prebuilt bundle (tests build it once); otherwise the workflows are bundled at start. */
   workflowBundle?: WorkflowBundleOption | undefined;
 }): Promise<ClusterWorker> {
   const { config } = opts;
-  const secrets = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
-  let activities: object = { ...createRunActivities({ db: opts.db, runs: config.runs, secrets }), ...createBuildActivities({ db: opts.db }) };
+  let activities: object = { ...createRunActivities({ db: opts.db, runs: config.runs, secrets: opts.secrets }), ...createBuildActivities({ db: opts.db }) };
   let close = () => Promise.resolve();
   if (config.kubernetes.enabled) {
     // The cluster is a target like a node: it gets each run's secrets sealed to its own key.
     const nodePrivateKeyPem = await loadNodeKey(path.join(config.dataDir, 'cluster'));
-    const executor = await createKubernetesExecutor(config, opts.db);
+    const executor = await createKubernetesExecutor(config, opts.agents);
     close = () => executor.close();
     activities = { ...activities, ...createNodeActivities({ adapter: executor, nodePrivateKeyPem }) };
   }

@@ -4,9 +4,7 @@ import { KubernetesExecutor } from '../activities/execution/kubernetes/executor.
 import { loadPodTemplate } from '../activities/execution/kubernetes/pod-template.js';
 import type { Config } from '../core/config.js';
 import { RegistryCredentials } from '../core/registry-credentials.js';
-import type { Db } from '../core/db/pool.js';
-import { getAgentResult, getAgentStateFailure, grantRunAgent, runAgentStarted } from '../core/db/run-agents.js';
-import { getRun } from '../core/db/runs.js';
+import type { RunAgents } from '../activities/execution/outcome.js';
 
 /** GLIDERGUN_KUBECONFIG, else the in-cluster ServiceAccount when running in a pod, else the default kubeconfig. */
 export function loadKubeConfig(k: Config['kubernetes']): KubeConfig {
@@ -18,7 +16,7 @@ export function loadKubeConfig(k: Config['kubernetes']): KubeConfig {
 }
 
 /** The main cluster's execution adapter: one Job per run, in the configured namespace. */
-export async function createKubernetesExecutor(config: Config, db: Db): Promise<KubernetesExecutor> {
+export async function createKubernetesExecutor(config: Config, agents: RunAgents): Promise<KubernetesExecutor> {
   const k = config.kubernetes;
   if (!k.runnerImage) throw new Error('GLIDERGUN_KUBERNETES_RUNNER_IMAGE is not set');
   return new KubernetesExecutor(
@@ -33,12 +31,6 @@ export async function createKubernetesExecutor(config: Config, db: Db): Promise<
       ...(k.podTemplateFile ? { podTemplate: await loadPodTemplate(k.podTemplateFile) } : {}),
     },
     new RegistryClient(config.registries.insecure, new RegistryCredentials(config.registries.credentials)),
-    {
-      grant: (g) => grantRunAgent(db, g),
-      started: (runId) => runAgentStarted(db, runId),
-      result: (runId) => getAgentResult(db, runId),
-      stateFailure: (runId) => getAgentStateFailure(db, runId),
-      archiving: async (runId) => (await getRun(db, runId))?.phase === 'archiving',
-    },
+    agents,
   );
 }

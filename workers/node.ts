@@ -1,9 +1,11 @@
+import { createHmac } from 'node:crypto';
+import path from 'node:path';
 import type { NativeConnection } from '@temporalio/worker';
 import { Runtime, Worker } from '@temporalio/worker';
 import Docker from 'dockerode';
 import { DockerExecutor } from '../activities/execution/docker.js';
-import type { StateStore, TemplateFileStore } from '../activities/execution/adapter.js';
-import type { LogSink } from '../activities/execution/logs.js';
+import { installRunner } from '../activities/execution/docker-images.js';
+import type { RunAgents } from '../activities/execution/outcome.js';
 import { createNodeActivities } from '../activities/node.js';
 import type { Config } from '../core/config.js';
 import { loadNodeKey } from '../core/keys.js';
@@ -21,29 +23,34 @@ export function createDockerClient(host: string | undefined): Docker {
 
 /**
  * A node worker: polls only its own node's task queue and only executes runs in the local Docker engine.
- * It dials out to Temporal and accepts no connections.
+ * It dials out to Temporal (and, for its runners, to the agent API) and accepts no connections.
  */
 export async function createNodeWorker(opts: {
   connection: NativeConnection;
   config: Config;
   docker: Docker;
-  logSink: LogSink;
-  stateStore: StateStore;
-  templateFiles?: TemplateFileStore;
+  /** What runners told the agent API: how each run ended. */
+  agents: RunAgents;
   /** Which of the given runs are still active: at start, the worker removes what ended runs left on this node. */
   activeRuns: (runIds: readonly string[]) => Promise<ReadonlySet<string>>;
 }): Promise<Worker> {
   const { config } = opts;
+  if (!config.node.runnerImage) {
+    throw new Error('GLIDERGUN_NODE_RUNNER_IMAGE is not set: a node runs every template under the runner of that image (npm run pod-runner-image builds it)');
+  }
   const nodePrivateKeyPem = await loadNodeKey(config.node.workDir);
-  const adapter = new DockerExecutor(
-    opts.docker,
-    config.node.workDir,
-    config.node.secretsDir,
-    opts.logSink,
-    opts.stateStore,
-    opts.templateFiles,
-    new RegistryCredentials(config.registries.credentials),
-  );
+  const credentials = new RegistryCredentials(config.registries.credentials);
+  let runner: string;
+  try {
+    runner = await installRunner(opts.docker, config.node.runnerImage, path.join(config.node.workDir, 'bin'), credentials, (message, fields) => {
+      Runtime.instance().logger.info(message, fields);
+    });
+  } catch (err) {
+    throw new Error(`the runner could not be taken from ${config.node.runnerImage}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  // Derived from the node's own key: stable across attempts and restarts, never written anywhere.
+  const credentialFor = (runId: string) => `ggr_${createHmac('sha256', nodePrivateKeyPem).update(`run-agent:${runId}`).digest('base64url')}`;
+  const adapter = new DockerExecutor(opts.docker, config.node.workDir, config.node.secretsDir, runner, config.node.agentUrl, opts.agents, credentialFor, credentials);
   // A run's container is removed after its outcome is recorded; if that failed (this worker was down, say),
   // it is removed here. Active runs keep theirs: the attempt that resumes them adopts it.
   try {

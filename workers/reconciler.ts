@@ -1,9 +1,9 @@
 import type { Client } from '@temporalio/client';
-import { signalRun } from '../api/dispatch.js';
 import { getDeployment } from '../core/db/deployments.js';
 import type { Db } from '../core/db/pool.js';
-import { getRun } from '../core/db/runs.js';
+import { getRun, previousRunSummary } from '../core/db/runs.js';
 import { ACTIVE_RUN_STATUSES } from '../core/domain.js';
+import { signalRun } from '../workflows/client.js';
 import { deploymentWorkflowId, statusQuery } from '../workflows/messages.js';
 
 /** Which runs a reconciler looks at; all of them unless narrowed. */
@@ -45,7 +45,7 @@ export async function reconcileRuns(
     }
     const [deployment, run] = await Promise.all([getDeployment(deps.db, row.deployment_id), getRun(deps.db, row.id)]);
     if (!deployment || !run || !isActive(run.status)) continue;
-    await signalRun(deps, deployment, run);
+    await signalRun(deps, deployment, run, await previousRunSummary(deps.db, deployment, run));
     handed.push(run.id);
   }
   return handed;

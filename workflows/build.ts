@@ -13,6 +13,7 @@ import {
   proxyActivities,
 } from '@temporalio/workflow';
 import type { BuildActivities, BuilderActivities } from '../activities/templates/build-activities.js';
+import { BuildFailure, FINAL_BUILD_FAILURES } from '../core/domain.js';
 
 export interface BuildWorkflowInput {
   buildId: string;
@@ -23,8 +24,6 @@ export interface BuildWorkflowInput {
 
 export const buildWorkflowId = (buildId: string): string => `build-${buildId}`;
 
-/** Failures a retry cannot mend: the source, the Dockerfile's FROM, or the registry said no. */
-export const BUILD_FAILURE_TYPES = ['source-rejected', 'build-failed', 'push-failed', 'timeout'] as const;
 
 const db = proxyActivities<BuildActivities>({
   startToCloseTimeout: '1 minute',
@@ -39,7 +38,7 @@ export async function templateBuildWorkflow(input: BuildWorkflowInput): Promise<
     heartbeatTimeout: '30 seconds',
     // A cancelled build is recorded as such only once the engine has stopped it.
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-    retry: { initialInterval: '2 seconds', maximumAttempts: 3, nonRetryableErrorTypes: [...BUILD_FAILURE_TYPES] },
+    retry: { initialInterval: '2 seconds', maximumAttempts: 3, nonRetryableErrorTypes: [...FINAL_BUILD_FAILURES] },
   });
   const started = await db.startBuild(input.buildId);
   if (!started) return; // already ended (a replayed start of a cancelled build)
@@ -54,7 +53,7 @@ export async function templateBuildWorkflow(input: BuildWorkflowInput): Promise<
       }
       const cause = err instanceof ActivityFailure ? err.cause : err;
       const type = cause instanceof ApplicationFailure ? cause.type : undefined;
-      const reason = type && (BUILD_FAILURE_TYPES as readonly string[]).includes(type) ? type : 'infrastructure';
+      const reason = FINAL_BUILD_FAILURES.find((f) => f === type) ?? BuildFailure.Infrastructure;
       const message = cause instanceof Error ? cause.message : String(cause);
       log.warn('build failed', { buildId: input.buildId, message });
       await db.failBuild(input.buildId, { status: 'failed', reason, message });

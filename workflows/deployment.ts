@@ -17,7 +17,7 @@ import {
 import { TimeoutType } from '@temporalio/common';
 import type { RunActivities, RunTransition } from '../activities/runs.js';
 import type { NodeActivities } from '../activities/node.js';
-import type { FailureReason, RunOutcome, RunSpec, RunSummary } from '../core/domain.js';
+import { RunFailure, isActiveRunStatus, isFailureReason, type RunOutcome, type RunSpec, type RunSummary } from '../core/domain.js';
 import {
   StatusSearchAttribute,
   cancelSignal,
@@ -31,7 +31,6 @@ import {
 const MAX_HISTORY_EVENTS = 5_000;
 /** Restore plus archive of a run's /state: 6 hours covers the default 4 GiB limit at 0.2 MiB/s. */
 const STORAGE_ALLOWANCE_SECONDS = 6 * 3600;
-const KNOWN_REASONS: readonly FailureReason[] = ['timeout', 'node-unavailable', 'image-unavailable', 'container-vanished', 'state-corrupt', 'state-key-mismatch', 'state-too-large'];
 
 const db = proxyActivities<RunActivities>({
   startToCloseTimeout: '30 seconds',
@@ -112,7 +111,7 @@ export class DeploymentEntity {
 
   private apply(t: RunTransition): void {
     this.state.status = t.deploymentStatus;
-    if (['pending', 'running', 'cancelling'].includes(t.run.status)) this.active = t.run;
+    if (isActiveRunStatus(t.run.status)) this.active = t.run;
     else {
       this.active = undefined;
       this.state.lastRun = t.run;
@@ -198,14 +197,14 @@ function outcomeOfFailure(err: unknown): RunOutcome {
   if (isCancellation(err)) return { status: 'cancelled', message: 'cancelled on request' };
   const cause = err instanceof ActivityFailure ? err.cause : err;
   if (cause instanceof TimeoutFailure && cause.timeoutType === TimeoutType.SCHEDULE_TO_START) {
-    return { status: 'failed', reason: 'node-unavailable', message: 'no worker of the target node picked the run up in time' };
+    return { status: 'failed', reason: RunFailure.NodeUnavailable, message: 'no worker of the target node picked the run up in time' };
   }
-  if (cause instanceof ApplicationFailure && KNOWN_REASONS.includes(cause.type as FailureReason)) {
-    return { status: 'failed', reason: cause.type as FailureReason, message: cause.message };
+  if (cause instanceof ApplicationFailure && isFailureReason(cause.type)) {
+    return { status: 'failed', reason: cause.type, message: cause.message };
   }
   return {
     status: 'failed',
-    reason: 'infrastructure',
+    reason: RunFailure.Infrastructure,
     message: cause instanceof Error ? cause.message : 'the run could not be executed',
   };
 }

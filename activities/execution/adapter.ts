@@ -47,12 +47,6 @@ export interface TemplateFileStore {
   read(sourceId: string): Promise<Buffer>;
 }
 
-/** ApplicationFailure types thrown by adapters, matching FailureReason where a run ends with one. */
-export const ExecutionFailure = {
-  ImageUnavailable: 'image-unavailable',
-  ContainerVanished: 'container-vanished',
-} as const;
-
 export const containerName = (runId: string): string => `gg-${runId}`;
 
 /** Labels on everything an adapter creates, so leftovers can be found (and the tests can assert there are none). */

@@ -10,6 +10,7 @@ import { readSourceArchive, storeSource, getSource } from '../../core/db/templat
 import { getTemplateTypeVersion } from '../../core/db/template-types.js';
 import { insertTemplateVersion, type TemplateSourceInfo } from '../../core/db/templates.js';
 import { inTransaction } from '../../core/db/pool.js';
+import { BuildFailure, type BuildFailureReason } from '../../core/domain.js';
 import { planParameters } from '../../core/parameter-plan.js';
 import { SourceRejectedError } from '../../core/template-sources/index.js';
 import { generateDockerfile } from './dockerfile.js';
@@ -57,7 +58,7 @@ class BuildLog {
   }
 }
 
-function failure(type: string, message: string): ApplicationFailure {
+function failure(type: BuildFailureReason, message: string): ApplicationFailure {
   return ApplicationFailure.create({ type, message, nonRetryable: true });
 }
 
@@ -75,12 +76,12 @@ export function createBuildActivities(deps: { db: Db }) {
     async completeBuild(buildId: string, built: BuiltImage): Promise<number> {
       return inTransaction(db, async (tx) => {
         const build = await getBuild(tx, buildId);
-        if (!build) throw failure('infrastructure', `build ${buildId} does not exist`);
+        if (!build) throw failure(BuildFailure.Infrastructure, `build ${buildId} does not exist`);
         if (build.status === 'succeeded') return build.version;
         const type = await getTemplateTypeVersion(tx, build.type.name, build.type.version);
-        if (!type) throw failure('infrastructure', `template type ${build.type.name}@${build.type.version} is gone`);
+        if (!type) throw failure(BuildFailure.Infrastructure, `template type ${build.type.name}@${build.type.version} is gone`);
         const plan = planParameters(type.parameters, build.parameters);
-        if (!plan.ok) throw failure('source-rejected', `the parameter plan no longer fits the type: ${plan.problems.map((p) => `${p.parameter} ${p.problem}`).join('; ')}`);
+        if (!plan.ok) throw failure(BuildFailure.SourceRejected, `the parameter plan no longer fits the type: ${plan.problems.map((p) => `${p.parameter} ${p.problem}`).join('; ')}`);
         const version = await insertTemplateVersion(tx, {
           templateName: build.templateName,
           image: built.image,
@@ -124,9 +125,9 @@ export function createBuilderActivities(deps: {
     async buildTemplateImage(buildId: string, timeoutSeconds: number): Promise<BuiltImage> {
       const ctx = Context.current();
       const build = await getBuild(db, buildId);
-      if (!build) throw failure('infrastructure', `build ${buildId} does not exist`);
+      if (!build) throw failure(BuildFailure.Infrastructure, `build ${buildId} does not exist`);
       const type = await getTemplateTypeVersion(db, build.type.name, build.type.version);
-      if (!type) throw failure('infrastructure', `template type ${build.type.name}@${build.type.version} does not exist`);
+      if (!type) throw failure(BuildFailure.Infrastructure, `template type ${build.type.name}@${build.type.version} does not exist`);
       const log = new BuildLog(db, buildId);
       // A cancel reaches the activity only in a heartbeat's answer: beat often.
       const beat = setInterval(() => ctx.heartbeat(), 1_000);
@@ -136,7 +137,7 @@ export function createBuilderActivities(deps: {
         if (build.source.kind === 'upload') {
           const stored = await getSource(db, build.source.sourceId);
           const bytes = await readSourceArchive(db, build.source.sourceId);
-          if (!stored || !bytes) throw failure('source-rejected', `source ${build.source.sourceId} does not exist`);
+          if (!stored || !bytes) throw failure(BuildFailure.SourceRejected, `source ${build.source.sourceId} does not exist`);
           archive = bytes;
           source = { kind: 'upload', sourceId: stored.id, format: stored.format === 'zip' ? 'zip' : 'tgz', sha256: stored.sha256 };
           log.line(`source ${stored.id}: ${stored.files} files, ${stored.bytes} bytes, sha256 ${stored.sha256}`);
@@ -155,7 +156,7 @@ export function createBuilderActivities(deps: {
             source = { kind: 'git', sourceId: stored.id, url, ref, ...(subdir ? { subdir } : {}), commit: fetched.commit, sha256: fetched.sha256 };
             log.line(`commit ${fetched.commit}: ${fetched.files} files, ${fetched.bytes} bytes, sha256 ${fetched.sha256}`);
           } catch (err) {
-            if (err instanceof SourceRejectedError) throw failure('source-rejected', `${err.message} (${err.code})`);
+            if (err instanceof SourceRejectedError) throw failure(BuildFailure.SourceRejected, `${err.message} (${err.code})`);
             throw err;
           } finally {
             await rm(workDir, { recursive: true, force: true });
@@ -185,9 +186,9 @@ export function createBuilderActivities(deps: {
           return { image: pushed.reference, source };
         } catch (err) {
           const code = (err as { code?: string }).code;
-          if (code === 'BUILD_FAILED') throw failure('build-failed', (err as Error).message);
-          if (code === 'PUSH_FAILED') throw failure('push-failed', (err as Error).message);
-          if (code === 'BUILD_TIMEOUT') throw failure('timeout', `the build took longer than ${timeoutSeconds}s`);
+          if (code === 'BUILD_FAILED') throw failure(BuildFailure.BuildFailed, (err as Error).message);
+          if (code === 'PUSH_FAILED') throw failure(BuildFailure.PushFailed, (err as Error).message);
+          if (code === 'BUILD_TIMEOUT') throw failure(BuildFailure.Timeout, `the build took longer than ${timeoutSeconds}s`);
           throw err;
         }
       } finally {

@@ -14,7 +14,7 @@ import type { Db } from '../../core/db/pool.js';
 import { markRunPhase } from '../../core/db/runs.js';
 import { archivedStateVersion, getAgentStateFailure, markRunAgentStarted, recordAgentResult, recordAgentStateFailure, runTemplateSource, verifyRunAgent, type RunAgentGrant } from '../../core/db/run-agents.js';
 import { StateStorageError, archiveStateForRun, restoreStateForRun } from '../../core/db/state.js';
-import { isUnreadableStateReason } from '../../core/domain.js';
+import { RunFailure, isUnreadableStateReason } from '../../core/domain.js';
 import { readSourceArchive } from '../../core/db/template-sources.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
 import { MAX_OUTPUTS_BYTES, parseOutputs } from '../../core/outputs.js';
@@ -42,6 +42,8 @@ export const AgentResultSchema = z.strictObject({
   warnings: z.array(z.string().max(4096)).max(100).default([]),
   /** Checked, never trusted: the version recorded is the one this run archived (a template can call the agent too). */
   stateVersion: z.number().int().min(1).optional(),
+  /** Why the runner could not unpack the state to restore (damaged or refused): the run ends as state-corrupt. */
+  restoreFailure: z.string().max(4096).optional(),
 });
 
 type AgentRequest = Request<{ runId: string }> & { grant?: RunAgentGrant };
@@ -186,7 +188,7 @@ export function agentRouter(deps: AgentDeps): Router {
       next(new AppError(ErrorCode.ValidationFailed, `invalid result: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`));
       return;
     }
-    const { outputsFile, stateVersion: claimed, ...report } = parsed.data;
+    const { outputsFile, stateVersion: claimed, restoreFailure, ...report } = parsed.data;
     const outputs = outputsFile === undefined ? { warnings: [] } : parseOutputs(Buffer.from(outputsFile, 'base64').toString('utf8'));
     (async () => {
       // The template shares the runner's way to the agent and could report first: the version recorded is
@@ -205,6 +207,12 @@ export function agentRouter(deps: AgentDeps): Router {
         ...(outputs.outputs ? { outputs: outputs.outputs } : {}),
         ...(archived !== undefined ? { stateVersion: archived } : {}),
       };
+      if (restoreFailure !== undefined && grant.restoreVersion !== undefined) {
+        await recordAgentStateFailure(deps.db, grant.runId, {
+          reason: RunFailure.StateCorrupt,
+          message: `state version ${grant.restoreVersion} of ${grant.deploymentId} cannot be unpacked (${restoreFailure}); roll back to an earlier version`,
+        });
+      }
       await recordAgentResult(deps.db, grant.runId, result);
       res.status(204).end();
     })().catch(next);

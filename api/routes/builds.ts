@@ -4,7 +4,7 @@ import { inTransaction } from '../../core/db/pool.js';
 import { getSource } from '../../core/db/template-sources.js';
 import { lockTypeVersion } from '../../core/db/template-types.js';
 import { getTemplate } from '../../core/db/templates.js';
-import { builderTaskQueue } from '../../core/domain.js';
+import { BuildFailure, builderTaskQueue } from '../../core/domain.js';
 import { AppError, ErrorCode, notFound } from '../../core/errors.js';
 import { planParameters, type ParameterPlan } from '../../core/parameter-plan.js';
 import { checkGitSource } from '../../core/template-sources/index.js';
@@ -81,7 +81,7 @@ export function buildRoutes(deps: Pick<ApiDeps, 'db' | 'temporal' | 'taskQueue' 
         try {
           await deps.temporal.workflow.start('templateBuildWorkflow', { workflowId: buildWorkflowId(build.id), taskQueue: deps.taskQueue, args: [input] });
         } catch (err) {
-          await endBuild(db, build.id, { status: 'failed', reason: 'infrastructure', message: 'the build could not be handed to Temporal' });
+          await endBuild(db, build.id, { status: 'failed', reason: BuildFailure.Infrastructure, message: 'the build could not be handed to Temporal' });
           throw new AppError(ErrorCode.DependencyUnavailable, `Temporal did not take the build: ${err instanceof Error ? err.message : String(err)}`);
         }
         return { status: 202, body: build };

@@ -1,4 +1,4 @@
-import type { DeploymentStatus, RunLimits, Target } from '../domain.js';
+import { ACTIVE_RUN_STATUSES, type DeploymentStatus, type RunLimits, type Target } from '../domain.js';
 import { limitsOf } from './templates.js';
 import { inTransaction, type Db, type Queryable } from './pool.js';
 
@@ -148,7 +148,7 @@ export async function purgeDeployment(db: Db, id: string): Promise<'purged' | 'r
   return inTransaction(db, async (tx) => {
     const locked = await tx.query('SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE', [id]);
     if (locked.rowCount === 0) return 'not-found';
-    const active = await tx.query(`SELECT 1 FROM runs WHERE deployment_id = $1 AND status IN ('pending', 'running', 'cancelling')`, [id]);
+    const active = await tx.query(`SELECT 1 FROM runs WHERE deployment_id = $1 AND status = ANY($2::text[])`, [id, ACTIVE_RUN_STATUSES]);
     if (active.rowCount) return 'run-active';
     // The last-run reference is deferred; clear it so the cascade to runs is unconditional.
     await tx.query('UPDATE deployments SET last_run_id = NULL WHERE id = $1', [id]);
@@ -169,7 +169,7 @@ export async function upgradeDeployment(
   return inTransaction(db, async (tx) => {
     const locked = await tx.query('SELECT 1 FROM deployments WHERE id = $1 FOR UPDATE', [id]);
     if (locked.rowCount === 0) return 'not-found';
-    const active = await tx.query(`SELECT 1 FROM runs WHERE deployment_id = $1 AND status IN ('pending', 'running', 'cancelling')`, [id]);
+    const active = await tx.query(`SELECT 1 FROM runs WHERE deployment_id = $1 AND status = ANY($2::text[])`, [id, ACTIVE_RUN_STATUSES]);
     if (active.rowCount) return 'run-active';
     const { rows } = await tx.query<DeploymentRow>(
       `UPDATE deployments SET template_version = $2, parameters = $3, secret_parameter_names = $4, secret_parameters = $5, updated_at = now()

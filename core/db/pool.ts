@@ -13,16 +13,24 @@ export function createPool(databaseUrl: string, max = 10): Db {
 /** Runs fn in one transaction; rolls back on any error. */
 export async function inTransaction<T>(db: Db, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await db.connect();
+  // A backend ended while the client is checked out also emits 'error' on it (its query fails as well):
+  // without a listener that event would be thrown out of the process.
+  const onError = () => undefined;
+  client.on('error', onError);
+  let broken = false;
   try {
     await client.query('BEGIN');
     const result = await fn(client);
     await client.query('COMMIT');
     return result;
   } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined);
+    // A connection that cannot even roll back is gone (its backend was ended): it must not go back to the
+    // pool, where the next query would find it dead.
+    broken = await client.query('ROLLBACK').then(() => false, () => true);
     throw err;
   } finally {
-    client.release();
+    client.off('error', onError);
+    client.release(broken);
   }
 }
 

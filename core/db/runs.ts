@@ -1,6 +1,7 @@
 import {
   ACTIVE_RUN_STATUSES,
   deploymentStatusFor,
+  isActiveRunStatus,
   type FailureReason,
   type RunOutcome,
   type RunPhase,
@@ -82,7 +83,11 @@ export function runSummary(run: Run): RunSummary {
   };
 }
 
-const ACTIVE = `('pending', 'running', 'cancelling')`;
+/** The deployment's run before `run`: where a new execution of the deployment's workflow starts from. */
+export async function previousRunSummary(db: Queryable, deployment: { lastRunId: string | null }, run: { id: string }): Promise<RunSummary | undefined> {
+  const previous = deployment.lastRunId && deployment.lastRunId !== run.id ? await getRun(db, deployment.lastRunId) : undefined;
+  return previous && runSummary(previous);
+}
 
 /**
  * Records a new pending run. The partial unique index `runs_one_active_per_deployment` makes the
@@ -133,8 +138,9 @@ export async function getRuns(db: Queryable, ids: readonly string[]): Promise<Ma
 }
 
 export async function getActiveRun(db: Queryable, deploymentId: string): Promise<Run | undefined> {
-  const { rows } = await db.query<RunRow>(`SELECT * FROM runs WHERE deployment_id = $1 AND status IN ${ACTIVE}`, [
+  const { rows } = await db.query<RunRow>(`SELECT * FROM runs WHERE deployment_id = $1 AND status = ANY($2::text[])`, [
     deploymentId,
+    ACTIVE_RUN_STATUSES,
   ]);
   return rows[0] && toRun(rows[0]);
 }
@@ -208,7 +214,7 @@ export async function requestRunCancel(db: Db, runId: string, by: string): Promi
     );
     if (rows[0]) await syncDeployment(tx, toRun(rows[0]));
     const run = await getRun(tx, runId);
-    return run && ['pending', 'running', 'cancelling'].includes(run.status) ? run : undefined;
+    return run && isActiveRunStatus(run.status) ? run : undefined;
   });
 }
 
@@ -249,7 +255,7 @@ export async function finishRun(db: Db, runId: string, outcome: RunOutcome): Pro
     const { rows } = await tx.query<RunRow>(
       `UPDATE runs SET status = $2, reason = $3, exit_code = $4, message = $5, outputs = $6, warnings = $7,
               state_version = $8, phase = NULL, finished_at = now()
-        WHERE id = $1 AND status IN ${ACTIVE} RETURNING *`,
+        WHERE id = $1 AND status = ANY($9::text[]) RETURNING *`,
       [
         runId,
         outcome.status,
@@ -259,6 +265,7 @@ export async function finishRun(db: Db, runId: string, outcome: RunOutcome): Pro
         outcome.outputs ? JSON.stringify(outcome.outputs) : null,
         JSON.stringify(warnings),
         outcome.stateVersion ?? null,
+        ACTIVE_RUN_STATUSES,
       ],
     );
     const finished = rows[0] && toRun(rows[0]);

@@ -9,26 +9,15 @@
  */
 import http from 'node:http';
 import path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, makeTelemetryFilterString } from '@temporalio/worker';
+import { DefaultLogger, Runtime, makeTelemetryFilterString } from '@temporalio/worker';
 import { loadConfig } from '../../core/config.js';
 import { migrate } from '../../core/db/migrate.js';
-import { createPool } from '../../core/db/pool.js';
-import { activeRunIds } from '../../core/db/runs.js';
-import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
-import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
-import { PostgresTemplateFiles } from '../../activities/storage/postgres-template-files.js';
-import { SecretBox } from '../../core/crypto.js';
-import { loadEncryptionKey } from '../../core/keys.js';
-import { startApiServer } from '../../workers/api.js';
-import { createBuilderWorker } from '../../workers/builder.js';
-import { createClusterWorker } from '../../workers/cluster.js';
+import { compose, type ProcessRole } from '../../workers/compose.js';
 import { createLogger } from '../../workers/logger.js';
-import { startReconciler } from '../../workers/reconciler.js';
-import { createDockerClient, createNodeWorker } from '../../workers/node.js';
+import { createDockerClient, nodeTaskQueue } from '../../workers/node.js';
 import { startDevCluster, type DevCluster } from './dev-cluster.js';
 import { startDevRegistry } from './dev-registry.js';
-import { ensureBaseImages } from './images.js';
+import { ensureBaseImages, ensurePodRunnerImage } from './images.js';
 import { clearStackLeftovers } from './leftovers.js';
 import { isPortInUse } from './ports.js';
 import { startEmbeddedPostgres, type Postgres } from './postgres.js';
@@ -116,14 +105,8 @@ async function main(): Promise<void> {
       embeddedPostgres = { dataDir: path.join(config.dataDir, 'postgres') };
     }
     await step('applying database migrations', () => migrate(databaseUrl));
-    const db = createPool(databaseUrl);
-    onStop('the database pool', () => db.end());
 
-    const nativeConnection = await NativeConnection.connect({ address: config.temporal.address });
-    const connection = await Connection.connect({ address: config.temporal.address });
-    onStop('the Temporal client', () => connection.close());
-    onStop('the worker connection', () => nativeConnection.close());
-
+    // The engine the dev infrastructure (images, the dev cluster) is made with; the composed process has its own client.
     const docker = createDockerClient(config.docker.host);
     // GLIDERGUN_DEV_KUBERNETES=true: a single-node Kubernetes of our own (the tests' one) for the `cluster` target.
     let devCluster: DevCluster | undefined;
@@ -151,16 +134,6 @@ async function main(): Promise<void> {
       workerConfig = { ...workerConfig, builds: { ...workerConfig.builds, registry: `${devRegistry}/glider-gun/templates` } };
     }
 
-    const { worker: clusterWorker, close: closeClusterWorker } = await step('bundling workflows and starting the cluster worker', () =>
-      createClusterWorker({ connection: nativeConnection, config: workerConfig, db }),
-    );
-    const clusterDone = clusterWorker.run();
-    onStop('the cluster worker', async () => {
-      clusterWorker.shutdown();
-      await clusterDone;
-      await closeClusterWorker();
-    });
-
     let dockerReady = false;
     try {
       await docker.ping();
@@ -177,42 +150,22 @@ async function main(): Promise<void> {
       } catch (err) {
         say(`base images not made: ${err instanceof Error ? err.message : String(err)}`);
       }
-      // The built-in node runs beside the cluster, so its logs go straight to Postgres.
-      const box = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
-      const nodeWorker = await createNodeWorker({
-        connection: nativeConnection,
-        config,
-        docker,
-        logSink: new PostgresLogSink(db),
-        stateStore: new PostgresStateStore(db, box, config.state),
-        templateFiles: new PostgresTemplateFiles(db),
-        activeRuns: (runIds) => activeRunIds(db, runIds),
-      });
-      const nodeDone = nodeWorker.run();
-      onStop(`the node worker '${config.node.id}'`, async () => {
-        nodeWorker.shutdown();
-        await nodeDone;
-      });
-      say(`node worker '${config.node.id}' polls task queue node-${config.node.id}`);
-      if (workerConfig.builds.registry) {
-        const builder = await createBuilderWorker({ connection: nativeConnection, config: workerConfig, db, docker });
-        const builderDone = builder.run();
-        onStop('the builder worker', async () => {
-          builder.shutdown();
-          await builderDone;
-        });
-        say(`builder worker pushes template images to ${workerConfig.builds.registry}`);
+      // The built-in node runs beside the cluster; its runners reach the agent API on this stack's own API.
+      if (!workerConfig.node.runnerImage) {
+        const runnerImage = await step('building the runner (infra/images/pod-runner)', () => ensurePodRunnerImage(docker));
+        workerConfig = { ...workerConfig, node: { ...workerConfig.node, runnerImage } };
       }
     }
+    const builds = dockerReady && workerConfig.builds.registry !== undefined;
+    const roles: ProcessRole[] = ['api', 'cluster', ...(dockerReady ? (['node'] as const) : []), ...(builds ? (['builder'] as const) : [])];
+    const composed = await compose({ ...workerConfig, databaseUrl }, roles, { log, onStopping: (what) => say(`  stopping ${what}`) });
+    onStop('the API, the workers and their connections', () => composed.stop());
+    await step('bundling workflows, starting the workers and the API', () => composed.start());
+    const { api } = composed;
+    if (!api) throw new Error('the stack composes the API, yet none listens');
+    if (dockerReady) say(`node worker '${config.node.id}' polls task queue ${nodeTaskQueue(config.node.id)}`);
+    if (builds) say(`builder worker pushes template images to ${workerConfig.builds.registry}`);
 
-    const reconciler = startReconciler(
-      { db, temporal: new Client({ connection, namespace: config.temporal.namespace }), taskQueue: config.temporal.taskQueue },
-      { everyMs: 30_000, olderThanSeconds: 60, onError: (err) => log.warn({ err }, 'reconciling runs failed; retrying in 30 s') },
-    );
-    onStop('the run reconciler', () => reconciler.stop());
-
-    const api = await startApiServer({ config: workerConfig, db, connection, docker: dockerReady ? docker : undefined, log });
-    onStop('the API', () => api.close());
     if (devCluster) {
       // Pods reach this host only on their bridge: the agent API (and the rest) also listens there.
       const forPods = http.createServer(api.app);

@@ -75,6 +75,8 @@ export async function startTestServices(purpose: string, opts: { kubernetes?: bo
       });
     });
     const images = await step('making the base images', () => ensureBaseImages(docker));
+    // Every run, on both targets, goes through the runner.
+    const runnerImage = await step('building the runner image', () => ensurePodRunnerImage(docker));
 
     // The cluster comes up (a minute at most once built) while the other services do.
     let cluster: Promise<TestCluster> | undefined;
@@ -121,11 +123,10 @@ export async function startTestServices(purpose: string, opts: { kubernetes?: bo
     if (cluster) {
       kubernetes = await cluster;
       const started = kubernetes;
-      const runner = await step('building the pod-runner image', () => ensurePodRunnerImage(docker));
       const pushed = await step('pushing the base images and the pod-runner to the cluster\'s registry', async () => ({
         busybox: await started.pushImage(images.busybox),
         example: await started.pushImage(images.example),
-        runner: await started.pushImage(runner),
+        runner: await started.pushImage(runnerImage),
       }));
       k8sEnv = kubernetesEnv(kubernetes, pushed);
     }
@@ -143,6 +144,7 @@ export async function startTestServices(purpose: string, opts: { kubernetes?: bo
         GG_TEST_IMAGE_BUSYBOX: images.busybox,
         GG_TEST_IMAGE_EXAMPLE: images.example,
         GG_TEST_IMAGE_SHELL_TYPE: images.shellType,
+        GG_TEST_NODE_RUNNER_IMAGE: runnerImage,
         GG_TEST_SCRATCH: scratch,
       },
       stop,

@@ -14,13 +14,15 @@ import { eventually, images, kubernetesEnv, noCluster, startTestSystem, type Tes
 type Run = RunBody;
 
 const SECRET = 's3cr3t-value-for-conformance';
+const BURSTS = 12;
+const FAST_LINES = 2000;
 
 for (const target of ['docker', 'kubernetes'] as const) {
   const skip = target === 'kubernetes' ? noCluster : false;
   describe(`the template contract on ${target === 'docker' ? 'a Docker node' : 'Kubernetes (one Job per run)'}`, { skip }, () => {
     let sys: TestSystem;
     let example: string;
-    let images_: { example: string; leaky: string; stubborn: string };
+    let images_: { example: string; leaky: string; stubborn: string; interleaved: string; files: string; lingering: string };
 
     const targetBody = () => (target === 'docker' ? { kind: 'node', node: sys.nodeId } : { kind: 'cluster' });
 
@@ -76,6 +78,43 @@ for (const target of ['docker', 'kubernetes'] as const) {
             '#!/bin/sh\nnow() { read -r up _ < /proc/uptime; echo "$up"; }\ntrap \'echo "SIGTERM at $(now)"\' TERM\n' +
               'echo "example template stubborn"\necho kept > /state/kept\nwhile true; do echo "alive at $(now)"; sleep 0.1; done\n',
           ),
+        ),
+        // Bursts of one stream at a time, a quarter of a second apart (an order no reader can mistake), then
+        // both streams alternating as fast as the shell writes (whose order within an instant no reader of two
+        // pipes can know: only each stream's is checked), and a last line without a newline.
+        interleaved: await pushToRegistry(
+          await scriptImage(
+            sys.docker,
+            '#!/bin/sh\ni=0\nwhile [ $i -lt ' + BURSTS + ' ]; do\n' +
+              '  j=0; while [ $j -lt 20 ]; do echo "out $i.$j"; j=$((j+1)); done; sleep 0.25\n' +
+              '  j=0; while [ $j -lt 20 ]; do echo "err $i.$j" >&2; j=$((j+1)); done; sleep 0.25\n' +
+              '  i=$((i+1))\ndone\n' +
+              'i=0; while [ $i -lt ' + FAST_LINES + ' ]; do echo "fast-out $i"; echo "fast-err $i" >&2; i=$((i+1)); done\n' +
+              "sleep 0.25; printf 'no trailing newline'\n",
+          ),
+        ),
+        // deploy: leaves files with unusual modes and owners in /state the first time, and reports them
+        // the second time; destroy: writes no outputs at all.
+        files: await pushToRegistry(
+          await scriptImage(
+            sys.docker,
+            '#!/bin/sh\nset -e\n[ "$1" = destroy ] && exit 0\n' +
+              'if [ -e /state/made ]; then\n' +
+              '  printf \'{"locked":"%s","owned":"%s","setuid":"%s","setgid":"%s","sticky":"%s","closed":"%s"}\' ' +
+              '"$(stat -c %a /state/locked)" "$(stat -c %u:%g /state/owned)" "$(stat -c %a /state/setuid)" "$(stat -c %a /state/setgid)" "$(stat -c %a /state/sticky)" "$(stat -c %a /state/closed)" > /state/outputs.json\n' +
+              'else\n' +
+              '  echo x > /state/locked; chmod 000 /state/locked\n' +
+              '  echo x > /state/owned; chown 1000:1001 /state/owned\n' +
+              '  echo x > /state/setuid; chmod 4755 /state/setuid\n' +
+              '  echo x > /state/setgid; chmod 2755 /state/setgid\n' +
+              '  mkdir /state/sticky; chmod 1777 /state/sticky\n' +
+              '  mkdir /state/closed; echo x > /state/closed/inside; chmod 000 /state/closed\n' +
+              '  touch /state/made\n  echo \'{"first":true}\' > /state/outputs.json\nfi\n',
+          ),
+        ),
+        // Prints its secret, then waits to be cancelled: its container's own log can be read meanwhile.
+        lingering: await pushToRegistry(
+          await scriptImage(sys.docker, '#!/bin/sh\necho "example template: the key is $(cat /secrets/template-secrets.json)"\nsleep 300\n'),
         ),
       };
       example = await template(images_.example);
@@ -187,6 +226,54 @@ for (const target of ['docker', 'kubernetes'] as const) {
       assert.match(run.message ?? '', /timeout of 4s/);
       assert.ok(run.stateVersion);
       assert.match(await log(run.id, 'stdout'), /example template/);
+    });
+
+    it('keeps the order in which the template wrote across stdout and stderr, with no line glued to another', { timeout: 180_000 }, async () => {
+      const tpl = await template(images_.interleaved);
+      const run = await ended(await start(await deployment(tpl, { message: 'interleaved' })));
+      assert.equal(run.status, 'succeeded', run.message ?? '');
+      const written: string[] = [];
+      for (let i = 0; i < BURSTS; i++) {
+        for (const stream of ['out', 'err']) for (let j = 0; j < 20; j++) written.push(`${stream} ${i}.${j}`);
+      }
+      const lines = (await log(run.id)).split('\n');
+      assert.equal(lines.at(-1), 'no trailing newline', 'the last line the template wrote is the last of the combined view');
+      const bursts = lines.filter((l) => /^(out|err) /.test(l));
+      assert.deepEqual(bursts, written, 'bursts a quarter of a second apart come in the order they were written');
+      const fast = lines.slice(0, -1).filter((l) => l.startsWith('fast-'));
+      const glued = lines.slice(0, -1).filter((l) => !/^(out|err) \d+\.\d+$/.test(l) && !/^fast-(out|err) \d+$/.test(l));
+      assert.deepEqual(glued, [], 'every line whole');
+      for (const stream of ['out', 'err']) {
+        const seen = fast.filter((l) => l.startsWith(`fast-${stream} `));
+        assert.deepEqual(seen, Array.from({ length: FAST_LINES }, (_, i) => `fast-${stream} ${i}`), `fast-${stream}: each line once, in order`);
+      }
+      const stderr = await log(run.id, 'stderr');
+      assert.equal(stderr, [...written.filter((l) => l.startsWith('err ')), ...Array.from({ length: FAST_LINES }, (_, i) => `fast-err ${i}`)].join('\n') + '\n', 'stderr alone, byte for byte');
+    });
+
+    it('keeps modes exactly (000 too) and owners across runs, strips setuid and setgid, and clears outputs.json before each run', async () => {
+      const tpl = await template(images_.files);
+      const id = await deployment(tpl, { message: 'files' });
+      const first = await ended(await start(id));
+      assert.equal(first.status, 'succeeded', first.message ?? '');
+      assert.deepEqual(first.outputs, { first: true });
+      const second = await ended(await start(id));
+      assert.equal(second.status, 'succeeded', second.message ?? '');
+      assert.deepEqual(second.outputs, { locked: '0', owned: '1000:1001', setuid: '755', setgid: '755', sticky: '1777', closed: '0' });
+      const third = await ended(await start(id, 'destroy'));
+      assert.equal(third.status, 'succeeded', third.message ?? '');
+      assert.equal(third.outputs, null, 'a run that writes no outputs.json has none, whatever the one before wrote');
+    });
+
+    it('keeps sensitive values out of the container engine\'s own log', { skip: target === 'kubernetes' && 'the pod\'s log is the kubelet\'s: the Docker engine\'s json-file log is the one a node keeps' }, async () => {
+      const tpl = await template(images_.lingering);
+      const runId = await start(await deployment(tpl, { message: 'lingering', api_key: SECRET }));
+      await executing(runId);
+      const engineLog = (await sys.docker.getContainer(`gg-${runId}`).logs({ stdout: true, stderr: true, follow: false })).toString('latin1');
+      assert.match(engineLog, /"api_key": "\*\*\*"/, 'the engine holds the masked line');
+      assert.ok(!engineLog.includes(SECRET), engineLog);
+      assert.equal((await sys.call('POST', `/v1/runs/${runId}/cancel`)).status, 202);
+      assert.equal((await ended(runId)).status, 'cancelled');
     });
   });
 }

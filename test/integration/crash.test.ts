@@ -20,6 +20,8 @@ function startWorkerProcess(sys: TestSystem, which: 'node' | 'cluster'): ChildPr
       GLIDERGUN_DATA_DIR: sys.config.dataDir,
       GLIDERGUN_SECRETS_DIR: path.dirname(sys.config.node.secretsDir),
       GLIDERGUN_STOP_GRACE_SECONDS: '2',
+      GLIDERGUN_NODE_RUNNER_IMAGE: env('GG_TEST_NODE_RUNNER_IMAGE'),
+      GLIDERGUN_AGENT_URL: sys.api.url,
     },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

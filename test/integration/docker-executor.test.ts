@@ -1,90 +1,76 @@
+import { createHash, randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ApplicationFailure } from '@temporalio/common';
-import Docker from 'dockerode';
 import { RUN_LABEL, containerName, type ExecutionContext } from '../../activities/execution/adapter.js';
 import { DockerExecutor } from '../../activities/execution/docker.js';
-import type { LogSink } from '../../activities/execution/logs.js';
-import type { StateStore } from '../../activities/execution/adapter.js';
+import { installRunner } from '../../activities/execution/docker-images.js';
+import { createRunActivities } from '../../activities/runs.js';
+import { postgresRunAgents } from '../../activities/storage/postgres-run-agents.js';
+import { SecretBox } from '../../core/crypto.js';
+import { readLogChunks } from '../../core/db/logs.js';
+import { insertRun } from '../../core/db/runs.js';
 import type { RunSpec } from '../../core/domain.js';
 import { newId } from '../../core/ids.js';
+import { loadEncryptionKey } from '../../core/keys.js';
+import { RegistryCredentials } from '../../core/registry-credentials.js';
+import { createDeployment, registerBlobTemplate, registerExampleTemplate } from '../support/fixtures.js';
 import { scriptImage } from '../support/images.js';
-import { env, eventually, images, SECRETS_ROOT } from '../support/system.js';
+import { env, eventually, SECRETS_ROOT, startTestSystem, type TestSystem } from '../support/system.js';
 
-/** Keeps a run's log in memory, as the adapter hands it over. */
-class MemorySink implements LogSink {
-  readonly chunks: Parameters<LogSink['append']>[0][] = [];
-  storedLengths(runId: string) {
-    const lengths: Record<string, number> = {};
-    for (const c of this.chunks) if (c.runId === runId) lengths[c.stream] = Math.max(lengths[c.stream] ?? 0, c.offset + c.data.length);
-    return Promise.resolve(lengths);
-  }
-  append(chunk: Parameters<LogSink['append']>[0]) {
-    if (!this.chunks.some((c) => c.runId === chunk.runId && c.stream === chunk.stream && c.offset === chunk.offset)) this.chunks.push(chunk);
-    return Promise.resolve();
-  }
-  text(runId: string, stream: 'stdout' | 'stderr') {
-    return Buffer.concat(this.chunks.filter((c) => c.runId === runId && c.stream === stream).map((c) => c.data)).toString();
-  }
-}
-const memorySink = new MemorySink();
-
-/** Keeps state archives in memory, one per run, as the adapter writes them. */
-class MemoryStateStore implements StateStore {
-  readonly versions = new Map<string, { runId: string; data: Buffer }[]>();
-  async write(deploymentId: string, runId: string, archive: AsyncIterable<Buffer>) {
-    const list = this.versions.get(deploymentId) ?? [];
-    this.versions.set(deploymentId, list);
-    const parts: Buffer[] = [];
-    for await (const p of archive) parts.push(p);
-    const found = list.findIndex((v) => v.runId === runId);
-    if (found === -1) list.push({ runId, data: Buffer.concat(parts) });
-    return { version: (found === -1 ? list.length : found + 1), sha256: '', sizeBytes: 0 };
-  }
-  async *read(deploymentId: string, version: number) {
-    yield await Promise.resolve(this.versions.get(deploymentId)![version - 1]!.data);
-  }
-}
-const memoryState = new MemoryStateStore();
-
-/** The Docker adapter alone, against the real engine: adoption, timeouts, cancel and lost containers. */
+/**
+ * The Docker adapter alone, against the real engine and the real agent API (no node worker: the test is the
+ * worker): adoption, timeouts, cancel and lost containers.
+ */
 describe('DockerExecutor', () => {
-  const docker = new Docker(process.env.DOCKER_HOST ? undefined : { socketPath: '/var/run/docker.sock' });
-  const executor = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`), path.join(SECRETS_ROOT, `executor-${process.pid}`), memorySink, memoryState);
+  let sys: TestSystem;
+  let executor: DockerExecutor;
+  let runs: ReturnType<typeof createRunActivities>;
+  const templates: Record<'example' | 'trap' | 'stubborn', string> = { example: '', trap: '', stubborn: '' };
   const runIds: string[] = [];
-  let trapImage: string;
-  let stubbornImage: string;
 
-  const spec = (overrides: Partial<RunSpec> = {}): RunSpec => {
-    const runId = newId('run');
-    runIds.push(runId);
-    return {
-      runId,
-      deploymentId: newId('dep'),
-      action: 'deploy',
-      image: images.example,
-      parameters: { message: 'hi' },
-      env: { GLIDERGUN_CONTRACT_VERSION: '1', GLIDERGUN_ACTION: 'deploy', GLIDERGUN_DEPLOYMENT_ID: 'dep-x', GLIDERGUN_RUN_ID: runId },
-      timeoutSeconds: 60,
-      stopGraceSeconds: 2,
-      ...overrides,
-    };
+  /** A run of a new deployment of `template`, started as its workflow would start it: its spec. */
+  const spec = async (template: keyof typeof templates, overrides: Partial<RunSpec> = {}): Promise<RunSpec> => {
+    const parameters = template === 'example' ? { message: 'hi', ...(overrides.parameters ?? {}) } : { mib: 0 };
+    const deploymentId = await createDeployment(sys.call, templates[template], parameters, { kind: 'node', node: sys.nodeId });
+    const run = await insertRun(sys.db, { id: newId('run'), deploymentId, action: 'deploy', requestedBy: 'test' });
+    runIds.push(run.id);
+    const started = await runs.startRun(run.id);
+    assert.ok(started.spec, 'the run started');
+    return { ...started.spec, ...overrides, env: { ...started.spec.env, ...(overrides.env ?? {}) } };
   };
   const context = (signal = new AbortController().signal): ExecutionContext => ({ signal, heartbeat: () => undefined, log: () => undefined });
-  const containersOf = (runId: string) => docker.listContainers({ all: true, filters: { label: [`${RUN_LABEL}=${runId}`] } });
+  const containersOf = (runId: string) => sys.docker.listContainers({ all: true, filters: { label: [`${RUN_LABEL}=${runId}`] } });
   const running = (runId: string) =>
     eventually(`container of ${runId} running`, async () => {
       const [c] = await containersOf(runId);
       return c?.State === 'running' ? c : undefined;
     });
+  const stdout = async (runId: string) =>
+    Buffer.concat((await readLogChunks(sys.db, runId, { limit: 10_000, stream: 'stdout' })).map((c) => c.data)).toString();
 
   before(async () => {
+    sys = await startTestSystem({ nodeWorker: false });
+    const box = new SecretBox(await loadEncryptionKey({ base64: sys.config.security.encryptionKey, file: sys.config.security.encryptionKeyFile }));
+    runs = createRunActivities({ db: sys.db, runs: sys.config.runs, secrets: box });
+    const credentialKey = randomBytes(16).toString('hex');
+    const runner = await installRunner(sys.docker, env('GG_TEST_NODE_RUNNER_IMAGE'), path.join(env('GG_TEST_SCRATCH'), `executor-bin-${process.pid}`), new RegistryCredentials(), () => undefined);
+    executor = new DockerExecutor(
+      sys.docker,
+      path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`),
+      path.join(SECRETS_ROOT, `executor-${process.pid}`),
+      runner,
+      sys.api.url,
+      postgresRunAgents(sys.db),
+      (runId) => `ggr_${createHash('sha256').update(`${credentialKey}:${runId}`).digest('base64url')}`,
+    );
+    templates.example = await registerExampleTemplate(sys.call);
     // A template whose main process and a background child both trap SIGTERM and record it.
-    trapImage = await scriptImage(
-      docker,
+    const trapImage = await scriptImage(
+      sys.docker,
       `#!/bin/sh
 (trap 'echo child >> /state/signals; exit 0' TERM; while true; do sleep 0.1; done) &
 trap 'echo main >> /state/signals; wait; exit 143' TERM
@@ -93,15 +79,18 @@ while true; do sleep 0.1; done
 `,
     );
     // A template that ignores SIGTERM (and so do its children, which inherit the disposition).
-    stubbornImage = await scriptImage(docker, `#!/bin/sh\ntrap '' TERM\necho started > /state/started\nwhile true; do sleep 0.1; done\n`);
+    const stubbornImage = await scriptImage(sys.docker, `#!/bin/sh\ntrap '' TERM\necho started > /state/started\nwhile true; do sleep 0.1; done\n`);
+    templates.trap = await registerBlobTemplate(sys.call, 'trap', trapImage);
+    templates.stubborn = await registerBlobTemplate(sys.call, 'stubborn', stubbornImage);
   });
 
   after(async () => {
     for (const runId of runIds) await executor.cleanup(runId);
+    await sys.stop();
   });
 
   it('adopts the container of an earlier attempt instead of starting a twin', async () => {
-    const s = spec({ env: { ...spec().env, TF_VAR_sleep_seconds: '2' } });
+    const s = await spec('example', { env: { TF_VAR_sleep_seconds: '2' } });
     const first = executor.execute(s, {}, context());
     await running(s.runId);
     const second = executor.execute(s, {}, context());
@@ -113,15 +102,15 @@ while true; do sleep 0.1; done
     assert.equal(a.outputs?.runCount, 1);
     // A third attempt after the end adopts the exited container and reports the same result without rerunning.
     assert.deepEqual(await executor.execute(s, {}, context()), a);
-    // Three attempts read the container's log; each byte was stored once.
-    const stdout = memorySink.text(s.runId, 'stdout');
-    assert.equal(stdout.split('example template: action=deploy').length, 2, stdout);
+    // The runner stored the log once, whatever the attempts did.
+    const out = await stdout(s.runId);
+    assert.equal(out.split('example template: action=deploy').length, 2, out);
   });
 
   it('on cancel, sends SIGTERM to the whole process tree and reports cancelled', async () => {
     // A long grace, so that "before the grace ran out" is an ordering a loaded machine cannot blur.
     const graceSeconds = 30;
-    const s = spec({ image: trapImage, stopGraceSeconds: graceSeconds });
+    const s = await spec('trap', { stopGraceSeconds: graceSeconds });
     const abort = new AbortController();
     const outcome = executor.execute(s, {}, context(abort.signal));
     await running(s.runId);
@@ -142,7 +131,7 @@ while true; do sleep 0.1; done
   it('ends a run that exceeds its timeout as failed/timeout, killing a template that ignores SIGTERM after the grace', { timeout: 60_000 }, async () => {
     const timeoutSeconds = 1;
     const graceSeconds = 3;
-    const s = spec({ image: stubbornImage, timeoutSeconds, stopGraceSeconds: graceSeconds });
+    const s = await spec('stubborn', { timeoutSeconds, stopGraceSeconds: graceSeconds });
     const result = await executor.execute(s, {}, context());
     assert.equal(result.status, 'failed');
     assert.equal(result.reason, 'timeout');
@@ -153,7 +142,7 @@ while true; do sleep 0.1; done
     const [c] = await containersOf(s.runId);
     assert.ok(c, 'the container is kept until cleanup');
     assert.equal(c.State, 'exited');
-    const state = (await docker.getContainer(c.Id).inspect()).State;
+    const state = (await sys.docker.getContainer(c.Id).inspect()).State;
     const life = Date.parse(state.FinishedAt) - Date.parse(state.StartedAt);
     const least = (timeoutSeconds + graceSeconds) * 1000;
     assert.ok(life >= least - 5, `the container lived ${life} ms: at least the timeout plus the grace (${least} ms)`);
@@ -161,10 +150,10 @@ while true; do sleep 0.1; done
   });
 
   it('reports a container that vanished after it started, rather than starting the run again', async () => {
-    const s = spec({ image: stubbornImage });
+    const s = await spec('stubborn');
     const first = executor.execute(s, {}, context());
     await running(s.runId);
-    await docker.getContainer(containerName(s.runId)).remove({ force: true });
+    await sys.docker.getContainer(containerName(s.runId)).remove({ force: true });
     // The attempt that was watching sees the container die or disappear; either way it ends.
     const seen = await first.then((o) => o.status, () => 'rejected');
     assert.ok(['failed', 'rejected'].includes(seen), seen);
@@ -178,59 +167,8 @@ while true; do sleep 0.1; done
     assert.equal((await containersOf(s.runId)).length, 0);
   });
 
-  it('stops restoring at a cancel: the template does not start and the previous version stays current', async () => {
-    const first = spec();
-    const done = await executor.execute(first, {}, context());
-    assert.equal(done.status, 'succeeded');
-    const abort = new AbortController();
-    // The cancel lands half-way through the restore (a store read in two pieces, the cancel between them).
-    const halting: StateStore = {
-      write: (deploymentId, runId, archive) => memoryState.write(deploymentId, runId, archive),
-      async *read(deploymentId, version) {
-        let whole = Buffer.alloc(0);
-        for await (const piece of memoryState.read(deploymentId, version)) whole = Buffer.concat([whole, piece]);
-        yield whole.subarray(0, whole.length >> 1);
-        abort.abort();
-        yield whole.subarray(whole.length >> 1);
-      },
-    };
-    const halted = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-halt-${process.pid}`), path.join(SECRETS_ROOT, `halt-${process.pid}`), memorySink, halting);
-    const s = spec({ deploymentId: first.deploymentId, restoreStateVersion: done.stateVersion });
-    try {
-      const result = await halted.execute(s, {}, context(abort.signal));
-      assert.equal(result.status, 'cancelled');
-      assert.match(result.message ?? '', /while \/state was being restored/);
-      assert.equal(result.stateVersion, undefined, 'a half-restored /state is not archived');
-      assert.equal(memoryState.versions.get(first.deploymentId)?.length, 1, 'no version was added');
-      assert.equal((await containersOf(s.runId)).length, 0, 'no container was created');
-    } finally {
-      await halted.cleanup(s.runId);
-    }
-  });
-
-  it('finishes archiving when a cancel arrives during it, reporting what the template did', async () => {
-    const abort = new AbortController();
-    const cancellingStore: StateStore = {
-      write: (deploymentId, runId, archive) => {
-        abort.abort(); // the cancel lands while /state is being archived
-        return memoryState.write(deploymentId, runId, archive);
-      },
-      read: (deploymentId, version) => memoryState.read(deploymentId, version),
-    };
-    const late = new DockerExecutor(docker, path.join(env('GG_TEST_SCRATCH'), `executor-late-${process.pid}`), path.join(SECRETS_ROOT, `late-${process.pid}`), memorySink, cancellingStore);
-    const s = spec();
-    try {
-      const result = await late.execute(s, {}, context(abort.signal));
-      assert.equal(abort.signal.aborted, true);
-      assert.equal(result.status, 'succeeded', 'the template had already finished: the cancel came too late to change that');
-      assert.equal(result.stateVersion, 1, 'the archive was completed');
-    } finally {
-      await late.cleanup(s.runId);
-    }
-  });
-
   it('cleans up the container and the run folder, and cleaning twice is harmless', async () => {
-    const s = spec();
+    const s = await spec('example');
     await executor.execute(s, {}, context());
     await executor.cleanup(s.runId);
     await executor.cleanup(s.runId);

@@ -1,17 +1,13 @@
 /**
- * A running run's phase follows its state through the storage interface: `restoring` while the previous
- * /state is read, `executing` once it is (or at once when there is none), `archiving` while /state is
- * stored. Both ways a run's state travels are shown: the node's store in Postgres (Docker) and the agent
- * API a pod-runner calls (Kubernetes).
+ * A running run's phase follows its state through the agent API that the runner calls on every target:
+ * `restoring` while the previous /state is read, `executing` once it is (or at once when there is none),
+ * `archiving` while /state is stored.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
-import { SecretBox } from '../../core/crypto.js';
 import { grantRunAgent } from '../../core/db/run-agents.js';
 import { setRunPhase } from '../../core/db/runs.js';
-import { loadEncryptionKey } from '../../core/keys.js';
 import { createDeployment, registerExampleTemplate } from '../support/fixtures.js';
 import { eventually, startTestSystem, type TestSystem } from '../support/system.js';
 
@@ -33,14 +29,11 @@ function heldArchive(bytes: Buffer) {
 
 describe('run phases', () => {
   let sys: TestSystem;
-  let store: PostgresStateStore;
   let template: Awaited<ReturnType<typeof registerExampleTemplate>>;
 
   before(async () => {
     // No node worker: a run is started by its workflow and then waits for its node, so it stays running.
     sys = await startTestSystem({ nodeWorker: false, env: { GLIDERGUN_NODE_WAIT_SECONDS: '300' } });
-    const box = new SecretBox(await loadEncryptionKey({ base64: sys.config.security.encryptionKey, file: sys.config.security.encryptionKeyFile }));
-    store = new PostgresStateStore(sys.db, box, sys.config.state);
     template = await registerExampleTemplate(sys.call);
   });
   after(async () => {
@@ -64,24 +57,7 @@ describe('run phases', () => {
     await eventually('the run to end', async () => ((await sys.call<{ status: string }>('GET', `/v1/runs/${runId}`)).body.status === 'cancelled' ? true : undefined));
   };
 
-  it('on a node: archiving while the store writes /state, restoring while it reads it, then executing', async () => {
-    const { deploymentId, runId } = await runningRun();
-    const archive = heldArchive(randomBytes(1024 * 1024));
-    const writing = store.write(deploymentId, runId, archive.pieces());
-    await phaseBecomes(runId, 'archiving');
-    archive.release();
-    const { version } = await writing;
-
-    await setRunPhase(sys.db, runId, 'preparing');
-    const reader = store.read(deploymentId, version, runId)[Symbol.asyncIterator]();
-    assert.equal((await reader.next()).done, false);
-    assert.equal(await phaseOf(runId), 'restoring', 'while the archive is being read');
-    while (!(await reader.next()).done);
-    assert.equal(await phaseOf(runId), 'executing', 'once it is read whole');
-    await cancel(runId);
-  });
-
-  it('in a pod: the runner\'s state upload is archiving, its download restoring, then executing', async () => {
+  it('the runner\'s state upload is archiving, its download restoring, then executing', async () => {
     const { deploymentId, runId } = await runningRun();
     const credential = `ggr_${randomBytes(16).toString('hex')}`;
     await grantRunAgent(sys.db, { runId, deploymentId, restoreVersion: undefined, credential });

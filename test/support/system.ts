@@ -6,26 +6,18 @@
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import type { Client } from '@temporalio/client';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import type Docker from 'dockerode';
 import pino from 'pino';
 import { BatchV1Api } from '@kubernetes/client-node';
 import { WORKDIR_LABEL } from '../../activities/execution/adapter.js';
 import { K8S_MANAGED_LABEL, K8S_RUN_LABEL } from '../../activities/execution/kubernetes/job-spec.js';
-import { PostgresLogSink } from '../../activities/storage/postgres-log-sink.js';
-import { PostgresStateStore } from '../../activities/storage/postgres-state-store.js';
-import { PostgresTemplateFiles } from '../../activities/storage/postgres-template-files.js';
-import { SecretBox } from '../../core/crypto.js';
-import { loadEncryptionKey } from '../../core/keys.js';
 import { loadConfig, type Config } from '../../core/config.js';
-import { createPool, type Db } from '../../core/db/pool.js';
-import { activeRunIds } from '../../core/db/runs.js';
+import type { Db } from '../../core/db/pool.js';
 import { ROLES, createToken, type Role } from '../../core/db/tokens.js';
-import { startApiServer, type ApiServer } from '../../workers/api.js';
-import { createBuilderWorker } from '../../workers/builder.js';
-import { createClusterWorker } from '../../workers/cluster.js';
-import { createDockerClient, createNodeWorker } from '../../workers/node.js';
+import type { ApiServer } from '../../workers/api.js';
+import { compose, type WorkerRole } from '../../workers/compose.js';
 import { freePort } from '../../infra/dev/ports.js';
 import { env, eventually } from './env.js';
 import { adminKubeConfig } from './kubernetes.js';
@@ -110,57 +102,34 @@ export async function startTestSystem(
     GLIDERGUN_SECRETS_DIR: `${SECRETS_ROOT}/${suffix}`,
     GLIDERGUN_LOG_LEVEL: 'warn',
     GLIDERGUN_STOP_GRACE_SECONDS: '2',
+    GLIDERGUN_NODE_RUNNER_IMAGE: env('GG_TEST_NODE_RUNNER_IMAGE'),
     ...(process.env.GG_TEST_REGISTRY ? { GLIDERGUN_REGISTRY: `${process.env.GG_TEST_REGISTRY}/glider-gun/templates` } : {}),
     ...(process.env.DOCKER_HOST ? { DOCKER_HOST: process.env.DOCKER_HOST } : {}),
     ...opts.env,
   });
-  const db = createPool(config.databaseUrl!, 5);
-  await db.query('INSERT INTO nodes (id, description) VALUES ($1, $2) ON CONFLICT DO NOTHING', [nodeId, 'test node']);
-  const docker = createDockerClient(config.docker.host);
-  const nativeConnection = await NativeConnection.connect({ address: config.temporal.address });
-  const connection = await Connection.connect({ address: config.temporal.address });
-  const client = new Client({ connection, namespace: config.temporal.namespace });
+  // Every worker role is composed, so a test can start one it left stopped; no reconciler: tests settle runs by hand.
+  const composed = await compose(config, ['api', 'cluster', 'node', ...(opts.builder ? (['builder'] as const) : [])], {
+    workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') },
+    // Pods reach the API of a Kubernetes test at the address they were given; any free port otherwise.
+    apiPort: config.kubernetes.enabled ? config.api.port : 0,
+    log: pino({ level: process.env.GG_TEST_API_LOG ?? 'silent' }),
+    reconciler: false,
+    // The API listens on a port known only once it does: the node's runners are pointed at it then.
+    nodeConfig: (node, api) => ({ ...node, agentUrl: api?.url ?? node.agentUrl }),
+    poolSize: 5,
+  });
+  const { db, docker } = composed;
+  const leaveStopped: WorkerRole[] = [...(opts.clusterWorker === false ? (['cluster'] as const) : []), ...(opts.nodeWorker === false ? (['node'] as const) : [])];
+  try {
+    await db.query('INSERT INTO nodes (id, description) VALUES ($1, $2) ON CONFLICT DO NOTHING', [nodeId, 'test node']);
+    await composed.start({ leaveStopped });
+  } catch (err) {
+    await composed.stop().catch(() => undefined);
+    throw err;
+  }
+  const { api, temporal: client } = composed;
+  if (!api || !client) throw new Error('the test system composes the API, so it has an API and a Temporal client');
 
-  const running: { worker: Worker; done: Promise<void> }[] = [];
-  const start = (worker: Worker, close?: () => Promise<void>) => {
-    const entry = { worker, done: worker.run().finally(close) };
-    running.push(entry);
-    return entry;
-  };
-  const halt = async (entry: { worker: Worker; done: Promise<void> }) => {
-    if (entry.worker.getState() === 'RUNNING') entry.worker.shutdown();
-    await entry.done;
-    running.splice(running.indexOf(entry), 1);
-  };
-
-  let clusterWorker: { worker: Worker; done: Promise<void> } | undefined;
-  const startClusterWorker = async () => {
-    if (clusterWorker) return;
-    const created = await createClusterWorker({ connection: nativeConnection, config, db, workflowBundle: { codePath: env('GG_TEST_WORKFLOW_BUNDLE') } });
-    clusterWorker = start(created.worker, created.close);
-  };
-  const stopClusterWorker = async () => {
-    if (clusterWorker) await halt(clusterWorker);
-    clusterWorker = undefined;
-  };
-  if (opts.clusterWorker !== false) await startClusterWorker();
-  let nodeWorker: { worker: Worker; done: Promise<void> } | undefined;
-  const startNodeWorker = async () => {
-    if (!nodeWorker) {
-      const box = new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
-      nodeWorker = start(
-        await createNodeWorker({ connection: nativeConnection, config, docker, logSink: new PostgresLogSink(db), stateStore: new PostgresStateStore(db, box, config.state), templateFiles: new PostgresTemplateFiles(db), activeRuns: (runIds) => activeRunIds(db, runIds) }),
-      );
-    }
-  };
-  const stopNodeWorker = async () => {
-    if (nodeWorker) await halt(nodeWorker);
-    nodeWorker = undefined;
-  };
-  if (opts.nodeWorker !== false) await startNodeWorker();
-  if (opts.builder) start(await createBuilderWorker({ connection: nativeConnection, config, db, docker }));
-
-  const api = await startApiServer({ config, db, connection, docker, log: pino({ level: process.env.GG_TEST_API_LOG ?? 'silent' }), port: config.kubernetes.enabled ? config.api.port : 0 });
   const tokens = {} as Record<Role, string>;
   for (const role of ROLES) tokens[role] = (await createToken(db, { name: `${role}-${suffix}`, role, createdBy: 'test' })).secret;
 
@@ -173,10 +142,10 @@ export async function startTestSystem(
     nodeId,
     tokens,
     call: apiClient(api.url, tokens.admin),
-    startNodeWorker,
-    stopNodeWorker,
-    startClusterWorker,
-    stopClusterWorker,
+    startNodeWorker: () => composed.startWorker('node'),
+    stopNodeWorker: () => composed.stopWorker('node'),
+    startClusterWorker: () => composed.startWorker('cluster'),
+    stopClusterWorker: () => composed.stopWorker('cluster'),
     async stop() {
       // A run's container is removed just after its outcome is recorded; a test that has seen the outcome
       // may get here first. Let the removal happen before the node worker goes.
@@ -200,11 +169,7 @@ export async function startTestSystem(
           return jobs.items.some((j) => runIds.has(j.metadata?.labels?.[K8S_RUN_LABEL] ?? '')) ? undefined : true;
         }, 15_000).catch(() => undefined);
       }
-      await api.close();
-      for (const entry of [...running]) await halt(entry);
-      await connection.close();
-      await nativeConnection.close();
-      await db.end();
+      await composed.stop();
     },
   };
 }

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   ApiException,
   BatchV1Api,
@@ -10,16 +9,15 @@ import {
   type V1Job,
 } from '@kubernetes/client-node';
 import { ApplicationFailure } from '@temporalio/common';
-import type { AgentResult, AgentStateFailure } from '../../../core/db/run-agents.js';
-import { isUnreadableStateReason, type RunOutcome, type RunSpec } from '../../../core/domain.js';
-import { ExecutionFailure, type ExecutionAdapter, type ExecutionContext } from '../adapter.js';
+import { RunFailure, type RunOutcome, type RunSpec } from '../../../core/domain.js';
+import { type ExecutionAdapter, type ExecutionContext } from '../adapter.js';
+import { ARCHIVE_GRACE_SECONDS } from '../runner-contract.js';
+import { RESULT_WAIT_MS, runOutcome, withLateStop, type RunAgents, type StopReason } from '../outcome.js';
 import { ImageAccessDeniedError, ImageNotFoundError, parseImageReference, RegistryUnavailableError, type RegistryClient } from '../image-config.js';
-import { ARCHIVE_GRACE_SECONDS, jobName, runJob, runSecret, runSelector, type JobSettings } from './job-spec.js';
+import { jobName, runJob, runSecret, runSelector, type JobSettings } from './job-spec.js';
 import { observeRun, type PodObservation } from './observe.js';
 import { PodEvents } from './pod-events.js';
 
-/** After the pod ended, how long the runner's report may take to be visible. */
-const RESULT_WAIT_MS = 15_000;
 /** A pod event wakes the supervisor at once; without one it still looks this often. */
 const LOOK_MS = 5_000;
 /** While a stopped pod winds down its runner's report is awaited, which no pod event announces. */
@@ -31,18 +29,6 @@ const HEARTBEAT_MS = 1_000;
  * timeout (and a retry that adopts the Job), not in an attempt that beats forever and never looks again.
  */
 const STALE_LOOK_MS = 3 * LOOK_MS + RESULT_WAIT_MS;
-
-/** What the adapter needs of the run-agent records (core/db/run-agents.ts). */
-export interface RunAgents {
-  grant(g: { runId: string; deploymentId: string; restoreVersion: number | undefined; credential: string }): Promise<void>;
-  /** The runner has called in, so the template may have started. */
-  started(runId: string): Promise<boolean>;
-  result(runId: string): Promise<AgentResult | undefined>;
-  /** The runner is storing /state: the template has ended, and stopping the pod now would lose the archive. */
-  archiving(runId: string): Promise<boolean>;
-  /** What the agent API refused about the run's state (a damaged version to restore, an archive over the limit). */
-  stateFailure(runId: string): Promise<AgentStateFailure | undefined>;
-}
 
 function status(err: unknown): number | undefined {
   return err instanceof ApiException ? err.code : undefined;
@@ -64,7 +50,7 @@ async function orUndefinedIf404<T>(p: Promise<T>): Promise<T | undefined> {
 function refusedOrRetry(err: unknown, what: string): unknown {
   const code = status(err);
   if (code === undefined || code < 400 || code >= 500 || code === 408 || code === 429) return err;
-  return ApplicationFailure.create({ type: 'infrastructure', message: `Kubernetes refused the run's ${what} (${code}): ${apiMessage(err)}`, nonRetryable: true });
+  return ApplicationFailure.create({ type: RunFailure.Infrastructure, message: `Kubernetes refused the run's ${what} (${code}): ${apiMessage(err)}`, nonRetryable: true });
 }
 
 /** The API server's Status message, else the client's. */
@@ -79,7 +65,6 @@ function apiMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-type StopReason = 'cancelled' | 'timeout';
 
 /**
  * Runs a template as one Kubernetes Job per run (activities/execution/kubernetes/job-spec.ts). The adapter
@@ -123,7 +108,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
       }
       if (await this.agents.started(spec.runId)) {
         throw ApplicationFailure.create({
-          type: ExecutionFailure.ContainerVanished,
+          type: RunFailure.ContainerVanished,
           message: `Job ${this.namespace}/${name} was started but no longer exists`,
           nonRetryable: true,
         });
@@ -148,7 +133,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
       // final: another attempt would only repeat the wait. Anything else is worth another attempt.
       const final = err instanceof ImageNotFoundError || err instanceof ImageAccessDeniedError || err instanceof RegistryUnavailableError;
       throw ApplicationFailure.create({
-        type: ExecutionFailure.ImageUnavailable,
+        type: RunFailure.ImageUnavailable,
         message: final ? err.message : `image ${spec.image} could not be inspected: ${err instanceof Error ? err.message : String(err)}`,
         nonRetryable: final,
       });
@@ -223,10 +208,7 @@ export class KubernetesExecutor implements ExecutionAdapter {
         lookedAt = Date.now();
 
         if (seen.kind === 'ended') {
-          const outcome = await this.outcome(spec, seen, stopReason);
-          if (!lateStop) return outcome;
-          const why = lateStop === 'cancelled' ? 'a cancel' : 'the run timeout';
-          return { ...outcome, warnings: [...(outcome.warnings ?? []), `${why} came while /state was being archived, after the template had ended; the archive was completed`] };
+          return withLateStop(await this.outcome(spec, seen, stopReason), lateStop);
         }
         if (seen.kind === 'no-pod') {
           if (seen.jobFailure) return await this.outcome(spec, { kind: 'ended', podName: '', exitCode: undefined, reason: 'JobFailed', message: seen.jobFailure }, stopReason);
@@ -238,8 +220,8 @@ export class KubernetesExecutor implements ExecutionAdapter {
             // The template never started: nothing to stop or archive, only the Job to remove (cleanup does).
             if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled before the container started' };
             return seen.kind === 'unschedulable'
-              ? { status: 'failed', reason: 'unschedulable', message: `no node could run the pod within ${limit}s: ${seen.message}` }
-              : { status: 'failed', reason: 'image-unavailable', message: `the image could not be pulled within ${limit}s: ${seen.message}` };
+              ? { status: 'failed', reason: RunFailure.Unschedulable, message: `no node could run the pod within ${limit}s: ${seen.message}` }
+              : { status: 'failed', reason: RunFailure.ImageUnavailable, message: `the image could not be pulled within ${limit}s: ${seen.message}` };
           }
           lookAgainBy = Math.min(lookAgainBy, giveUpAt + 1);
           progress = { phase: seen.kind === 'unschedulable' ? 'scheduling' : 'pulling' };
@@ -284,45 +266,14 @@ export class KubernetesExecutor implements ExecutionAdapter {
     }
   }
 
-  private async outcome(spec: RunSpec, ended: Extract<PodObservation, { kind: 'ended' }>, stopReason: StopReason | undefined): Promise<RunOutcome> {
-    let result = await this.agents.result(spec.runId);
-    let stateFailure = await this.agents.stateFailure(spec.runId);
-    const waitUntil = Date.now() + RESULT_WAIT_MS;
-    // A runner refused its state to restore reports nothing more: the template never started.
-    while (!result && !isUnreadableStateReason(stateFailure?.reason) && Date.now() < waitUntil && ended.reason !== 'InitContainerFailed' && ended.reason !== 'JobFailed') {
-      await sleep(500);
-      result = await this.agents.result(spec.runId);
-      stateFailure = await this.agents.stateFailure(spec.runId);
-    }
-    if (stateFailure) {
-      return { status: 'failed', reason: stateFailure.reason, message: stateFailure.message, ...(result ? { exitCode: result.exitCode, warnings: result.warnings } : {}) };
-    }
-    const oom = ended.reason === 'OOMKilled' ? ' (killed: out of memory)' : '';
-    if (!result) {
-      const why = [ended.reason, ended.message].filter(Boolean).join(': ') || 'no reason given';
-      if (ended.reason === 'OOMKilled') {
-        return { status: 'failed', reason: 'exit-code', exitCode: ended.exitCode, message: `template exited with code ${ended.exitCode ?? 137}${oom}`, warnings: ['/state could not be archived: the container ran out of memory'] };
-      }
-      if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled on request', warnings: [`/state was not archived (${why})`] };
-      return { status: 'failed', reason: 'infrastructure', message: `the pod ended without the pod-runner's report (${why})` };
-    }
-    const extras = {
-      exitCode: result.exitCode,
-      warnings: result.warnings,
-      ...(result.outputs ? { outputs: result.outputs } : {}),
-      ...(result.stateVersion !== undefined ? { stateVersion: result.stateVersion } : {}),
-    };
-    if (stopReason === 'cancelled') return { status: 'cancelled', message: 'cancelled on request', ...extras };
-    if (!stopReason && result.stateVersion === undefined) {
-      // Nothing is lost silently: a template that ended by itself but whose /state was not stored did not succeed.
-      const why = result.warnings.find((w) => w.startsWith('archiving /state failed')) ?? 'the runner stored no state version';
-      return { status: 'failed', reason: 'infrastructure', message: `the template exited with code ${result.exitCode}, but its /state could not be stored: ${why}`, ...extras };
-    }
-    if (stopReason === 'timeout') {
-      return { status: 'failed', reason: 'timeout', message: `exceeded the run timeout of ${spec.timeoutSeconds}s`, ...extras };
-    }
-    if (result.exitCode === 0) return { status: 'succeeded', ...extras };
-    return { status: 'failed', reason: 'exit-code', message: `template exited with code ${result.exitCode}${oom}`, ...extras };
+  private outcome(spec: RunSpec, ended: Extract<PodObservation, { kind: 'ended' }>, stopReason: StopReason | undefined): Promise<RunOutcome> {
+    return runOutcome(this.agents, spec, {
+      exitCode: ended.exitCode,
+      reason: ended.reason,
+      message: ended.message,
+      oomKilled: ended.reason === 'OOMKilled',
+      runnerNeverRan: ended.reason === 'InitContainerFailed' || ended.reason === 'JobFailed',
+    }, stopReason);
   }
 
   async cleanup(runId: string): Promise<void> {

@@ -1,6 +1,6 @@
 import type { V1Job, V1Secret } from '@kubernetes/client-node';
 import type { RunSpec } from '../../../core/domain.js';
-import { SECRETS_FILE } from '../docker.js';
+import { ARCHIVE_GRACE_SECONDS, PARAMETERS_FILE, RUNNER_DIR, RUNNER_PATH, SECRETS_FILE, runnerEnv } from '../runner-contract.js';
 import type { PodTemplate } from './pod-template.js';
 
 /** Labels on every Job, pod and Secret of a run, so leftovers can be found and a retry finds its Job. */
@@ -9,15 +9,12 @@ export const K8S_RUN_LABEL = 'glider-gun.io/run';
 export const K8S_DEPLOYMENT_LABEL = 'glider-gun.io/deployment';
 export const TEMPLATE_CONTAINER = 'template';
 
-/** Time the pod-runner gets after the template's grace period to archive /state and report. */
-export const ARCHIVE_GRACE_SECONDS = 300;
 /**
  * A finished Job the adapter never removed (its worker died between recording the outcome and cleaning up,
  * or the workflow was terminated) is removed by Kubernetes after this. Safe at any age: the runner reports
  * before its pod ends, and an attempt that finds the Job gone reads that report.
  */
 export const FINISHED_JOB_TTL_SECONDS = 24 * 3600;
-const RUNNER_DIR = '/gg';
 const AGENT_DIR = '/var/run/glider-gun';
 
 export const jobName = (runId: string): string => `gg-${runId}`;
@@ -52,7 +49,7 @@ export function runSecret(spec: RunSpec, s: JobSettings, credential: string, sec
     type: 'Opaque',
     stringData: {
       credential,
-      'template-parameters.json': `${JSON.stringify(spec.parameters, null, 2)}\n`,
+      [PARAMETERS_FILE]: `${JSON.stringify(spec.parameters, null, 2)}\n`,
       [SECRETS_FILE]: `${JSON.stringify(secrets, null, 2)}\n`,
     },
   };
@@ -67,14 +64,7 @@ export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entr
   const name = jobName(spec.runId);
   const env = [
     ...Object.entries(spec.env).map(([n, value]) => ({ name: n, value })),
-    { name: 'GG_AGENT_URL', value: s.agentUrl },
-    { name: 'GG_RUN_ID', value: spec.runId },
-    { name: 'GG_STOP_GRACE_SECONDS', value: String(spec.stopGraceSeconds) },
-    { name: 'GG_LOG_MAX_BYTES', value: String(spec.logMaxBytes ?? 0) },
-    // Always: the runner's first call (204 when there is nothing to restore) is also what tells a retried
-    // attempt that the template may have started.
-    { name: 'GG_RESTORE', value: '1' },
-    ...(spec.templateFiles ? [{ name: 'GG_TEMPLATE_FILES', value: '1' }] : []),
+    ...Object.entries(runnerEnv(spec, s.agentUrl)).map(([n, value]) => ({ name: n, value })),
   ];
   const limits: Record<string, string> = {};
   if (spec.cpus) limits.cpu = `${Math.round(spec.cpus * 1000)}m`;
@@ -108,7 +98,7 @@ export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entr
             {
               name: 'install-runner',
               image: s.runnerImage,
-              command: ['/pod-runner', 'install', `${RUNNER_DIR}/pod-runner`],
+              command: ['/pod-runner', 'install', RUNNER_PATH],
               volumeMounts: [{ name: 'runner', mountPath: RUNNER_DIR }],
             },
           ],
@@ -116,7 +106,7 @@ export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entr
             {
               name: TEMPLATE_CONTAINER,
               image: image.ref,
-              command: [`${RUNNER_DIR}/pod-runner`, 'run', '--', ...image.entrypoint, spec.action],
+              command: [RUNNER_PATH, 'run', '--', ...image.entrypoint, spec.action],
               env,
               ...(Object.keys(limits).length ? { resources: { limits, requests: limits } } : {}),
               volumeMounts: [
@@ -142,7 +132,7 @@ export function runJob(spec: RunSpec, s: JobSettings, image: { ref: string; entr
                 defaultMode: 0o444,
                 items: [
                   { key: 'credential', path: 'credential' },
-                  { key: 'template-parameters.json', path: 'template-parameters.json' },
+                  { key: PARAMETERS_FILE, path: PARAMETERS_FILE },
                 ],
               },
             },

@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"compress/flate"
 	"compress/gzip"
 	"errors"
 	"fmt"
@@ -166,6 +167,23 @@ func safeRelative(name string) (string, bool) {
 		return "", false
 	}
 	return clean, true
+}
+
+// damagedArchive tells an archive that cannot be restored as it is (refused, not gzip, not tar, cut short)
+// from a download that broke or a folder that could not be written.
+func damagedArchive(err error) bool {
+	var ne *netError
+	if errors.As(err, &ne) {
+		return false
+	}
+	var r *refusal
+	return errors.As(err, &r) || errors.Is(err, gzip.ErrHeader) || errors.Is(err, gzip.ErrChecksum) ||
+		errors.Is(err, tar.ErrHeader) || errors.Is(err, io.ErrUnexpectedEOF) || isCorruptInput(err)
+}
+
+func isCorruptInput(err error) bool {
+	var c flate.CorruptInputError
+	return errors.As(err, &c)
 }
 
 // refusal is an archive the runner will not restore: it would write outside the folder or through a link.

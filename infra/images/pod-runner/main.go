@@ -187,6 +187,8 @@ type result struct {
 	OutputsFile  *[]byte  `json:"outputsFile,omitempty"`
 	Warnings     []string `json:"warnings"`
 	StateVersion int      `json:"stateVersion,omitempty"`
+	// Why the state to restore could not be unpacked (a damaged or hostile archive); the template did not start.
+	RestoreFailure string `json:"restoreFailure,omitempty"`
 }
 
 // runner holds one run's progress.
@@ -251,6 +253,10 @@ func run(argv []string) int {
 				r.warn("stopped before /state was restored: the template was not started and /state was not archived")
 				r.report(result{ExitCode: 128 + int(syscall.SIGTERM), Stopped: true}, 10*time.Second)
 				return 128 + int(syscall.SIGTERM)
+			}
+			if damagedArchive(err) {
+				// No retry can mend the archive: the run ends as state-corrupt, naming why, and nothing is archived.
+				r.report(result{ExitCode: exitInfra, RestoreFailure: err.Error()}, reportRetryFor)
 			}
 			return fatal("restoring /state: %v", err)
 		}

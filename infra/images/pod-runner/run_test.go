@@ -546,15 +546,32 @@ func TestCommandNotFound(t *testing.T) {
 
 func TestInfrastructureFailuresNeverStartTheTemplate(t *testing.T) {
 	requireShell(t)
-	for name, setup := range map[string]func(a *fakeAgent){
-		"the agent refuses": func(a *fakeAgent) { a.stateStatus = http.StatusForbidden },
-		"a hostile archive": func(a *fakeAgent) { a.restore = archiveOf(t, map[string]string{"../evil": "x"}, nil) },
-		"a write through a link": func(a *fakeAgent) {
-			a.restore = hostile(t, tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/tmp"}, tar.Header{Name: "l/evil", Typeflag: tar.TypeReg})
+	for name, c := range map[string]struct {
+		setup func(a *fakeAgent)
+		// What the report names as the reason the state could not be restored; none when nothing was reported.
+		restoreFailure string
+	}{
+		"the agent refuses": {setup: func(a *fakeAgent) { a.stateStatus = http.StatusForbidden }},
+		"a hostile archive": {
+			setup:          func(a *fakeAgent) { a.restore = archiveOf(t, map[string]string{"../evil": "x"}, nil) },
+			restoreFailure: "archive entry '../evil' points outside the state folder",
+		},
+		"a write through a link": {
+			setup: func(a *fakeAgent) {
+				a.restore = hostile(t, tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: "/tmp"}, tar.Header{Name: "l/evil", Typeflag: tar.TypeReg})
+			},
+			restoreFailure: "refusing to restore through l: not a real folder",
+		},
+		"an archive cut short": {
+			setup: func(a *fakeAgent) {
+				whole := archiveOf(t, map[string]string{"big": strings.Repeat("x", 1<<20)}, nil)
+				a.restore = whole[:len(whole)/2]
+			},
+			restoreFailure: "unexpected EOF",
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			a := newFakeAgent(t, setup)
+			a := newFakeAgent(t, c.setup)
 			d := newRunDirs(t)
 			marker := filepath.Join(t.TempDir(), "started")
 			r := startRunner(t, a, d, []string{"GG_RESTORE=1"}, "/bin/sh", "-c", "touch "+marker)
@@ -564,11 +581,18 @@ func TestInfrastructureFailuresNeverStartTheTemplate(t *testing.T) {
 			if _, err := os.Stat(marker); err == nil {
 				t.Error("the template was started")
 			}
-			if !strings.HasPrefix(r.stderr.String(), "[pod-runner] restoring /state\npod-runner: restoring /state: ") || strings.Count(r.stderr.String(), "\n") != 2 {
+			if !strings.HasPrefix(r.stderr.String(), "[pod-runner] restoring /state\n") || !strings.Contains(r.stderr.String(), "pod-runner: restoring /state: ") {
 				t.Errorf("stderr:\n%s", r.stderr)
 			}
-			if results, archives, _ := a.reported(); len(results) != 0 || len(archives) != 0 {
-				t.Errorf("results %v, %d archives", results, len(archives))
+			results, archives, _ := a.reported()
+			if len(archives) != 0 {
+				t.Errorf("%d archives: a state that was not restored is never archived", len(archives))
+			}
+			switch {
+			case c.restoreFailure == "" && len(results) != 0:
+				t.Errorf("results %v: the agent's refusal is the agent's to record", results)
+			case c.restoreFailure != "" && (len(results) != 1 || !strings.Contains(fmt.Sprint(results[0]["restoreFailure"]), c.restoreFailure) || results[0]["exitCode"] != 125.0):
+				t.Errorf("results %v: want one report naming %q", results, c.restoreFailure)
 			}
 		})
 	}

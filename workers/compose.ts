@@ -1,0 +1,284 @@
+/**
+ * The composition root of every Glider Gun process: the entry points (workers/*-main.ts), the dev stack and
+ * the test system all build a process here, from the roles it plays. What the roles share — the Postgres
+ * pool, the key box, the Temporal connections, the Docker client, the stores — is built once.
+ */
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, type Worker, type WorkflowBundleOption } from '@temporalio/worker';
+import type Docker from 'dockerode';
+import type { Logger } from 'pino';
+import type { RunAgents } from '../activities/execution/outcome.js';
+import { postgresRunAgents } from '../activities/storage/postgres-run-agents.js';
+import type { Config } from '../core/config.js';
+import { SecretBox } from '../core/crypto.js';
+import { migrate } from '../core/db/migrate.js';
+import { createPool, type Db } from '../core/db/pool.js';
+import { activeRunIds } from '../core/db/runs.js';
+import { loadEncryptionKey } from '../core/keys.js';
+import { startApiServer, type ApiServer } from './api.js';
+import { createBuilderWorker } from './builder.js';
+import { createClusterWorker } from './cluster.js';
+import { createLogger } from './logger.js';
+import { createDockerClient, createNodeWorker, nodeTaskQueue } from './node.js';
+import { startReconciler } from './reconciler.js';
+
+/**
+ * `api`: the HTTP API. `cluster`: the deployment workflows, the database activities, the `cluster` target's
+ * runs when Kubernetes is configured, and the run reconciler. `node`: the built-in node's runs in Docker.
+ * `builder`: template image builds.
+ */
+export type ProcessRole = 'api' | 'cluster' | 'node' | 'builder';
+export type WorkerRole = Exclude<ProcessRole, 'api'>;
+
+export interface ComposeOptions {
+  /** A prebuilt workflow bundle (the tests build one for all files); otherwise the cluster worker bundles at start. */
+  workflowBundle?: WorkflowBundleOption | undefined;
+  /** Where the API listens instead of config.api.port; 0 takes any free port (the tests). */
+  apiPort?: number | undefined;
+  /** Where the API and the run reconciler report; a logger at config.logLevel if not given. */
+  log?: Logger | undefined;
+  /** The run reconciler comes with the cluster role unless this is false (the tests settle runs by hand). */
+  reconciler?: boolean | undefined;
+  /**
+   * The node worker's settings, given this process's API once it listens: an API on port 0 is reachable only
+   * at an address known then (the tests point the node's runners at it).
+   */
+  nodeConfig?: ((node: Config['node'], api: ApiServer | undefined) => Config['node']) | undefined;
+  /** The most Postgres connections the process holds. */
+  poolSize?: number | undefined;
+  /** Apply the database migrations at start: a process run on its own does; the dev stack and the tests migrate first. */
+  migrate?: boolean | undefined;
+  /** Hears each part of the process as stop() reaches it (the dev stack tells its user). */
+  onStopping?: ((what: string) => void) | undefined;
+}
+
+export interface ComposedProcess {
+  readonly config: Config;
+  readonly db: Db;
+  readonly docker: Docker;
+  /** The Temporal client of the API and the reconciler: absent from a process with neither. */
+  readonly temporal: Client | undefined;
+  /** The API, once start() has it listening; absent from a process without the api role. */
+  readonly api: ApiServer | undefined;
+  /**
+   * Starts the roles in dependency order: the cluster worker (workflows first, so nothing dispatched waits
+   * for them) and the reconciler, the API, then the node worker (its runners call the API) and the builder.
+   * `leaveStopped` names workers to start later with startWorker (a test of an outage from the start).
+   */
+  start(opts?: { leaveStopped?: readonly WorkerRole[] }): Promise<void>;
+  /** Starts one worker role of this process again after stopWorker (an outage over); does nothing if it runs. */
+  startWorker(role: WorkerRole): Promise<void>;
+  /** Stops one worker role and waits for its activities to end (an outage of that worker); the rest keeps running. */
+  stopWorker(role: WorkerRole): Promise<void>;
+  /** Stops everything, in order: the API, the reconciler, the workers (shut down, then awaited, then closed), the connections, the pool. */
+  stop(): Promise<void>;
+}
+
+interface RunningWorker {
+  worker: Worker;
+  run: Promise<void>;
+  /** What the worker's adapter keeps open beyond the worker itself (the Kubernetes pod watch). */
+  close: () => Promise<void>;
+}
+
+const WORKER_ROLES: readonly WorkerRole[] = ['cluster', 'node', 'builder'];
+const RECONCILE_EVERY_MS = 30_000;
+/** A run younger than this may still be on its way to its workflow; the reconciler leaves it alone. */
+const RECONCILE_OLDER_THAN_SECONDS = 60;
+/** A lone node worker only reads its runners' reports; the other roles serve requests and activities in parallel. */
+const poolSizeFor = (roles: ReadonlySet<ProcessRole>): number => ([...roles].every((role) => role === 'node') ? 4 : 10);
+
+/** Builds what the roles share; nothing listens or polls until start(). */
+export async function compose(config: Config, roleList: readonly ProcessRole[], options: ComposeOptions = {}): Promise<ComposedProcess> {
+  const roles = new Set(roleList);
+  if (roles.size === 0) throw new Error('a process needs at least one role');
+  const databaseUrl = config.databaseUrl;
+  if (!databaseUrl) throw new Error(`DATABASE_URL is required: every role (${[...roles].join(', ')}) keeps or reads its records in Postgres`);
+  const log = options.log ?? createLogger(config.logLevel, 'glider-gun');
+  const reconciles = roles.has('cluster') && options.reconciler !== false;
+  // The API probes Docker only in a process that uses it: a lone API has no engine to report on.
+  const usesDocker = roles.has('node') || roles.has('builder');
+
+  const closers: (() => Promise<unknown>)[] = [];
+  const closeBuilt = async () => {
+    for (const close of closers.reverse()) await close();
+  };
+  try {
+    const db = createPool(databaseUrl, options.poolSize ?? poolSizeFor(roles));
+    closers.push(() => db.end());
+    const secrets =
+      roles.has('api') || roles.has('cluster')
+        ? new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }))
+        : undefined;
+    const native = WORKER_ROLES.some((role) => roles.has(role)) ? await NativeConnection.connect({ address: config.temporal.address }) : undefined;
+    if (native) closers.push(() => native.close());
+    const connection = roles.has('api') || reconciles ? await Connection.connect({ address: config.temporal.address }) : undefined;
+    if (connection) closers.push(() => connection.close());
+    const temporal = connection && new Client({ connection, namespace: config.temporal.namespace });
+    const docker = createDockerClient(config.docker.host);
+    const agents = postgresRunAgents(db);
+    return assemble({ config, databaseUrl, roles, options, log, reconciles, usesDocker, db, secrets, native, connection, temporal, docker, agents, closeBuilt });
+  } catch (err) {
+    await closeBuilt().catch(() => undefined);
+    throw err;
+  }
+}
+
+function assemble(built: {
+  config: Config;
+  databaseUrl: string;
+  roles: ReadonlySet<ProcessRole>;
+  options: ComposeOptions;
+  log: Logger;
+  reconciles: boolean;
+  usesDocker: boolean;
+  db: Db;
+  secrets: SecretBox | undefined;
+  native: NativeConnection | undefined;
+  connection: Connection | undefined;
+  temporal: Client | undefined;
+  docker: Docker;
+  agents: RunAgents;
+  /** Closes the connections and the pool, in the reverse of their making. */
+  closeBuilt: () => Promise<void>;
+}): ComposedProcess {
+  const { config, roles, options, log, db, secrets, native, connection, temporal, docker, agents } = built;
+  let api: ApiServer | undefined;
+  let reconciler: { stop(): Promise<void> } | undefined;
+  const running = new Map<WorkerRole, RunningWorker>();
+  let started = false;
+  let stopping = false;
+  // A stop waits for a start under way, which gives up at its next step, so nothing is started after the stop.
+  const underWay = new Set<Promise<unknown>>();
+  const track = <T>(promise: Promise<T>): Promise<T> => {
+    underWay.add(promise);
+    const forget = () => underWay.delete(promise);
+    void promise.then(forget, forget);
+    return promise;
+  };
+  const checkNotStopping = () => {
+    if (stopping) throw new Error('the process was stopped while it started');
+  };
+
+  const create: Record<WorkerRole, (connection: NativeConnection) => Promise<Omit<RunningWorker, 'run'>>> = {
+    cluster: (connection) => {
+      if (!secrets) throw new Error('unreachable: the cluster role has its key box');
+      return createClusterWorker({ connection, config, db, secrets, agents, workflowBundle: options.workflowBundle });
+    },
+    node: async (connection) => {
+      const node = options.nodeConfig ? options.nodeConfig(config.node, api) : config.node;
+      const worker = await createNodeWorker({ connection, config: { ...config, node }, docker, agents, activeRuns: (runIds) => activeRunIds(db, runIds) });
+      return { worker, close: () => Promise.resolve() };
+    },
+    builder: async (connection) => ({ worker: await createBuilderWorker({ connection, config, db, docker }), close: () => Promise.resolve() }),
+  };
+
+  const launch = async (role: WorkerRole) => {
+    if (running.has(role)) return;
+    if (!roles.has(role) || !native) throw new Error(`this process was composed without the ${role} role`);
+    const { worker, close } = await create[role](native);
+    running.set(role, { worker, run: worker.run(), close });
+  };
+  const shutDown = ({ worker }: RunningWorker) => {
+    // A worker that failed, or that the SDK is already stopping, refuses a second shutdown.
+    if (worker.getState() === 'RUNNING') worker.shutdown();
+  };
+  const halt = async (role: WorkerRole) => {
+    const entry = running.get(role);
+    if (!entry) return;
+    running.delete(role);
+    shutDown(entry);
+    try {
+      await entry.run;
+    } finally {
+      await entry.close();
+    }
+  };
+
+  const startAll = async (leaveStopped: ReadonlySet<WorkerRole>) => {
+    // A second start would open a second API beside the first.
+    if (started) throw new Error('the process has been started already');
+    started = true;
+    if (options.migrate) await migrate(built.databaseUrl);
+    checkNotStopping();
+    if (roles.has('cluster') && !leaveStopped.has('cluster')) await launch('cluster');
+    checkNotStopping();
+    if (built.reconciles && temporal) {
+      reconciler = startReconciler(
+        { db, temporal, taskQueue: config.temporal.taskQueue },
+        {
+          everyMs: RECONCILE_EVERY_MS,
+          olderThanSeconds: RECONCILE_OLDER_THAN_SECONDS,
+          onError: (err) => log.warn({ err }, `reconciling runs failed; retrying in ${RECONCILE_EVERY_MS / 1000} s`),
+          onHanded: (runIds) => log.info({ runIds }, `handed ${runIds.length} run(s) no workflow was executing back to their workflows`),
+        },
+      );
+    }
+    if (roles.has('api') && connection) {
+      api = await startApiServer({ config, db, connection, temporal, secrets, docker: built.usesDocker ? docker : undefined, log, port: options.apiPort });
+    }
+    for (const role of ['node', 'builder'] as const) {
+      checkNotStopping();
+      if (roles.has(role) && !leaveStopped.has(role)) await launch(role);
+    }
+  };
+
+  const stopAll = async () => {
+    stopping = true;
+    await Promise.allSettled([...underWay]);
+    const failures: unknown[] = [];
+    const part = async (what: string, stop: () => Promise<unknown>) => {
+      options.onStopping?.(what);
+      await stop().catch((err: unknown) => failures.push(err));
+    };
+    // The API first: no new run is accepted while the workers that would execute it go.
+    const [listening, reconciling] = [api, reconciler];
+    if (listening) await part('the API', () => listening.close());
+    if (reconciling) await part('the run reconciler', () => reconciling.stop());
+    const workers = WORKER_ROLES.flatMap((role) => {
+      const entry = running.get(role);
+      return entry ? [{ role, entry }] : [];
+    });
+    running.clear();
+    // All at once: each waits up to its grace time for its activities, and they need not wait in turn.
+    for (const { entry } of workers) shutDown(entry);
+    for (const { role, entry } of workers) await part(workerName(config, role), () => entry.run);
+    if (workers.length > 0) {
+      await part('what the workers keep open', async () => {
+        for (const { entry } of workers) await entry.close();
+      });
+    }
+    await part('the Temporal connections and the database pool', built.closeBuilt);
+    if (failures.length === 1) throw failures[0];
+    if (failures.length > 1) throw new AggregateError(failures, 'stopping the process failed in several parts');
+  };
+  let stopped: Promise<void> | undefined;
+
+  return {
+    config,
+    db,
+    docker,
+    temporal,
+    get api() {
+      return api;
+    },
+    start: (opts = {}) => track(startAll(new Set(opts.leaveStopped ?? []))),
+    startWorker: (role) => {
+      checkNotStopping();
+      return track(launch(role));
+    },
+    stopWorker: (role) => halt(role),
+    stop: () => (stopped ??= stopAll()),
+  };
+}
+
+function workerName(config: Config, role: WorkerRole): string {
+  switch (role) {
+    case 'cluster':
+      return `the cluster worker (task queue ${config.temporal.taskQueue})`;
+    case 'node':
+      return `the node worker '${config.node.id}' (task queue ${nodeTaskQueue(config.node.id)})`;
+    case 'builder':
+      return 'the builder worker';
+  }
+}
