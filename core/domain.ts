@@ -164,11 +164,14 @@ export interface RunOutcome {
 }
 
 /** The deployment workflow's answer to the `status` query and the API's `GET /deployments/{id}` agree on these. */
+/**
+ * A run as the deployment workflow reports it (its `status` query). Its phase is not here: that is the
+ * runner's to tell, in Postgres (GET /v1/runs/{id}).
+ */
 export interface RunSummary {
   id: string;
   action: string;
   status: RunStatus;
-  phase?: RunPhase | undefined;
   reason?: FailureReason | undefined;
   exitCode?: number | undefined;
 }

@@ -9,6 +9,7 @@ import {
   continueAsNew,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setHandler,
   upsertSearchAttributes,
@@ -26,6 +27,9 @@ import {
   type DeploymentWorkflowInput,
   type RunRequest,
 } from './messages.js';
+
+/** The patch after which the workflow no longer writes a run's phase (workflow versioning: patched()). */
+const PHASE_OWNED_BY_RUNNER = 'phase-owned-by-runner';
 
 /** Continue-as-new well before Temporal's history limits (51,200 events); a run takes ~30 events. */
 const MAX_HISTORY_EVENTS = 5_000;
@@ -182,7 +186,9 @@ export class DeploymentEntity {
       return await scope.run(async () => {
         // Sensitive values travel sealed to the node's own key: only ciphertext enters the history.
         const secrets = hasSecrets ? await db.sealRunSecrets(spec.runId, await node.nodePublicKey()) : undefined;
-        this.apply(await db.setRunPhase(spec.runId, 'executing'));
+        // The phase is the runner's to tell (through the agent API, in Postgres). Executions from before it was
+        // marked the hand-off themselves; their histories replay that call.
+        if (!patched(PHASE_OWNED_BY_RUNNER)) this.apply(await db.setRunPhase(spec.runId, 'executing'));
         return node.executeRun({ ...spec, secrets });
       });
     } catch (err) {

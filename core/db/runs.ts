@@ -77,7 +77,6 @@ export function runSummary(run: Run): RunSummary {
     id: run.id,
     action: run.action,
     status: run.status,
-    phase: run.phase ?? undefined,
     reason: run.reason ?? undefined,
     exitCode: run.exitCode ?? undefined,
   };

@@ -45,7 +45,7 @@ describe('run phases', () => {
     const run = await sys.call<{ id: string }>('POST', `/v1/deployments/${deploymentId}/runs`, { action: 'deploy' });
     await eventually('the run to be running', async () => {
       const r = await sys.call<{ status: string; phase: string }>('GET', `/v1/runs/${run.body.id}`);
-      return r.body.status === 'running' && r.body.phase === 'executing' ? true : undefined;
+      return r.body.status === 'running' && r.body.phase === 'preparing' ? true : undefined;
     });
     return { deploymentId, runId: run.body.id };
   };

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { cancelSignal, deploymentWorkflowId, statusQuery } from '../../workflows/messages.js';
-import { createDeployment, registerExampleTemplate, waitForRun, type RunBody } from '../support/fixtures.js';
+import { createDeployment, registerExampleTemplate, waitForExecuting, waitForRun, type RunBody } from '../support/fixtures.js';
 import { apiClient, eventually, startTestSystem, type TestSystem } from '../support/system.js';
 
 describe('a deployment runs its template container end to end', () => {
@@ -143,13 +143,12 @@ describe('a deployment runs its template container end to end', () => {
     assert.equal(second.status, 409);
     assert.equal(second.body.code, 'RUN_IN_PROGRESS');
     assert.equal(second.body.details.activeRunId, first.body.id);
-    // Running is first `preparing` (started, its secrets sealed), then `executing` once handed to the target.
-    const running = await eventually('the run to be executing', async () => {
-      const status = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).query(statusQuery);
-      return status.activeRun?.status === 'running' && status.activeRun.phase === 'executing' ? status : undefined;
-    });
+    // Running is first `preparing` (started, its secrets sealed), then `executing` once its runner has restored
+    // its state; the workflow reports the run as running throughout.
+    await waitForExecuting(call, first.body.id);
+    const running = await sys.client.workflow.getHandle(deploymentWorkflowId(id)).query(statusQuery);
     assert.equal(running.status, 'running');
-    assert.equal(running.activeRun?.phase, 'executing');
+    assert.equal(running.activeRun?.status, 'running');
     await eventually('the first run to end', async () => {
       const run = await call<RunBody>('GET', `/v1/runs/${first.body.id}`);
       return run.body.status === 'succeeded' ? run : undefined;
@@ -180,7 +179,7 @@ describe('a deployment runs its template container end to end', () => {
     const id = await createDeployment(call, template, { message: 'stray', sleep_seconds: 5 }, target());
     const started = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
     const handle = sys.client.workflow.getHandle(deploymentWorkflowId(id));
-    await eventually('the run to execute', async () => ((await handle.query(statusQuery)).activeRun?.phase === 'executing' ? true : undefined));
+    await waitForExecuting(call, started.body.id);
     await handle.signal(cancelSignal, { runId: 'run-000000000000' });
     const run = await waitForRun(call, started.body.id);
     assert.equal(run.status, 'succeeded', run.message ?? '');
@@ -196,10 +195,7 @@ describe('a deployment runs its template container end to end', () => {
     const next = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
     assert.equal(next.status, 202);
     const handle = sys.client.workflow.getHandle(deploymentWorkflowId(id));
-    await eventually('the next run to execute', async () => {
-      const status = await handle.query(statusQuery);
-      return status.activeRun?.id === next.body.id && status.activeRun.phase === 'executing' ? true : undefined;
-    });
+    await waitForExecuting(call, next.body.id);
     // Through the API the ended run cannot be cancelled; the signal is what a cancel sent just before the
     // first run ended would look like when it arrives late.
     const refused = await call<{ code: string }>('POST', `/v1/runs/${first.id}/cancel`);
@@ -217,10 +213,7 @@ describe('a deployment runs its template container end to end', () => {
     const id = await createDeployment(call, template, { message: 'long', sleep_seconds: sleepSeconds }, target());
     const started = await call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
     const handle = sys.client.workflow.getHandle(deploymentWorkflowId(id));
-    await eventually('the run to execute', async () => {
-      const status = await handle.query(statusQuery);
-      return status.activeRun?.phase === 'executing' ? status : undefined;
-    });
+    await waitForExecuting(call, started.body.id);
     const t0 = Date.now();
     await handle.signal(cancelSignal, { runId: started.body.id });
     const run = await waitForRun(call, started.body.id, sleepSeconds * 2000);
@@ -357,7 +350,7 @@ describe('cancelling the deployment workflow itself (the Temporal UI\'s Cancel)'
     const id = await createDeployment(sys.call, template, { message: 'long', sleep_seconds: 60 }, { kind: 'node', node: sys.nodeId });
     const started = await sys.call<RunBody>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
     const handle = sys.client.workflow.getHandle(deploymentWorkflowId(id));
-    await eventually('the run to execute', async () => ((await handle.query(statusQuery)).activeRun?.phase === 'executing' ? true : undefined));
+    await waitForExecuting(sys.call, started.body.id);
     await handle.cancel();
     const run = await eventually('the run to be cancelled', async () => {
       const r = await sys.call<RunBody>('GET', `/v1/runs/${started.body.id}`);

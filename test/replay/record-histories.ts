@@ -27,7 +27,7 @@ import { reconcileRuns } from '../../workers/reconciler.js';
 import { buildWorkflowId } from '../../workflows/build.js';
 import { cancelSignal, deploymentWorkflowId, statusQuery } from '../../workflows/messages.js';
 import { tgzOf } from '../support/archives.js';
-import { EXAMPLE_PARAMETERS, createDeployment, registerExampleTemplate, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
+import { EXAMPLE_PARAMETERS, createDeployment, registerExampleTemplate, uniqueName, waitForExecuting, waitForRun, type RunBody } from '../support/fixtures.js';
 import { env, eventually, images, kubernetesEnv, startTestSystem, type TestSystem } from '../support/system.js';
 
 const HISTORIES = path.join(import.meta.dirname, 'histories');
@@ -66,10 +66,10 @@ const ended = async (sys: TestSystem, runId: string, status: string, reason?: st
   if (reason) assert.equal(run.reason, reason, `run ${runId}: ${JSON.stringify(run)}`);
   return run;
 };
-const executing = (sys: TestSystem, deploymentId: string) =>
-  eventually('the run to execute', async () =>
-    (await sys.client.workflow.getHandle(deploymentWorkflowId(deploymentId)).query(statusQuery)).activeRun?.phase === 'executing' ? true : undefined,
-  60_000);
+const executing = async (sys: TestSystem, deploymentId: string) => {
+  const runId = await eventually('the run to start', async () => (await sys.client.workflow.getHandle(deploymentWorkflowId(deploymentId)).query(statusQuery)).activeRun?.id, 60_000);
+  return waitForExecuting(sys.call, runId, 60_000);
+};
 const node = (sys: TestSystem) => ({ kind: 'node', node: sys.nodeId });
 
 /** A template type, a failing type and a template to build, made once for the build scenarios. */

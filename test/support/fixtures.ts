@@ -60,6 +60,11 @@ export function waitForRun(call: Call, runId: string, timeoutMs = 120_000): Prom
   }, timeoutMs);
 }
 
+/** Until the run's runner has restored its state and started the template (its phase, as the API tells it). */
+export function waitForExecuting(call: Call, runId: string, timeoutMs = 120_000): Promise<true> {
+  return eventually(`run ${runId} to execute`, async () => ((await call<{ phase: string | null }>('GET', `/v1/runs/${runId}`)).body.phase === 'executing' ? true : undefined), timeoutMs);
+}
+
 /** A template whose version runs `image` with one integer parameter, `mib` (TF_VAR_mib), and a `verify` action. */
 export async function registerBlobTemplate(call: Call, prefix: string, image: string): Promise<string> {
   const name = uniqueName(prefix);
