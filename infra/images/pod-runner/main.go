@@ -5,6 +5,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,7 +61,9 @@ func fatal(format string, args ...any) int {
 
 const usage = `usage:
   pod-runner install <dest>      copy this binary to dest (mode 0755)
-  pod-runner run -- <argv...>    run a template (configured by GG_* variables; see README.md)`
+  pod-runner run -- <argv...>    run a template (configured by GG_* variables; see README.md)
+  pod-runner pack <dir>          write <dir> to stdout as a run archives /state (tar + gzip)
+  pod-runner unpack <dir>        restore the archive on stdin into the empty folder <dir>, as a run restores /state`
 
 func main() {
 	switch {
@@ -70,6 +73,21 @@ func main() {
 		}
 	case len(os.Args) >= 4 && os.Args[1] == "run" && os.Args[2] == "--":
 		os.Exit(run(os.Args[3:]))
+	// The archive code on its own: to look into or restore a downloaded state version exactly as a run
+	// would, and for the benchmarks.
+	case len(os.Args) == 3 && os.Args[1] == "pack":
+		out := bufio.NewWriterSize(os.Stdout, 1<<20)
+		err := packState(os.Args[2], out, func(w string) { say("%s", w) })
+		if err == nil {
+			err = out.Flush()
+		}
+		if err != nil {
+			os.Exit(fatal("pack: %v", err))
+		}
+	case len(os.Args) == 3 && os.Args[1] == "unpack":
+		if err := unpackState(os.Args[2], bufio.NewReaderSize(os.Stdin, 1<<20), func(w string) { say("%s", w) }); err != nil {
+			os.Exit(fatal("unpack: %v", err))
+		}
 	default:
 		fmt.Fprintln(os.Stderr, usage)
 		os.Exit(exitInfra)

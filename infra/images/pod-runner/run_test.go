@@ -613,6 +613,36 @@ func TestInstall(t *testing.T) {
 	}
 }
 
+func TestPackAndUnpackCommands(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	must(t, os.WriteFile(filepath.Join(src, "locked"), []byte("x"), 0o600))
+	must(t, os.Chmod(filepath.Join(src, "locked"), 0))
+	must(t, os.Symlink("/etc/passwd", filepath.Join(src, "link")))
+	pack := exec.Command(os.Args[0], "pack", src)
+	pack.Env = append(os.Environ(), "POD_RUNNER_TEST_MAIN=1")
+	archive, err := pack.Output()
+	must(t, err)
+	unpack := exec.Command(os.Args[0], "unpack", dst)
+	unpack.Env = pack.Env
+	unpack.Stdin = bytes.NewReader(archive)
+	if out, err := unpack.CombinedOutput(); err != nil {
+		t.Fatal(err, string(out))
+	}
+	if info, err := os.Lstat(filepath.Join(dst, "locked")); err != nil || info.Mode().Perm() != 0 {
+		t.Errorf("locked: %v, %v", info, err)
+	}
+	if target, err := os.Readlink(filepath.Join(dst, "link")); err != nil || target != "/etc/passwd" {
+		t.Errorf("link: %q, %v", target, err)
+	}
+	// What a run would refuse, the command refuses too.
+	refused := exec.Command(os.Args[0], "unpack", t.TempDir())
+	refused.Env = pack.Env
+	refused.Stdin = bytes.NewReader(archiveOf(t, map[string]string{"../evil": "x"}, nil))
+	if out, err := refused.CombinedOutput(); err == nil || !strings.Contains(string(out), "points outside the state folder") {
+		t.Errorf("a hostile archive was unpacked: %v %s", err, out)
+	}
+}
+
 func TestStoppedBeforeTheTemplateStarted(t *testing.T) {
 	requireShell(t)
 	asked := make(chan struct{})
