@@ -9,7 +9,7 @@
  *   GG_MUTANTS_JOBS=2      how many mutants run at once
  */
 import { execFile, spawn } from 'node:child_process';
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -113,14 +113,17 @@ async function rebuiltFor(tree: string, m: Mutant, services: TestServices | unde
     extra.GG_TEST_WORKFLOW_BUNDLE = path.join(tree, '.mutant-workflow-bundle.js');
     await writeFile(extra.GG_TEST_WORKFLOW_BUNDLE, code);
   }
-  if (m.touches.some((f) => f.startsWith('infra/images/pod-runner/')) && services?.kubernetes) {
+  if (m.touches.some((f) => f.startsWith('infra/images/pod-runner/')) && services) {
     // The scratch copy's images.ts builds from the scratch copy's sources.
     const { stdout } = await run(
       process.execPath,
       ['--import', 'tsx', '-e', "const m = await import('./infra/dev/images.ts'); const D = (await import('dockerode')).default; process.stdout.write(await m.ensurePodRunnerImage(new D(), () => undefined));"],
       { cwd: tree, env: { ...process.env, ...goEnv() }, maxBuffer: 16 << 20 },
     );
-    extra.GG_TEST_RUNNER_IMAGE = await services.kubernetes.pushImage(stdout.trim());
+    // Every run goes through the runner: a Docker node installs it from the engine's image, the cluster
+    // pulls it from its registry.
+    extra.GG_TEST_NODE_RUNNER_IMAGE = stdout.trim();
+    if (services.kubernetes) extra.GG_TEST_RUNNER_IMAGE = await services.kubernetes.pushImage(stdout.trim());
   }
   if (m.touches.includes(RBAC_FILE) && services?.kubernetes) {
     // The cluster applied the working tree's Role once, at start: the mutant's Role gets a namespace of its own.
@@ -176,9 +179,11 @@ async function main(): Promise<number> {
       tell(`mutant ${i + 1}/${mutants.length}: ${m.description}`);
       const tree = await mkdtemp(path.join(scratch, `mutant-${m.id}-`));
       let extra: Record<string, string> = {};
-      // Its own GG_TEST_SCRATCH (the tests' run folders), so its leftovers are told from another mutant's.
-      const testScratch = `${tree}.scratch`;
-      await mkdir(testScratch);
+      // Its own GG_TEST_SCRATCH (the tests' run folders), so its leftovers are told from another mutant's. A short
+      // path, as `npm test`'s: a Docker run's agent socket lies deep under it, and a unix socket path is at most
+      // 107 bytes (a longer one fails the run before it starts, which would pass for a killed mutant).
+      const testScratch = await mkdtemp(path.join(os.tmpdir(), 'ggm-'));
+      await chmod(testScratch, 0o755);
       try {
         await copyTree(tree);
         const env = { ...process.env, ...services?.env, GG_TEST_SCRATCH: testScratch, GG_MUTANT_GIT_DIR: path.join(ROOT, '.git') };
