@@ -20,14 +20,14 @@ import (
 	"unsafe"
 )
 
-// gzipLevel is GZIP_LEVEL in activities/execution/state-archive.ts.
+// gzipLevel: zlib's default, a balance of size and speed for state that is mostly text.
 const gzipLevel = 6
 
 // keptModeBits are the mode bits archived and restored: permissions and the sticky bit. Setuid and setgid
 // are dropped both ways: a restored file must not run as its owner (often root) for whoever runs it.
 const keptModeBits = 0o1777
 
-// packState writes dir as tar + gzip, like packState in state-archive.ts: paths relative to dir, regular
+// packState writes dir as tar + gzip: paths relative to dir, regular
 // files with their modes (exactly, 000 included, without setuid/setgid) and owners, folders (names ending
 // in /), symbolic links stored as links and never followed; FIFOs, sockets and devices are skipped with a
 // warning. Files are opened without following links and must still be regular files once open.
@@ -156,7 +156,7 @@ func jsCompare(a, b string) int {
 	return slices.Compare(utf16.Encode([]rune(a)), utf16.Encode([]rune(b)))
 }
 
-// safeRelative keeps entry names inside the folder they are restored into (state-archive.ts: safeRelative).
+// safeRelative keeps entry names inside the folder they are restored into.
 func safeRelative(name string) (string, bool) {
 	trimmed := strings.TrimRight(name, "/")
 	if trimmed == "" {
@@ -207,7 +207,7 @@ func assertRealParents(root *os.Root, rel string) error {
 	return nil
 }
 
-// unpackState restores an archive made by packState (this one or state-archive.ts's) into an empty folder,
+// unpackState restores an archive made by packState (or the TypeScript packer of earlier versions) into an empty folder,
 // writing nothing outside it and never through a link. Entries that are neither files, folders nor links
 // are reported through warn. Modes are restored exactly (setuid and setgid dropped), folder modes last, so a
 // read-only folder can still be filled. Owners are restored where the runner may set them (as root); where
@@ -445,7 +445,7 @@ const sparseBlock = 64 * 1024
 var zeroBlock = make([]byte, sparseBlock)
 
 // writeSparse writes a file's content, leaving whole blocks of zeros as holes, so a sparse file comes
-// back sparse (state-archive.ts: writeSparse).
+// back sparse.
 func writeSparse(f *os.File, content io.Reader) error {
 	buf := make([]byte, sparseBlock)
 	var pos int64

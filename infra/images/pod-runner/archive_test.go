@@ -240,7 +240,7 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// testdata/state-from-ts.tar.gz was written by the Docker adapter's packState (testdata/gen-state-from-ts.ts; `npm run parity-vectors`).
+// testdata/state-from-ts.tar.gz was written by the TypeScript packer of earlier versions: state versions it stored must still restore.
 func TestUnpackWhatTypeScriptPacks(t *testing.T) {
 	archive, err := os.ReadFile("testdata/state-from-ts.tar.gz")
 	must(t, err)

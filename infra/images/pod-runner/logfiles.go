@@ -13,7 +13,7 @@ const (
 	maxLogFiles      = 100
 )
 
-// validLogName is NAME in activities/execution/log-files.ts: /^[\x21-\x7e][\x20-\x7e]{0,199}$/.
+// validLogName is the agent API's stream name rule for files: /^[\x21-\x7e][\x20-\x7e]{0,199}$/.
 func validLogName(name string) bool {
 	if len(name) == 0 || len(name) > 200 || name[0] < 0x21 || name[0] > 0x7e {
 		return false

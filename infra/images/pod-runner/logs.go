@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// Like LogCollector in activities/execution/logs.ts: masked and capped per stream, sent at least every
+// The run's log: masked and capped per stream, sent at least every
 // 250 ms or as soon as 256 KiB are waiting.
 var (
 	flushBytes    = 256 * 1024

@@ -1,5 +1,5 @@
-// Command pod-runner runs a template's container in a Kubernetes Job the way the Docker adapter runs it
-// on a node (docs/template-contract.md): it restores /state from the agent API, runs the template as
+// Command pod-runner wraps a template's entrypoint in every run's container, a Kubernetes Job's pod or a
+// Docker container on a node (docs/template-contract.md): it restores /state from the agent API, runs the template as
 // PID 1 would (reaping, signals to its process group), stores its masked, capped log as it is produced,
 // then archives /state and reports the result. See README.md for the protocol.
 package main
@@ -200,7 +200,7 @@ type result struct {
 	ExitCode int    `json:"exitCode"`
 	Signal   string `json:"signal,omitempty"`
 	Stopped  bool   `json:"stopped"`
-	// outputs.json's bytes (base64 in JSON); the server parses them as the Docker adapter does.
+	// outputs.json's bytes (base64 in JSON); the server parses them (core/outputs.ts).
 	// A pointer, so an empty file is sent as "" (invalid JSON there, as with Docker) rather than left out.
 	OutputsFile  *[]byte  `json:"outputsFile,omitempty"`
 	Warnings     []string `json:"warnings"`
@@ -258,7 +258,7 @@ func run(argv []string) int {
 		return fatal("reading the template parameters: %v", err)
 	}
 
-	// Like the Docker adapter's prepare: /state and /logs start empty, even in a restarted container.
+	// /state and /logs start empty, even in a restarted container.
 	for _, dir := range []string{cfg.stateDir, cfg.logsDir} {
 		if err := emptyDir(dir); err != nil {
 			return fatal("emptying %s: %v", dir, err)
@@ -296,7 +296,7 @@ func run(argv []string) int {
 	}
 
 	if r.stopped.Load() {
-		// Like the Docker adapter: a run stopped before its container started still archives /state as
+		// A run stopped before its template started still archives /state as
 		// restored (and has no outputs).
 		say("stopped before the template started")
 		r.warn("stopped before the template started")

@@ -7,10 +7,10 @@ import (
 	"sort"
 )
 
-// mask replaces a sensitive value in the log (activities/execution/masking.ts: MASK).
+// mask replaces a sensitive value in the log.
 var mask = []byte("***")
 
-// minMaskedLength: shorter values would mask ordinary text (masking.ts: MIN_MASKED_LENGTH).
+// minMaskedLength: shorter values would mask ordinary text.
 const minMaskedLength = 3
 
 // Masker replaces secret values in a byte stream that arrives in arbitrary pieces: a port of Masker in
@@ -99,7 +99,7 @@ func (m *Masker) scan(buf []byte, final bool) ([]byte, int) {
 	}
 }
 
-// secretStrings gives the strings to mask for a run's sensitive values, like secretStrings in masking.ts:
+// secretStrings gives the strings to mask for a run's sensitive values:
 // strings as they are, anything else as its compact JSON text. The file is written by JSON.stringify,
 // so compacting its text gives exactly what JSON.stringify(value) gives.
 func secretStrings(data []byte) ([]string, error) {

@@ -130,7 +130,7 @@ func (m *memoryUploader) putFrames(_ context.Context, frames []logFrame) framesR
 }
 
 // testdata/log-vectors.json: what the Docker adapter's LogCollector stores for the same pieces, values
-// and cap (testdata/gen-log-vectors.ts; `npm run parity-vectors` rewrites it, test/unit/parity-vectors.test.ts checks it is current).
+// and cap (made by the TypeScript collector of earlier versions, kept as fixed vectors: the behaviour must not drift).
 func TestLogCollectorMatchesTypeScript(t *testing.T) {
 	data, err := os.ReadFile("testdata/log-vectors.json")
 	if err != nil {

@@ -14,7 +14,7 @@ const (
 	maxOutputsBytes = 1024 * 1024
 )
 
-// readOutputs reads <state>/outputs.json like readOutputs in activities/execution/outputs.ts, with the same
+// readOutputs reads <state>/outputs.json, with the same
 // warnings. The file is opened without following links (a link to another file must not leak it) and
 // bounded in size; a missing file means no outputs. Its bytes go to the agent as they are: the server parses
 // them with the Docker adapter's own code (parseOutputs), so both give the same outputs and warnings.

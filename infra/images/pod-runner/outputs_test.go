@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// The cases of test/unit/outputs.test.ts that are about the file, with the exact texts of outputs.ts.
+// How outputs.json is read: never through a link, a regular file only, at most 1 MiB, with the warnings the run shows.
 func TestReadOutputs(t *testing.T) {
 	stateWith := func(write func(file string) error) string {
 		dir := t.TempDir()
