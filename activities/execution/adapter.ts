@@ -26,27 +26,6 @@ export interface ExecutionAdapter {
   cleanup(runId: string): Promise<void>;
 }
 
-/**
- * Where /state is archived after every run and restored from before the next one. The store also tells
- * the run's phase (`restoring`, then `executing`; `archiving`), since it is where those steps are seen.
- */
-export interface StateStore {
-  /** Idempotent per run: writing again for the same run returns the version already written. */
-  write(
-    deploymentId: string,
-    runId: string,
-    archive: AsyncIterable<Buffer>,
-    onProgress?: (bytes: number) => void,
-  ): Promise<{ version: number; sha256: string; sizeBytes: number }>;
-  /** `runId` is the run the version is restored for. */
-  read(deploymentId: string, version: number, runId: string): AsyncIterable<Buffer>;
-}
-
-/** Where an ad-hoc template's files come from (a stored, normalized tar.gz; core/template-sources). */
-export interface TemplateFileStore {
-  read(sourceId: string): Promise<Buffer>;
-}
-
 export const containerName = (runId: string): string => `gg-${runId}`;
 
 /** Labels on everything an adapter creates, so leftovers can be found (and the tests can assert there are none). */
