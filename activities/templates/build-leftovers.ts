@@ -9,10 +9,8 @@
  * so every image the build commits has them), and as children of those.
  */
 import type Docker from 'dockerode';
+import { statusCode } from '../execution/docker-images.js';
 
-function statusCode(err: unknown): number | undefined {
-  return typeof err === 'object' && err !== null && 'statusCode' in err && typeof err.statusCode === 'number' ? err.statusCode : undefined;
-}
 
 /** Gone already (404): fine. */
 function ignoreGone(err: unknown): void {

@@ -16,6 +16,7 @@ import { BuildTrace, removeBuildLeftovers, sweepAfterCancel, type BuildIdentity 
 import { baseImagesOf, committedSteps, isImageReference, labelsOf } from './dockerfile.js';
 import { engineError, engineMessages, LogLines, type EngineMessage } from './engine-stream.js';
 import { checkCredentials, CredentialsRefusedError, manifestDigest, type RegistryAuth } from './registry.js';
+import { statusCode } from '../execution/docker-images.js';
 
 export type { RegistryAuth } from './registry.js';
 
@@ -81,9 +82,6 @@ export interface PushedImage {
 const stepQuietMs = (contextBytes: number) => 10_000 + contextBytes / 20_000;
 const REGISTRY_TIMEOUT_MS = 30_000;
 
-function statusCode(err: unknown): number | undefined {
-  return typeof err === 'object' && err !== null && 'statusCode' in err && typeof err.statusCode === 'number' ? err.statusCode : undefined;
-}
 
 /** The engine's own words from a dockerode error ("(HTTP code 404) unexpected - …" otherwise). */
 function engineMessage(err: unknown): string {
