@@ -4,10 +4,9 @@ import { sealForNode, type SecretBox } from '../core/crypto.js';
 import { getDeployment, getSealedSecrets, type Deployment } from '../core/db/deployments.js';
 import type { Db } from '../core/db/pool.js';
 import * as runs from '../core/db/runs.js';
-import { getTemplateVersion } from '../core/db/templates.js';
+import { buildRunSpec } from '../core/run-spec.js';
+import { AppError, ErrorCode } from '../core/errors.js';
 import {
-  CONTRACT_VERSION,
-  effectiveLimits,
   RunFailure,
   type DeploymentStatus,
   type RunOutcome,
@@ -34,11 +33,6 @@ export interface StartedRun extends RunTransition {
 const missing = (what: string, id: string) =>
   ApplicationFailure.create({ type: RunFailure.Infrastructure, message: `${what} '${id}' not found`, nonRetryable: true });
 
-/** Terraform reads TF_VAR_x as a string, or as HCL/JSON for numbers, booleans and collections. */
-function tfVarValue(value: unknown): string {
-  return typeof value === 'string' ? value : JSON.stringify(value);
-}
-
 /** Database transitions of a run, run by the cluster worker. Each is idempotent (see core/db/runs.ts). */
 export function createRunActivities(deps: { db: Db; runs: Config['runs']; secrets: SecretBox }) {
   const { db } = deps;
@@ -62,38 +56,12 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
       // A run already started and being cancelled is resumed only to stop it (its workflow was replaced).
       const resumingCancel = run?.status === 'cancelling' && run.startedAt !== null;
       if (!run || !deployment || (run.status !== 'running' && !resumingCancel)) return base;
-      const version = await getTemplateVersion(db, deployment.template.name, deployment.template.version);
-      if (!version) throw missing('template version', `${deployment.template.name}@${deployment.template.version}`);
-      const sensitive = new Set(version.parameters.filter((p) => p.sensitive).map((p) => p.name));
-      // Values the template fixed for its type's parameters come first; deployments cannot set those.
-      const parameters = {
-        ...(version.origin?.fixedParameters ?? {}),
-        ...Object.fromEntries(Object.entries(deployment.parameters).filter(([k]) => !sensitive.has(k))),
-      };
-      const env: Record<string, string> = {
-        GLIDERGUN_CONTRACT_VERSION: CONTRACT_VERSION,
-        GLIDERGUN_ACTION: run.action,
-        GLIDERGUN_DEPLOYMENT_ID: deployment.id,
-        GLIDERGUN_RUN_ID: run.id,
-      };
-      if (version.tfVars) {
-        for (const [name, value] of Object.entries(parameters)) env[`TF_VAR_${name}`] = tfVarValue(value);
+      try {
+        return { ...base, spec: await buildRunSpec(db, run, deployment, deps.runs, { cancelNow: resumingCancel }) };
+      } catch (err) {
+        if (err instanceof AppError && err.code === ErrorCode.TemplateVersionNotFound) throw missing('template version', `${deployment.template.name}@${deployment.template.version}`);
+        throw err;
       }
-      const spec: RunSpec = {
-        runId: run.id,
-        deploymentId: deployment.id,
-        action: run.action,
-        image: version.image,
-        parameters,
-        env,
-        restoreStateVersion: run.stateVersionFrom ?? undefined,
-        ...(version.origin?.adhoc ? { templateFiles: { sourceId: version.origin.source.sourceId, sha256: version.origin.source.sha256 } } : {}),
-        ...effectiveLimits(deployment.limits, version.limits, deps.runs),
-        stopGraceSeconds: deps.runs.stopGraceSeconds,
-        logMaxBytes: deps.runs.logMaxBytes,
-        ...(resumingCancel ? { cancelNow: true } : {}),
-      };
-      return { ...base, spec };
     },
 
     /**

@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import express, { type Express } from 'express';
 import { agentRouter } from './agent/routes.js';
+import { nodeRouter } from './node/routes.js';
 import { sourceRouter } from './sources/routes.js';
 import type { ApiDeps } from './deps.js';
 import { errorHandler, notFoundRoute, requireJson } from './errors.js';
@@ -16,6 +17,7 @@ import { templateRoutes } from './routes/templates.js';
 import { templateTypeRoutes } from './routes/template-types.js';
 import { buildRoutes } from './routes/builds.js';
 import { tokenRoutes } from './routes/tokens.js';
+import { nodeRoutes } from './routes/nodes.js';
 import { z } from './zod.js';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -31,6 +33,7 @@ export function apiRoutes(deps: ApiDeps, document: () => object): AnyRoute[] {
     ...deploymentRoutes(deps),
     ...runRoutes(deps),
     ...stateRoutes(deps),
+    ...nodeRoutes(deps),
   ];
 }
 
@@ -88,6 +91,18 @@ export function createApp(deps: ApiDeps): Express {
       secrets: deps.secrets,
       state: deps.state,
       logMaxBytes: deps.logMaxBytes ?? Number.MAX_SAFE_INTEGER,
+      gatewaySecret: deps.nodes.gatewaySecret,
+    }),
+  );
+  // Nodes' calls come through the gateway, which vouches for the node (api/node/gateway-auth.ts).
+  app.use(
+    nodeRouter({
+      db: deps.db,
+      secrets: deps.secrets,
+      ca: deps.nodes.ca,
+      gatewaySecret: deps.nodes.gatewaySecret,
+      certificateDays: deps.nodes.certificateDays,
+      runs: deps.nodes.runs,
     }),
   );
   app.use(sourceRouter({ db: deps.db, uploadMaxBytes: deps.builds.uploadMaxBytes }));

@@ -1,6 +1,7 @@
 import type { Client } from '@temporalio/client';
 import type { Logger } from 'pino';
-import type { StatePolicy } from '../core/config.js';
+import type { Config, StatePolicy } from '../core/config.js';
+import type { CertificateAuthority } from '../core/pki.js';
 import type { SecretBox } from '../core/crypto.js';
 import type { Db } from '../core/db/pool.js';
 
@@ -24,4 +25,16 @@ export interface ApiDeps {
   probes: Record<string, () => Promise<void>>;
   log: Logger;
   version: string;
+  /** Nodes and their gateway (docs/remote-nodes.md). */
+  nodes: {
+    ca: CertificateAuthority;
+    /** What the gateway presents (X-Glider-Gateway). */
+    gatewaySecret: string;
+    /** host:port nodes dial, told to a node when it is created. */
+    gatewayAddress: string;
+    enrolmentSeconds: number;
+    certificateDays: number;
+    /** Run defaults, for the grants nodes fetch. */
+    runs: Config['runs'];
+  };
 }

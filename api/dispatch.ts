@@ -5,7 +5,7 @@ import type { Db } from '../core/db/pool.js';
 import { finishRun, previousRunSummary, type Run } from '../core/db/runs.js';
 import { AppError, ErrorCode } from '../core/errors.js';
 import { signalRun } from '../workflows/client.js';
-import { cancelSignal, deploymentWorkflowId } from '../workflows/messages.js';
+import { cancelSignal, nodeRevokedSignal, deploymentWorkflowId } from '../workflows/messages.js';
 
 import { status as GrpcStatus } from '@grpc/grpc-js';
 
@@ -41,5 +41,18 @@ export async function signalCancel(temporal: Client, deploymentId: string, runId
     throw throttled
       ? new AppError(ErrorCode.Throttled, 'Temporal is throttling requests; ask again shortly', { runId })
       : new AppError(ErrorCode.DependencyUnavailable, 'the workflow service is unavailable; the run is marked cancelling, ask again', { runId });
+  }
+}
+
+/**
+ * Tells a run's workflow that its node was revoked: the run ends as node-revoked. Best effort: a workflow
+ * that is not running has nothing to end, and a run it has not begun is refused its grant by the node API.
+ */
+export async function signalNodeRevoked(temporal: Client, deploymentId: string, runId: string): Promise<void> {
+  try {
+    await temporal.workflow.getHandle(deploymentWorkflowId(deploymentId)).signal(nodeRevokedSignal, { runId });
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) return;
+    throw new AppError(ErrorCode.DependencyUnavailable, 'the workflow service is unavailable; the node is revoked, but its runs were not told: revoke it again', { runId });
   }
 }

@@ -2,6 +2,7 @@ import { ROLES } from '../core/db/tokens.js';
 import { z } from './zod.js';
 import { DEPLOYMENT_STATUSES, FAILURE_REASONS, PARAMETER_TYPES, RUN_PHASES, RUN_STATUSES } from '../core/domain.js';
 import { ID_PATTERN, NAME_PATTERN } from '../core/ids.js';
+import { NODE_ID_PATTERN } from '../core/pki.js';
 
 const nameMessage = 'must be 1-40 lowercase letters, digits or "-", starting and ending with a letter or digit';
 
@@ -261,3 +262,46 @@ export const HealthSchema = z
     checks: z.record(z.string(), z.object({ ok: z.boolean(), error: z.string().optional() })),
   })
   .openapi('Health');
+
+const NodeLabels = z.record(z.string().regex(/^[a-z0-9]([-a-z0-9_./]{0,61}[a-z0-9])?$/, 'a label key: lowercase letters, digits, - _ . /'), z.string().max(253)).refine((l) => Object.keys(l).length <= 32, 'at most 32 labels');
+
+export const NodeId = z.string().regex(NODE_ID_PATTERN, 'a node id: 1-32 lowercase letters, digits and dashes, starting and ending with a letter or digit');
+export const NodeParams = z.object({ id: NodeId });
+
+export const CreateNodeBody = z.strictObject({
+  /** The node's id: it names its task queue (`node-<name>`) and its certificate. */
+  name: NodeId,
+  description: z.string().max(500).default(''),
+  labels: NodeLabels.default({}),
+});
+
+export const NodeSchema = z
+  .object({
+    id: z.string(),
+    description: z.string(),
+    labels: z.record(z.string(), z.string()),
+    status: z.enum(['pending', 'active', 'revoked']).openapi({ description: 'pending until it enrols; active; revoked (its calls are refused)' }),
+    connection: z.enum(['online', 'offline', 'never-seen', 'revoked']).openapi({ description: 'online when the node called within the last 90 s' }),
+    createdBy: z.string(),
+    createdAt: Timestamp,
+    enrolledAt: Timestamp.nullable(),
+    revokedAt: Timestamp.nullable(),
+    revokedBy: z.string().nullable(),
+    certificateNotAfter: Timestamp.nullable(),
+    lastSeenAt: Timestamp.nullable(),
+    version: z.string().nullable(),
+    capacity: z.number().int().nullable(),
+    activeRuns: z.array(z.string()),
+  })
+  .openapi('Node');
+
+export const NodeEnrolmentSchema = z
+  .object({
+    token: z.string().openapi({ description: 'one-time enrolment token (gge_…); shown only in this response' }),
+    expiresAt: Timestamp,
+    gateway: z.string().openapi({ description: 'host:port the node dials' }),
+    caCertificate: z.string().openapi({ description: 'the node CA (PEM): the node pins it when it enrols' }),
+  })
+  .openapi('NodeEnrolment');
+
+export const CreatedNodeSchema = z.object({ node: NodeSchema, enrolment: NodeEnrolmentSchema }).openapi('CreatedNode');

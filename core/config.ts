@@ -72,6 +72,17 @@ const ConfigSchema = z.object({
   GLIDERGUN_ENCRYPTION_KEY: z.string().min(1).optional(),
   /** Where a node writes each run's secrets file; must be a memory file system (tmpfs). */
   GLIDERGUN_SECRETS_DIR: z.string().min(1).default('/dev/shm/glider-gun'),
+  /** The node CA (PEM files, both or neither). Unset: generated at first start into <data dir>/pki/node-ca.pem. */
+  GLIDERGUN_NODE_CA_CERT_FILE: z.string().min(1).optional(),
+  GLIDERGUN_NODE_CA_KEY_FILE: z.string().min(1).optional(),
+  /** The secret the gateway presents to the API. Unset: generated at first start into <data dir>/pki/gateway-secret. */
+  GLIDERGUN_GATEWAY_SECRET_FILE: z.string().min(1).optional(),
+  /** Where nodes dial the gateway (host:port): told to a node when it is created. */
+  GLIDERGUN_GATEWAY_ADDRESS: z.string().regex(/^[^\s/]+:\d+$/, 'must be host:port').optional(),
+  /** Where the dev stack's gateway listens. */
+  GLIDERGUN_GATEWAY_PORT: z.coerce.number().int().min(0).max(65535).default(7443),
+  GLIDERGUN_NODE_ENROLMENT_SECONDS: z.coerce.number().int().min(60).max(7 * 86400).default(3600),
+  GLIDERGUN_NODE_CERTIFICATE_DAYS: z.coerce.number().int().min(1).max(365).default(30),
   GLIDERGUN_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
 });
 
@@ -94,6 +105,20 @@ export interface Config {
    */
   node: { id: string; workDir: string; secretsDir: string; runnerImage: string | undefined; agentUrl: string };
   security: { encryptionKey: string | undefined; encryptionKeyFile: string; adminTokenFile: string };
+  /**
+   * Node identity (docs/remote-nodes.md): `ca` is the node CA's files from configuration, else `caFile` (cert
+   * and key in one file) is made at first start; `gatewaySecretFile` likewise.
+   */
+  nodes: {
+    ca: { certFile: string; keyFile: string } | undefined;
+    caFile: string;
+    gatewaySecretFile: string;
+    gatewayTokenKeysFile: string;
+    gatewayAddress: string;
+    gatewayPort: number;
+    enrolmentSeconds: number;
+    certificateDays: number;
+  };
   docker: { host: string | undefined };
   kubernetes: {
     enabled: boolean;
@@ -142,6 +167,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
   }
   const e = parsed.data;
+  if (!e.GLIDERGUN_NODE_CA_CERT_FILE !== !e.GLIDERGUN_NODE_CA_KEY_FILE) {
+    throw new ConfigError(['GLIDERGUN_NODE_CA_CERT_FILE and GLIDERGUN_NODE_CA_KEY_FILE: give both (the node CA from configuration) or neither (one is made at first start)']);
+  }
   if (e.GLIDERGUN_KUBERNETES && !e.GLIDERGUN_KUBERNETES_RUNNER_IMAGE) {
     throw new ConfigError(['GLIDERGUN_KUBERNETES_RUNNER_IMAGE: required with GLIDERGUN_KUBERNETES=true (the pod-runner image, infra/images/pod-runner)']);
   }
@@ -184,6 +212,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       encryptionKey: e.GLIDERGUN_ENCRYPTION_KEY,
       encryptionKeyFile: path.join(dataDir, 'encryption-key'),
       adminTokenFile: path.join(dataDir, 'admin-token'),
+    },
+    nodes: {
+      ca: e.GLIDERGUN_NODE_CA_CERT_FILE && e.GLIDERGUN_NODE_CA_KEY_FILE ? { certFile: e.GLIDERGUN_NODE_CA_CERT_FILE, keyFile: e.GLIDERGUN_NODE_CA_KEY_FILE } : undefined,
+      caFile: path.join(dataDir, 'pki', 'node-ca.pem'),
+      gatewaySecretFile: e.GLIDERGUN_GATEWAY_SECRET_FILE ?? path.join(dataDir, 'pki', 'gateway-secret'),
+      gatewayTokenKeysFile: path.join(dataDir, 'pki', 'gateway-token-keys'),
+      gatewayAddress: e.GLIDERGUN_GATEWAY_ADDRESS ?? `127.0.0.1:${e.GLIDERGUN_GATEWAY_PORT}`,
+      gatewayPort: e.GLIDERGUN_GATEWAY_PORT,
+      enrolmentSeconds: e.GLIDERGUN_NODE_ENROLMENT_SECONDS,
+      certificateDays: e.GLIDERGUN_NODE_CERTIFICATE_DAYS,
     },
     docker: { host: e.DOCKER_HOST },
     kubernetes: {

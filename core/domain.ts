@@ -22,6 +22,8 @@ export const RunFailure = {
   ExitCode: 'exit-code',
   Timeout: 'timeout',
   NodeUnavailable: 'node-unavailable',
+  /** The run's node was revoked while the run was active: its container can no longer be reached. */
+  NodeRevoked: 'node-revoked',
   ImageUnavailable: 'image-unavailable',
   /** Kubernetes found no node for the pod within the bound. */
   Unschedulable: 'unschedulable',

@@ -41,6 +41,19 @@ export enum ErrorCode {
   /** A newer attempt of the same run is writing its state version; this one's writes are refused. */
   StateWriteSuperseded = 'STATE_WRITE_SUPERSEDED',
   NodeNotFound = 'NODE_NOT_FOUND',
+  NodeExists = 'NODE_EXISTS',
+  /** Only a node that has not enrolled yet gets a new enrolment token. */
+  NodeNotPending = 'NODE_NOT_PENDING',
+  /** The enrolment token is unknown, expired or used (one answer for all three). */
+  EnrolmentRefused = 'ENROLMENT_REFUSED',
+  /** The node was revoked: its calls are refused and it gets no certificate. */
+  NodeRevoked = 'NODE_REVOKED',
+  /** A node-only route called without the gateway's word for which node is calling. */
+  NodeIdentityRequired = 'NODE_IDENTITY_REQUIRED',
+  /** The run is not one of the calling node's active runs. */
+  RunNotOfNode = 'RUN_NOT_OF_NODE',
+  /** The CSR cannot be read, is not signed by its key, or has a key of another kind. */
+  CertificateRequestInvalid = 'CERTIFICATE_REQUEST_INVALID',
   InvalidParameters = 'INVALID_PARAMETERS',
   LimitExceeded = 'LIMIT_EXCEEDED',
   UnknownAction = 'UNKNOWN_ACTION',

@@ -12,7 +12,7 @@ import { createApp } from '../api/app.js';
 import { ensureAdminToken, type AdminTokenState } from '../core/bootstrap.js';
 import type { Config } from '../core/config.js';
 import { SecretBox } from '../core/crypto.js';
-import { loadEncryptionKey } from '../core/keys.js';
+import { loadEncryptionKey, loadGatewaySecret, loadNodeCa } from '../core/keys.js';
 import type { Db } from '../core/db/pool.js';
 import { loadKubeConfig } from './kubernetes.js';
 
@@ -72,6 +72,14 @@ export async function startApiServer(opts: {
   }
   const secrets = opts.secrets ?? new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }));
   const adminToken = await ensureAdminToken(db, config.security.adminTokenFile);
+  const nodes = {
+    ca: await loadNodeCa({ files: config.nodes.ca, defaultFile: config.nodes.caFile }),
+    gatewaySecret: await loadGatewaySecret(config.nodes.gatewaySecretFile),
+    gatewayAddress: config.nodes.gatewayAddress,
+    enrolmentSeconds: config.nodes.enrolmentSeconds,
+    certificateDays: config.nodes.certificateDays,
+    runs: config.runs,
+  };
   const app = createApp({
     db,
     temporal,
@@ -85,6 +93,7 @@ export async function startApiServer(opts: {
     probes,
     log: opts.log,
     version: VERSION,
+    nodes,
   });
   const server = http.createServer(app);
   await new Promise<void>((resolve, reject) => {

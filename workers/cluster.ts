@@ -1,3 +1,4 @@
+import { createPublicKey } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { NativeConnection } from '@temporalio/worker';
@@ -9,6 +10,7 @@ import { createBuildActivities } from '../activities/templates/build-activities.
 import type { Config } from '../core/config.js';
 import type { SecretBox } from '../core/crypto.js';
 import { loadNodeKey } from '../core/keys.js';
+import { runGrant } from '../core/run-grant.js';
 import type { Db } from '../core/db/pool.js';
 import { createKubernetesExecutor } from './kubernetes.js';
 
@@ -38,11 +40,15 @@ export async function createClusterWorker(opts: {
   let activities: object = { ...createRunActivities({ db: opts.db, runs: config.runs, secrets: opts.secrets }), ...createBuildActivities({ db: opts.db }) };
   let close = () => Promise.resolve();
   if (config.kubernetes.enabled) {
-    // The cluster is a target like a node: it gets each run's secrets sealed to its own key.
-    const nodePrivateKeyPem = await loadNodeKey(path.join(config.dataDir, 'cluster'));
+    // The cluster is a target like a node: it takes each run's grant (from Postgres, which it may read) with
+    // the run's secrets sealed to its own key.
+    const sealingKeyPem = await loadNodeKey(path.join(config.dataDir, 'cluster'));
+    const sealingPublicKey = createPublicKey(sealingKeyPem).export({ type: 'spki', format: 'der' }).toString('base64');
+    const { db, secrets } = opts;
+    const grants = { grant: (runId: string) => runGrant(db, secrets, config.runs, runId, sealingPublicKey) };
     const executor = await createKubernetesExecutor(config, opts.agents);
     close = () => executor.close();
-    activities = { ...activities, ...createNodeActivities({ adapter: executor, nodePrivateKeyPem }) };
+    activities = { ...activities, ...createNodeActivities({ adapter: executor, grants, sealingKeyPem }) };
   }
   const worker = await Worker.create({
     connection: opts.connection,

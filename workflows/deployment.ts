@@ -22,6 +22,7 @@ import { RunFailure, isActiveRunStatus, isFailureReason, type RunOutcome, type R
 import {
   StatusSearchAttribute,
   cancelSignal,
+  nodeRevokedSignal,
   runRequestedSignal,
   statusQuery,
   type DeploymentWorkflowInput,
@@ -30,6 +31,11 @@ import {
 
 /** The patch after which the workflow no longer writes a run's phase (workflow versioning: patched()). */
 const PHASE_OWNED_BY_RUNNER = 'phase-owned-by-runner';
+/**
+ * The patch after which a node fetches its run's grant (spec and sealed secrets) through the gateway: the
+ * workflow no longer asks the node for its key, nor hands it the spec (docs/remote-nodes.md).
+ */
+const GRANT_FROM_NODE_API = 'grant-from-node-api';
 
 /** Continue-as-new well before Temporal's history limits (51,200 events); a run takes ~30 events. */
 const MAX_HISTORY_EVENTS = 5_000;
@@ -51,6 +57,7 @@ export class DeploymentEntity {
   private active: RunSummary | undefined;
   private activeScope: CancellationScope | undefined;
   private readonly cancelRequested = new Set<string>();
+  private readonly revoked = new Set<string>();
 
   constructor(input: DeploymentWorkflowInput) {
     this.state = { ...input, pending: [...input.pending] };
@@ -65,6 +72,10 @@ export class DeploymentEntity {
     }));
     setHandler(runRequestedSignal, (req) => this.enqueue(req));
     setHandler(cancelSignal, ({ runId }) => this.cancel(runId));
+    setHandler(nodeRevokedSignal, ({ runId }) => {
+      this.revoked.add(runId);
+      this.cancel(runId);
+    });
 
     try {
       for (;;) {
@@ -160,14 +171,19 @@ export class DeploymentEntity {
     });
 
     let outcome: RunOutcome;
-    if (this.cancelRequested.has(spec.runId)) {
+    if (this.revoked.has(spec.runId)) {
+      outcome = revokedOutcome;
+    } else if (this.cancelRequested.has(spec.runId)) {
       outcome = { status: 'cancelled', message: 'cancelled before the container started' };
     } else {
       outcome = await this.executeOnTarget(node, spec, started.hasSecrets);
+      if (this.revoked.has(spec.runId)) outcome = revokedOutcome;
     }
     // Whatever happened above, the outcome is recorded and the container removed, even if this workflow is being cancelled.
     await CancellationScope.nonCancellable(async () => {
       this.apply(await db.finishRun(spec.runId, outcome));
+      // A revoked node is refused every call: the cleanup would wait for it in vain.
+      if (this.revoked.has(spec.runId)) return;
       try {
         await node.cleanupRun(spec.runId);
       } catch (err) {
@@ -184,12 +200,18 @@ export class DeploymentEntity {
     this.activeScope = scope;
     try {
       return await scope.run(async () => {
-        // Sensitive values travel sealed to the node's own key: only ciphertext enters the history.
-        const secrets = hasSecrets ? await db.sealRunSecrets(spec.runId, await node.nodePublicKey()) : undefined;
+        if (patched(GRANT_FROM_NODE_API)) {
+          // The target takes what to execute, and the secrets sealed to its pinned key, from the database
+          // (a node through the node API): nothing in the task is trusted, nothing secret enters the history.
+          return node.executeRun({ runId: spec.runId, ...(spec.cancelNow ? { cancelNow: true } : {}) });
+        }
+        // Histories from before: sensitive values sealed to the key the target reported, the spec in the task.
+        const legacy = node as unknown as LegacyTargetActivities;
+        const secrets = hasSecrets ? await db.sealRunSecrets(spec.runId, await legacy.nodePublicKey()) : undefined;
         // The phase is the runner's to tell (through the agent API, in Postgres). Executions from before it was
         // marked the hand-off themselves; their histories replay that call.
         if (!patched(PHASE_OWNED_BY_RUNNER)) this.apply(await db.setRunPhase(spec.runId, 'executing'));
-        return node.executeRun({ ...spec, secrets });
+        return legacy.executeRun({ ...spec, secrets });
       });
     } catch (err) {
       return outcomeOfFailure(err);
@@ -198,6 +220,18 @@ export class DeploymentEntity {
     }
   }
 }
+
+/** What a target's activities were before GRANT_FROM_NODE_API: kept so that older histories replay. */
+interface LegacyTargetActivities {
+  nodePublicKey(): Promise<string>;
+  executeRun(spec: RunSpec): Promise<RunOutcome>;
+}
+
+const revokedOutcome: RunOutcome = {
+  status: 'failed',
+  reason: RunFailure.NodeRevoked,
+  message: 'the run\'s node was revoked while the run was active; what its container did after that is not known',
+};
 
 function outcomeOfFailure(err: unknown): RunOutcome {
   if (isCancellation(err)) return { status: 'cancelled', message: 'cancelled on request' };

@@ -17,6 +17,8 @@ export const runRequestedSignal = defineSignal<[RunRequest]>('runRequested');
 /** Names the run it cancels, so a late cancel cannot hit the next run. */
 export const cancelSignal = defineSignal<[{ runId: string; requestedBy?: string }]>('cancel');
 
+/** The run's node was revoked: the run ends as node-revoked (its container can no longer be reached). */
+export const nodeRevokedSignal = defineSignal<[{ runId: string }]>('nodeRevoked');
 export const statusQuery = defineQuery<DeploymentStatusView>('status');
 
 export const deploymentWorkflowId = (deploymentId: string): string => `deployment-${deploymentId}`;

@@ -17,6 +17,8 @@ import { StateStorageError, archiveStateForRun, restoreStateForRun } from '../..
 import { RunFailure, isUnreadableStateReason } from '../../core/domain.js';
 import { readSourceArchive } from '../../core/db/template-sources.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
+import { nodeOfRun } from '../../core/db/nodes.js';
+import { gatewayWord } from '../node/gateway-auth.js';
 import { MAX_OUTPUTS_BYTES, parseOutputs } from '../../core/outputs.js';
 import { LOG_FRAMES_TYPE, parseLogFrames } from './log-frames.js';
 
@@ -26,6 +28,8 @@ export interface AgentDeps {
   state: StatePolicy;
   /** Per stream: the runner enforces the cap itself; this only bounds what a misbehaving one can store. */
   logMaxBytes: number;
+  /** What the node gateway presents: a node's runs are served only through it, for that node. */
+  gatewaySecret: string;
 }
 
 /** One upload of log frames; the runner sends at most 256 KiB of log at a time. */
@@ -62,17 +66,20 @@ export function agentRouter(deps: AgentDeps): Router {
       next(new AppError(ErrorCode.Unauthenticated, 'agent calls need the run\'s credential (Authorization: Bearer …)'));
       return;
     }
-    verifyRunAgent(deps.db, req.params.runId, m[1]!).then(
-      (grant) => {
-        if (!grant) {
-          next(new AppError(ErrorCode.Unauthenticated, 'the credential is not valid for this run, or the run has ended'));
-          return;
-        }
-        req.grant = grant;
-        next();
-      },
-      (err: unknown) => next(err),
-    );
+    const credential = m[1]!;
+    (async () => {
+      const word = gatewayWord(req, deps.gatewaySecret);
+      const grant = await verifyRunAgent(deps.db, req.params.runId, credential);
+      if (!grant) throw new AppError(ErrorCode.Unauthenticated, 'the credential is not valid for this run, or the run has ended');
+      // A node's run is served only through the gateway, for the node it runs on; a cluster run (its pod calls
+      // straight in) never through it. A credential that leaked off its node is worth nothing elsewhere.
+      const node = await nodeOfRun(deps.db, grant.runId);
+      const caller = word.via === 'gateway' ? word.nodeId : undefined;
+      if (node !== caller || (node !== undefined && word.via !== 'gateway')) {
+        throw new AppError(ErrorCode.RunNotOfNode, node ? `run '${grant.runId}' is served to its node '${node}' through the node gateway only` : `run '${grant.runId}' is not a node's run`);
+      }
+      req.grant = grant;
+    })().then(() => next(), next);
   };
 
   /** The archive to restore into /state before the template starts; 204 for a deployment's first run. */

@@ -28,10 +28,15 @@ export async function grantRunAgent(
   db: Queryable,
   g: RunAgentGrant & { credential: string },
 ): Promise<void> {
+  await grantRunAgentDigest(db, { ...g, credentialSha256: sha256(g.credential) });
+}
+
+/** The same, from the credential's sha256 only: a node's relay keeps the credential and sends its digest. */
+export async function grantRunAgentDigest(db: Queryable, g: RunAgentGrant & { credentialSha256: Buffer }): Promise<void> {
   await db.query(
     `INSERT INTO run_agents (run_id, deployment_id, credential_sha256, restore_version) VALUES ($1, $2, $3, $4)
      ON CONFLICT (run_id) DO UPDATE SET credential_sha256 = excluded.credential_sha256, restore_version = excluded.restore_version`,
-    [g.runId, g.deploymentId, sha256(g.credential), g.restoreVersion ?? null],
+    [g.runId, g.deploymentId, g.credentialSha256, g.restoreVersion ?? null],
   );
 }
 

@@ -204,6 +204,19 @@ describe('health when the Kubernetes API server and the build registry cannot be
   });
 });
 
+/** What the API needs of nodes, for an app made here: a CA of its own and no gateway. */
+async function testNodeDeps() {
+  const { createCa } = await import('../../core/pki.js');
+  return {
+    ca: await createCa(),
+    gatewaySecret: 'x'.repeat(43),
+    gatewayAddress: '127.0.0.1:1',
+    enrolmentSeconds: 3600,
+    certificateDays: 30,
+    runs: { timeoutSeconds: 3600, maxTimeoutSeconds: 86400, stopGraceSeconds: 10, nodeWaitSeconds: 600, logMaxBytes: 1024 * 1024 },
+  };
+}
+
 describe('the API when a dependency is down', () => {
   it('answers 503 DEPENDENCY_UNAVAILABLE when Postgres cannot be reached, and health says which', async () => {
     const { createApp } = await import('../../api/app.js');
@@ -223,6 +236,7 @@ describe('the API when a dependency is down', () => {
       probes: { postgres: async () => void (await db.query('SELECT 1')) },
       log: pino({ level: 'silent' }),
       version: 'test',
+      nodes: await testNodeDeps(),
     });
     const server = app.listen(0, '127.0.0.1');
     await new Promise((r) => server.once('listening', r));
@@ -266,6 +280,7 @@ describe('the API when Temporal is down', () => {
       probes: {},
       log: pino({ level: 'silent' }),
       version: 'test',
+      nodes: await testNodeDeps(),
     });
     const server = app.listen(0, '127.0.0.1');
     await new Promise((r) => server.once('listening', r));
