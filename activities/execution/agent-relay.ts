@@ -10,6 +10,44 @@ export interface AgentRelay {
   close(): Promise<void>;
 }
 
+/** A client certificate and the CA that the server's must chain to (PEM): a node's mTLS to its gateway. */
+export interface ClientTls {
+  /** The only CA trusted for the server's certificate (no system roots). */
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+/**
+ * Lets an agent's requests under way finish, then closes its sockets: the agent of credentials that were
+ * replaced (a renewed certificate) must not carry a new request, nor cut one it carries.
+ */
+export function retireAgent(agent: http.Agent): void {
+  agent.keepSocketAlive = () => false;
+  for (const sockets of Object.values(agent.freeSockets)) for (const socket of sockets ?? []) socket.destroy();
+}
+
+/**
+ * A keep-alive agent for the current client credentials: `tls()` is asked for every request, and when it
+ * answers other credentials than before (a renewal), a new agent is made and the previous one retired.
+ */
+export function tlsAgents(tls: () => ClientTls): { agent(): https.Agent; destroy(): void } {
+  let current: { tls: ClientTls; agent: https.Agent } | undefined;
+  return {
+    agent() {
+      const now = tls();
+      if (current?.tls === now) return current.agent;
+      if (current) retireAgent(current.agent);
+      current = { tls: now, agent: new https.Agent({ keepAlive: true, ca: now.ca, cert: now.cert, key: now.key }) };
+      return current.agent;
+    },
+    destroy() {
+      current?.agent.destroy();
+      current = undefined;
+    },
+  };
+}
+
 /**
  * The runner's way to the agent API on a Docker node: a unix socket in the run's runner folder, mounted into
  * the container. Each call is passed on with the run's credential, which never enters the container. Only
@@ -17,10 +55,21 @@ export interface AgentRelay {
  * the runner does and nothing more: read the run's state and template files, add to the run's log, store
  * the run's /state and report once (docs/template-contract.md says what that allows).
  */
-export async function startAgentRelay(opts: { socketPath: string; agentUrl: string; runId: string; credential: string }): Promise<AgentRelay> {
+export async function startAgentRelay(opts: {
+  socketPath: string;
+  agentUrl: string;
+  runId: string;
+  credential: string;
+  /**
+   * For an https agentUrl (a node's gateway): the CA its certificate must chain to and this node's client
+   * certificate, asked for at each call so a renewed certificate is used from the next one on.
+   */
+  tls?: (() => ClientTls) | undefined;
+}): Promise<AgentRelay> {
   const base = new URL(opts.agentUrl);
   const transport = base.protocol === 'https:' ? https : http;
-  const agent = new transport.Agent({ keepAlive: true });
+  const plain = new transport.Agent({ keepAlive: true });
+  const mtls = opts.tls && base.protocol === 'https:' ? tlsAgents(opts.tls) : undefined;
   const prefix = `/v1/agent/runs/${opts.runId}/`;
   const server = http.createServer((req, res) => {
     const target = new URL(req.url ?? '/', base);
@@ -34,7 +83,7 @@ export async function startAgentRelay(opts: { socketPath: string; agentUrl: stri
       const value = req.headers[name];
       if (value !== undefined) headers[name] = value;
     }
-    const upstream = transport.request(target, { method: req.method, headers, agent }, (answer) => {
+    const upstream = transport.request(target, { method: req.method, headers, agent: mtls ? mtls.agent() : plain }, (answer) => {
       res.writeHead(answer.statusCode ?? 502, answer.statusMessage, answer.headers);
       answer.pipe(res);
       answer.on('error', () => res.destroy());
@@ -64,7 +113,8 @@ export async function startAgentRelay(opts: { socketPath: string; agentUrl: stri
     close: async () => {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      agent.destroy();
+      plain.destroy();
+      mtls?.destroy();
       // An attempt that adopted the run meanwhile has its own socket at this path: that one stays.
       const now = await stat(opts.socketPath).catch(() => undefined);
       if (now && now.ino === own.ino && now.dev === own.dev) await rm(opts.socketPath, { force: true });

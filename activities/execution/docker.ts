@@ -4,7 +4,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type Docker from 'dockerode';
 import { RunFailure, type RunOutcome, type RunSpec } from '../../core/domain.js';
 import { RegistryCredentials } from '../../core/registry-credentials.js';
-import { startAgentRelay } from './agent-relay.js';
+import { startAgentRelay, type ClientTls } from './agent-relay.js';
 import {
   DEPLOYMENT_LABEL,
   MANAGED_LABEL,
@@ -87,6 +87,8 @@ export class DockerExecutor implements ExecutionAdapter {
     private readonly credentialFor: (runId: string) => string,
     /** What images are pulled with, by registry. */
     private readonly registryCredentials = new RegistryCredentials(),
+    /** For an https agentUrl (the node's gateway): the pinned CA and this node's client certificate, asked for at each call. */
+    private readonly agentTls?: () => ClientTls,
   ) {}
 
   runDir(runId: string): string {
@@ -128,7 +130,7 @@ export class DockerExecutor implements ExecutionAdapter {
     }
     const credential = this.credentialFor(spec.runId);
     await this.agents.grant({ runId: spec.runId, deploymentId: spec.deploymentId, restoreVersion: spec.restoreStateVersion, credential });
-    const relay = await startAgentRelay({ socketPath: this.socketPath(spec.runId), agentUrl: this.agentUrl, runId: spec.runId, credential });
+    const relay = await startAgentRelay({ socketPath: this.socketPath(spec.runId), agentUrl: this.agentUrl, runId: spec.runId, credential, tls: this.agentTls });
     try {
       let info = await container.inspect();
       if (info.State.Status === 'created') {
