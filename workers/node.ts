@@ -71,7 +71,7 @@ export interface NodeWorker {
 
 const RECONNECT_INITIAL_MS = 1_000;
 const RECONNECT_MAX_MS = 30_000;
-/** How often the certificate's age is looked at; a renewal that failed is tried again this often too. */
+/** The longest between looks at the certificate's age; a renewal that failed is tried again this soon too. */
 const RENEWAL_CHECK_MS = 60_000;
 
 const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
@@ -131,6 +131,8 @@ export async function startNodeWorker(opts: { identityDir: string; config: NodeS
 
   const stopping = new AbortController();
   let connection: NativeConnection | undefined;
+  /** The identity whose certificate `connection` was made with. */
+  let connectedWith: NodeIdentity | undefined;
   let current: Worker | undefined;
   let leftoversDone = false;
   let markReady: () => void = () => undefined;
@@ -171,8 +173,10 @@ export async function startNodeWorker(opts: { identityDir: string; config: NodeS
       }
       let conn: NativeConnection | undefined;
       try {
-        conn = await connect(identity);
+        const id = identity;
+        conn = await connect(id);
         connection = conn;
+        connectedWith = id;
         // Leftovers go before the first poll: nothing of this worker adopts a container yet.
         await removeLeftovers();
         current = await Worker.create({
@@ -202,6 +206,8 @@ export async function startNodeWorker(opts: { identityDir: string; config: NodeS
       const worker = current;
       try {
         const running = worker.run();
+        // Renewed while this worker was being made: it moves onto the new certificate at once.
+        if (connectedWith !== identity) void moveOnto(worker, identity);
         // stop() came while the worker was being made: it found none to shut down.
         if (stopping.signal.aborted && worker.getState() === 'RUNNING') worker.shutdown();
         await running;
@@ -218,56 +224,74 @@ export async function startNodeWorker(opts: { identityDir: string; config: NodeS
     }
   };
 
+  /** Moves a running worker (its polls, its activities' heartbeats and answers) onto a connection with `id`'s certificate, and closes the one before. */
+  const moveOnto = async (worker: Worker, id: NodeIdentity) => {
+    if (worker.getState() !== 'RUNNING' || connectedWith === id) return;
+    try {
+      const fresh = await connect(id);
+      const old = connection;
+      worker.connection = fresh;
+      connection = fresh;
+      connectedWith = id;
+      await old?.close().catch((err: unknown) => log.warn(`closing the connection of the previous certificate failed: ${errorText(err)}`));
+      log.info('the worker moved onto a connection with the renewed certificate, without a restart');
+    } catch (err) {
+      log.warn(`could not move the worker onto a connection with the renewed certificate; it will use it when it reconnects: ${errorText(err)}`);
+    }
+  };
+
   /** Renews the certificate when a third of its lifetime is left, and moves everything onto it. */
-  const renewIfDue = async () => {
+  const renewIfDue = async (): Promise<'failed' | undefined> => {
     if (Date.now() < renewalDue(identity.certPem).getTime()) return;
     let renewed: NodeIdentity;
     try {
       renewed = await renewCertificate(identity, api);
     } catch (err) {
       log.warn(`renewing this node's certificate (valid until ${certificateNotAfter(identity.certPem).toISOString()}) failed; trying again in ${RENEWAL_CHECK_MS / 1000} s: ${errorText(err)}`);
-      return;
+      return 'failed';
     }
     identity = renewed;
     tls = tlsOf(renewed);
     api.setCredentials(tls);
     log.info(`renewed this node's certificate: valid until ${certificateNotAfter(renewed.certPem).toISOString()}`);
     const worker = current;
-    if (!worker || worker.getState() !== 'RUNNING') return; // the next worker connects with the new certificate
-    try {
-      const fresh = await connect(renewed);
-      const old = connection;
-      // Move the running worker (its polls and its activities' heartbeats) onto the new connection.
-      worker.connection = fresh;
-      connection = fresh;
-      await old?.close().catch((err: unknown) => log.warn(`closing the connection of the previous certificate failed: ${errorText(err)}`));
-      log.info('the worker moved onto a connection with the renewed certificate');
-    } catch (err) {
-      log.warn(`could not move the worker onto a connection with the renewed certificate; it will use it when it reconnects: ${errorText(err)}`);
-    }
+    // No worker now: the next one connects with the new certificate (supervise() moves one made meanwhile).
+    if (worker) await moveOnto(worker, renewed);
   };
 
   let beating: Promise<void> | undefined;
   const heartbeats = setInterval(() => {
     beating ??= heartbeat().finally(() => (beating = undefined));
   }, (config.heartbeatSeconds ?? 30) * 1000);
-  let renewing: Promise<void> | undefined;
-  const renewals = setInterval(() => {
-    renewing ??= renewIfDue().finally(() => (renewing = undefined));
-  }, RENEWAL_CHECK_MS);
   beating = heartbeat().finally(() => (beating = undefined));
-  renewing = renewIfDue().finally(() => (renewing = undefined));
+  // The next look at the certificate: when it is due (at most RENEWAL_CHECK_MS ahead), and again after a failure.
+  let renewal: NodeJS.Timeout | undefined;
+  let renewing: Promise<unknown> | undefined;
+  const scheduleRenewal = (failed: boolean) => {
+    if (stopping.signal.aborted) return;
+    const wait = failed ? RENEWAL_CHECK_MS : Math.max(0, Math.min(RENEWAL_CHECK_MS, renewalDue(identity.certPem).getTime() - Date.now()));
+    renewal = setTimeout(() => {
+      renewing = renewIfDue().then((outcome) => {
+        renewing = undefined;
+        scheduleRenewal(outcome === 'failed');
+      });
+    }, wait);
+  };
+  scheduleRenewal(false);
+  const stopTimers = () => {
+    clearInterval(heartbeats);
+    clearTimeout(renewal);
+  };
 
   const run = supervise().finally(() => {
-    clearInterval(heartbeats);
-    clearInterval(renewals);
+    stopping.abort();
+    stopTimers();
   });
   run.catch(() => undefined); // the caller awaits it; a stop() must not leave it unhandled
   let stopped: Promise<void> | undefined;
   const stop = async () => {
     stopping.abort();
-    clearInterval(heartbeats);
-    clearInterval(renewals);
+    stopTimers();
     const worker = current;
     if (worker?.getState() === 'RUNNING') worker.shutdown();
     await run.catch(() => undefined);
