@@ -76,6 +76,12 @@ export function createRunActivities(deps: { db: Db; runs: Config['runs']; secret
       return sealForNode(nodePublicKey, plaintext);
     },
 
+    /** Whether the run's target took its grant: its container may exist, whatever became of the target since. */
+    async runGranted(runId: string): Promise<boolean> {
+      const { rows } = await db.query('SELECT 1 FROM runs WHERE id = $1 AND granted_at IS NOT NULL', [runId]);
+      return rows.length > 0;
+    },
+
     async setRunPhase(runId: string, phase: RunPhase): Promise<RunTransition> {
       return transition(await runs.setRunPhase(db, runId, phase), runId);
     },

@@ -22,6 +22,7 @@ export async function runGrant(db: Queryable, box: SecretBox, runs: Config['runs
   const deployment = run && (await getDeployment(db, run.deploymentId));
   if (!run || !deployment || run.startedAt === null) throw new AppError(ErrorCode.RunNotActive, `run '${runId}' has not started`);
   const spec = await buildRunSpec(db, run, deployment, runs, { cancelNow: run.status === 'cancelling' });
+  await db.query(`UPDATE runs SET granted_at = coalesce(granted_at, now()) WHERE id = $1`, [runId]);
   if (deployment.sensitiveParameters.length === 0) return { spec };
   if (!sealingPublicKey) throw new AppError(ErrorCode.NodeRevoked, `the target of run '${runId}' has no sealing key`);
   const sealed = await getSealedSecrets(db, deployment.id);

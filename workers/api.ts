@@ -14,6 +14,7 @@ import type { Config } from '../core/config.js';
 import { SecretBox } from '../core/crypto.js';
 import { loadEncryptionKey, loadGatewaySecret, loadNodeCa } from '../core/keys.js';
 import type { Db } from '../core/db/pool.js';
+import type { CertificateAuthority } from '../core/pki.js';
 import { loadKubeConfig } from './kubernetes.js';
 
 const VERSION = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
@@ -23,6 +24,8 @@ export interface ApiServer {
   app: Express;
   adminToken: AdminTokenState;
   server: http.Server;
+  /** The node CA the API signs node certificates with. */
+  nodeCa: CertificateAuthority;
   close(): Promise<void>;
 }
 
@@ -106,6 +109,7 @@ export async function startApiServer(opts: {
     app,
     adminToken,
     server,
+    nodeCa: nodes.ca,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

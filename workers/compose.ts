@@ -13,22 +13,24 @@ import type { Config } from '../core/config.js';
 import { SecretBox } from '../core/crypto.js';
 import { migrate } from '../core/db/migrate.js';
 import { createPool, type Db } from '../core/db/pool.js';
-import { activeRunIds } from '../core/db/runs.js';
 import { loadEncryptionKey } from '../core/keys.js';
 import { startApiServer, type ApiServer } from './api.js';
 import { createBuilderWorker } from './builder.js';
 import { createClusterWorker } from './cluster.js';
 import { createLogger } from './logger.js';
-import { createDockerClient, createNodeWorker, nodeTaskQueue } from './node.js';
+import { provisionBuiltInNode } from './built-in-node.js';
+import { startGatewayProcess, type Gateway } from './gateway-process.js';
+import { createDockerClient, nodeTaskQueue, startNodeWorker, type NodeLog } from './node.js';
 import { startReconciler } from './reconciler.js';
 
 /**
  * `api`: the HTTP API. `cluster`: the deployment workflows, the database activities, the `cluster` target's
- * runs when Kubernetes is configured, and the run reconciler. `node`: the built-in node's runs in Docker.
- * `builder`: template image builds.
+ * runs when Kubernetes is configured, and the run reconciler. `gateway`: the node gateway (a Go process of
+ * its own, infra/images/gateway) in front of this process's API and Temporal. `node`: the built-in node's
+ * runs in Docker, through the gateway like any remote node. `builder`: template image builds.
  */
-export type ProcessRole = 'api' | 'cluster' | 'node' | 'builder';
-export type WorkerRole = Exclude<ProcessRole, 'api'>;
+export type ProcessRole = 'api' | 'cluster' | 'gateway' | 'node' | 'builder';
+export type WorkerRole = Exclude<ProcessRole, 'api' | 'gateway'>;
 
 export interface ComposeOptions {
   /** A prebuilt workflow bundle (the tests build one for all files); otherwise the cluster worker bundles at start. */
@@ -39,17 +41,14 @@ export interface ComposeOptions {
   log?: Logger | undefined;
   /** The run reconciler comes with the cluster role unless this is false (the tests settle runs by hand). */
   reconciler?: boolean | undefined;
-  /**
-   * The node worker's settings, given this process's API once it listens: an API on port 0 is reachable only
-   * at an address known then (the tests point the node's runners at it).
-   */
-  nodeConfig?: ((node: Config['node'], api: ApiServer | undefined) => Config['node']) | undefined;
   /** The most Postgres connections the process holds. */
   poolSize?: number | undefined;
   /** Apply the database migrations at start: a process run on its own does; the dev stack and the tests migrate first. */
   migrate?: boolean | undefined;
   /** Hears each part of the process as stop() reaches it (the dev stack tells its user). */
   onStopping?: ((what: string) => void) | undefined;
+  /** Where the gateway listens instead of the API's host and config.nodes.gatewayPort; port 0 takes any free port (the tests). */
+  gatewayListen?: string | undefined;
 }
 
 export interface ComposedProcess {
@@ -60,6 +59,8 @@ export interface ComposedProcess {
   readonly temporal: Client | undefined;
   /** The API, once start() has it listening; absent from a process without the api role. */
   readonly api: ApiServer | undefined;
+  /** The node gateway, once start() has it listening; absent from a process without the gateway role. */
+  readonly gateway: Gateway | undefined;
   /**
    * Starts the roles in dependency order: the cluster worker (workflows first, so nothing dispatched waits
    * for them) and the reconciler, the API, then the node worker (its runners call the API) and the builder.
@@ -75,13 +76,38 @@ export interface ComposedProcess {
 }
 
 interface RunningWorker {
-  worker: Worker;
+  /** Settles when the worker has stopped. */
   run: Promise<void>;
+  /** Asks the worker to stop: it stops polling and lets its activities end within its grace time. */
+  shutdown: () => void;
   /** What the worker's adapter keeps open beyond the worker itself (the Kubernetes pod watch). */
   close: () => Promise<void>;
 }
 
+/** A Temporal worker as a RunningWorker. */
+function temporalWorker(worker: Worker, close: () => Promise<void>): RunningWorker {
+  return {
+    run: worker.run(),
+    shutdown: () => {
+      // A worker that failed, or that the SDK is already stopping, refuses a second shutdown.
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+    },
+    close,
+  };
+}
+
 const WORKER_ROLES: readonly WorkerRole[] = ['cluster', 'node', 'builder'];
+/** How many runs the built-in node executes at once. */
+const BUILT_IN_NODE_CAPACITY = 20;
+
+function nodeLog(log: Logger): NodeLog {
+  const node = log.child({ component: 'node' });
+  return {
+    info: (message, fields) => node.info(fields ?? {}, message),
+    warn: (message, fields) => node.warn(fields ?? {}, message),
+    error: (message, fields) => node.error(fields ?? {}, message),
+  };
+}
 const RECONCILE_EVERY_MS = 30_000;
 /** A run younger than this may still be on its way to its workflow; the reconciler leaves it alone. */
 const RECONCILE_OLDER_THAN_SECONDS = 60;
@@ -110,7 +136,11 @@ export async function compose(config: Config, roleList: readonly ProcessRole[], 
       roles.has('api') || roles.has('cluster')
         ? new SecretBox(await loadEncryptionKey({ base64: config.security.encryptionKey, file: config.security.encryptionKeyFile }))
         : undefined;
-    const native = WORKER_ROLES.some((role) => roles.has(role)) ? await NativeConnection.connect({ address: config.temporal.address }) : undefined;
+    if (roles.has('node') && !(roles.has('api') && roles.has('gateway'))) {
+      throw new Error('the built-in node is composed with the api and gateway roles (it is enrolled with the API\'s CA and reaches Temporal through the gateway); a node on its own is `npm run node-worker`');
+    }
+    // The built-in node dials the gateway with a connection of its own; the other workers Temporal itself.
+    const native = roles.has('cluster') || roles.has('builder') ? await NativeConnection.connect({ address: config.temporal.address }) : undefined;
     if (native) closers.push(() => native.close());
     const connection = roles.has('api') || reconciles ? await Connection.connect({ address: config.temporal.address }) : undefined;
     if (connection) closers.push(() => connection.close());
@@ -144,6 +174,7 @@ function assemble(built: {
 }): ComposedProcess {
   const { config, roles, options, log, db, secrets, native, connection, temporal, docker, agents } = built;
   let api: ApiServer | undefined;
+  let gateway: Gateway | undefined;
   let reconciler: { stop(): Promise<void> } | undefined;
   const running = new Map<WorkerRole, RunningWorker>();
   let started = false;
@@ -160,29 +191,47 @@ function assemble(built: {
     if (stopping) throw new Error('the process was stopped while it started');
   };
 
-  const create: Record<WorkerRole, (connection: NativeConnection) => Promise<Omit<RunningWorker, 'run'>>> = {
-    cluster: (connection) => {
+  const withNative = () => {
+    if (!native) throw new Error('unreachable: the cluster and builder roles have their Temporal connection');
+    return native;
+  };
+  const create: Record<WorkerRole, () => Promise<RunningWorker>> = {
+    cluster: async () => {
       if (!secrets) throw new Error('unreachable: the cluster role has its key box');
-      return createClusterWorker({ connection, config, db, secrets, agents, workflowBundle: options.workflowBundle });
+      const { worker, close } = await createClusterWorker({ connection: withNative(), config, db, secrets, agents, workflowBundle: options.workflowBundle });
+      return temporalWorker(worker, close);
     },
-    node: async (connection) => {
-      const node = options.nodeConfig ? options.nodeConfig(config.node, api) : config.node;
-      const worker = await createNodeWorker({ connection, config: { ...config, node }, docker, agents, activeRuns: (runIds) => activeRunIds(db, runIds) });
-      return { worker, close: () => Promise.resolve() };
+    node: async () => {
+      if (!api || !gateway) throw new Error('the built-in node starts after the API and the gateway');
+      const identityDir = await provisionBuiltInNode(db, config, api.nodeCa, gateway.address);
+      if (!config.node.runnerImage) {
+        throw new Error('GLIDERGUN_NODE_RUNNER_IMAGE is not set: a node runs every template under the runner of that image (npm run pod-runner-image builds it)');
+      }
+      const node = await startNodeWorker({
+        identityDir,
+        config: {
+          workDir: config.node.workDir,
+          secretsDir: config.node.secretsDir,
+          runnerImage: config.node.runnerImage,
+          capacity: BUILT_IN_NODE_CAPACITY,
+          namespace: config.temporal.namespace,
+          registryCredentials: config.registries.credentials,
+        },
+        docker,
+        log: nodeLog(log),
+      });
+      let stopped: Promise<void> | undefined;
+      return { run: node.run, shutdown: () => void (stopped ??= node.stop().catch(() => undefined)), close: async () => stopped };
     },
-    builder: async (connection) => ({ worker: await createBuilderWorker({ connection, config, db, docker }), close: () => Promise.resolve() }),
+    builder: async () => temporalWorker(await createBuilderWorker({ connection: withNative(), config, db, docker }), () => Promise.resolve()),
   };
 
   const launch = async (role: WorkerRole) => {
     if (running.has(role)) return;
-    if (!roles.has(role) || !native) throw new Error(`this process was composed without the ${role} role`);
-    const { worker, close } = await create[role](native);
-    running.set(role, { worker, run: worker.run(), close });
+    if (!roles.has(role)) throw new Error(`this process was composed without the ${role} role`);
+    running.set(role, await create[role]());
   };
-  const shutDown = ({ worker }: RunningWorker) => {
-    // A worker that failed, or that the SDK is already stopping, refuses a second shutdown.
-    if (worker.getState() === 'RUNNING') worker.shutdown();
-  };
+  const shutDown = (entry: RunningWorker) => entry.shutdown();
   const halt = async (role: WorkerRole) => {
     const entry = running.get(role);
     if (!entry) return;
@@ -217,6 +266,12 @@ function assemble(built: {
     if (roles.has('api') && connection) {
       api = await startApiServer({ config, db, connection, temporal, secrets, docker: built.usesDocker ? docker : undefined, log, port: options.apiPort });
     }
+    checkNotStopping();
+    if (roles.has('gateway')) {
+      if (!api) throw new Error('the gateway is composed with the api role: it is started in front of this process\'s API');
+      gateway = await startGatewayProcess({ config, ca: api.nodeCa, apiUrl: api.url, listen: options.gatewayListen ?? `${config.api.host}:${config.nodes.gatewayPort}` });
+      log.info({ address: gateway.address }, 'the node gateway listens');
+    }
     for (const role of ['node', 'builder'] as const) {
       checkNotStopping();
       if (roles.has(role) && !leaveStopped.has(role)) await launch(role);
@@ -248,6 +303,9 @@ function assemble(built: {
         for (const { entry } of workers) await entry.close();
       });
     }
+    // After the node: its last calls go through the gateway.
+    const proxying = gateway;
+    if (proxying) await part('the node gateway', () => proxying.stop());
     await part('the Temporal connections and the database pool', built.closeBuilt);
     if (failures.length === 1) throw failures[0];
     if (failures.length > 1) throw new AggregateError(failures, 'stopping the process failed in several parts');
@@ -261,6 +319,9 @@ function assemble(built: {
     temporal,
     get api() {
       return api;
+    },
+    get gateway() {
+      return gateway;
     },
     start: (opts = {}) => track(startAll(new Set(opts.leaveStopped ?? []))),
     startWorker: (role) => {

@@ -157,18 +157,7 @@ export class DeploymentEntity {
     if (!started.spec) return; // ended before it began
 
     const spec = started.spec;
-    const node = proxyActivities<NodeActivities>({
-      taskQueue: this.state.target.kind === 'node' ? `node-${this.state.target.node}` : this.state.clusterTaskQueue,
-      // A node that is down never picks the task up: that is a clear failure, not an endless wait.
-      scheduleToStartTimeout: `${started.nodeWaitSeconds} seconds`,
-      // The adapter enforces the run timeout itself; this is only a backstop. Restoring and archiving a large
-      // /state come on top of the run and heartbeat while they move (a stalled store stops the heartbeats),
-      // so they get a storage allowance rather than a share of the run's timeout.
-      startToCloseTimeout: `${spec.timeoutSeconds + spec.stopGraceSeconds + 120 + STORAGE_ALLOWANCE_SECONDS} seconds`,
-      heartbeatTimeout: '20 seconds',
-      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-      retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 10 },
-    });
+    const node = this.targetActivities(spec, { scheduleToStartTimeout: `${started.nodeWaitSeconds} seconds` });
 
     let outcome: RunOutcome;
     if (this.revoked.has(spec.runId)) {
@@ -182,8 +171,11 @@ export class DeploymentEntity {
     // Whatever happened above, the outcome is recorded and the container removed, even if this workflow is being cancelled.
     await CancellationScope.nonCancellable(async () => {
       this.apply(await db.finishRun(spec.runId, outcome));
-      // A revoked node is refused every call: the cleanup would wait for it in vain.
+      // A revoked node is refused every call: the cleanup would wait for it in vain. A run its target never
+      // took has nothing to clean up (its grant is refused from now on), and an offline node would hold the
+      // deployment's next run for as long as the cleanup waits for it.
       if (this.revoked.has(spec.runId)) return;
+      if (patched(GRANT_FROM_NODE_API) && !(await db.runGranted(spec.runId))) return;
       try {
         await node.cleanupRun(spec.runId);
       } catch (err) {
@@ -195,6 +187,41 @@ export class DeploymentEntity {
     });
   }
 
+  /** The run's target: a node's task queue, or the cluster worker's for the `cluster` target. */
+  private targetActivities(spec: RunSpec, bound: { scheduleToStartTimeout: string } | { scheduleToCloseTimeout: string }): NodeActivities {
+    return proxyActivities<NodeActivities>({
+      taskQueue: this.state.target.kind === 'node' ? `node-${this.state.target.node}` : this.state.clusterTaskQueue,
+      // A node that is down never picks the task up: that is a clear failure, not an endless wait.
+      ...bound,
+      // The adapter enforces the run timeout itself; this is only a backstop. Restoring and archiving a large
+      // /state come on top of the run and heartbeat while they move (a stalled store stops the heartbeats),
+      // so they get a storage allowance rather than a share of the run's timeout.
+      startToCloseTimeout: `${backstopSeconds(spec)} seconds`,
+      heartbeatTimeout: '20 seconds',
+      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+      retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 10 },
+    });
+  }
+
+  /**
+   * Executes the run on its target. A node that took the run's grant and then went away (a cut link, a
+   * restart) may still be applying it: the run then waits for the node to come back and adopt its container,
+   * bounded by the run's own timeout, instead of failing while its template goes on.
+   */
+  private async executeGranted(node: NodeActivities, spec: RunSpec): Promise<RunOutcome> {
+    const input = { runId: spec.runId, ...(spec.cancelNow ? { cancelNow: true } : {}) };
+    const deadline = Date.now() + backstopSeconds(spec) * 1000;
+    try {
+      return await node.executeRun(input);
+    } catch (err) {
+      if (!isTimeout(err, TimeoutType.SCHEDULE_TO_START) || !(await db.runGranted(spec.runId))) throw err;
+      const remainingSeconds = Math.floor((deadline - Date.now()) / 1000);
+      if (remainingSeconds <= 0) throw err;
+      log.warn('the run\'s node took it and went away; waiting for it to come back, within the run\'s timeout', { runId: spec.runId, remainingSeconds });
+      return await this.targetActivities(spec, { scheduleToCloseTimeout: `${remainingSeconds} seconds` }).executeRun(input);
+    }
+  }
+
   private async executeOnTarget(node: NodeActivities, spec: RunSpec, hasSecrets: boolean): Promise<RunOutcome> {
     const scope = new CancellationScope();
     this.activeScope = scope;
@@ -203,7 +230,7 @@ export class DeploymentEntity {
         if (patched(GRANT_FROM_NODE_API)) {
           // The target takes what to execute, and the secrets sealed to its pinned key, from the database
           // (a node through the node API): nothing in the task is trusted, nothing secret enters the history.
-          return node.executeRun({ runId: spec.runId, ...(spec.cancelNow ? { cancelNow: true } : {}) });
+          return await this.executeGranted(node, spec);
         }
         // Histories from before: sensitive values sealed to the key the target reported, the spec in the task.
         const legacy = node as unknown as LegacyTargetActivities;
@@ -233,11 +260,27 @@ const revokedOutcome: RunOutcome = {
   message: 'the run\'s node was revoked while the run was active; what its container did after that is not known',
 };
 
+function backstopSeconds(spec: RunSpec): number {
+  return spec.timeoutSeconds + spec.stopGraceSeconds + 120 + STORAGE_ALLOWANCE_SECONDS;
+}
+
+function isTimeout(err: unknown, type: TimeoutType): boolean {
+  const cause = err instanceof ActivityFailure ? err.cause : err;
+  return cause instanceof TimeoutFailure && cause.timeoutType === type;
+}
+
 function outcomeOfFailure(err: unknown): RunOutcome {
   if (isCancellation(err)) return { status: 'cancelled', message: 'cancelled on request' };
   const cause = err instanceof ActivityFailure ? err.cause : err;
-  if (cause instanceof TimeoutFailure && cause.timeoutType === TimeoutType.SCHEDULE_TO_START) {
+  if (isTimeout(err, TimeoutType.SCHEDULE_TO_START)) {
     return { status: 'failed', reason: RunFailure.NodeUnavailable, message: 'no worker of the target node picked the run up in time' };
+  }
+  if (isTimeout(err, TimeoutType.SCHEDULE_TO_CLOSE)) {
+    return {
+      status: 'failed',
+      reason: RunFailure.NodeUnavailable,
+      message: 'the run\'s node took it, went away, and did not come back within the run\'s timeout; what its container did since is not known',
+    };
   }
   if (cause instanceof ApplicationFailure && isFailureReason(cause.type)) {
     return { status: 'failed', reason: cause.type, message: cause.message };

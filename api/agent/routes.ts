@@ -50,7 +50,7 @@ export const AgentResultSchema = z.strictObject({
   restoreFailure: z.string().max(4096).optional(),
 });
 
-type AgentRequest = Request<{ runId: string }> & { grant?: RunAgentGrant };
+type AgentRequest = Request<{ runId: string }> & { grant?: RunAgentGrant; ended?: { status: string; reason: string | null } | undefined };
 
 function grantOf(req: AgentRequest): RunAgentGrant {
   if (!req.grant) throw new Error('agent route without authentication');
@@ -60,7 +60,8 @@ function grantOf(req: AgentRequest): RunAgentGrant {
 export function agentRouter(deps: AgentDeps): Router {
   const router = Router();
 
-  const authenticate = (req: AgentRequest, _res: Response, next: NextFunction) => {
+  /** `lateState`: a node's run that has ended may still store the state its container left (set apart). */
+  const authenticateFor = (opts: { lateState: boolean }) => (req: AgentRequest, _res: Response, next: NextFunction) => {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     if (!m) {
       next(new AppError(ErrorCode.Unauthenticated, 'agent calls need the run\'s credential (Authorization: Bearer …)'));
@@ -69,7 +70,7 @@ export function agentRouter(deps: AgentDeps): Router {
     const credential = m[1]!;
     (async () => {
       const word = gatewayWord(req, deps.gatewaySecret);
-      const grant = await verifyRunAgent(deps.db, req.params.runId, credential);
+      const grant = await verifyRunAgent(deps.db, req.params.runId, credential, { allowEnded: opts.lateState });
       if (!grant) throw new AppError(ErrorCode.Unauthenticated, 'the credential is not valid for this run, or the run has ended');
       // A node's run is served only through the gateway, for the node it runs on; a cluster run (its pod calls
       // straight in) never through it. A credential that leaked off its node is worth nothing elsewhere.
@@ -78,9 +79,13 @@ export function agentRouter(deps: AgentDeps): Router {
       if (node !== caller || (node !== undefined && word.via !== 'gateway')) {
         throw new AppError(ErrorCode.RunNotOfNode, node ? `run '${grant.runId}' is served to its node '${node}' through the node gateway only` : `run '${grant.runId}' is not a node's run`);
       }
+      // Only a node comes back late (a pod is gone with its run); nothing but its state is taken then.
+      if (grant.ended && node === undefined) throw new AppError(ErrorCode.Unauthenticated, 'the credential is not valid for this run, or the run has ended');
       req.grant = grant;
+      req.ended = grant.ended;
     })().then(() => next(), next);
   };
+  const authenticate = authenticateFor({ lateState: false });
 
   /** The archive to restore into /state before the template starts; 204 for a deployment's first run. */
   router.get('/v1/agent/runs/:runId/state', authenticate, (req: AgentRequest, res, next) => {
@@ -119,7 +124,7 @@ export function agentRouter(deps: AgentDeps): Router {
   });
 
   /** The archive of /state after the template ended; idempotent per run, so a retried upload is harmless. */
-  router.put('/v1/agent/runs/:runId/state', authenticate, (req: AgentRequest, res, next) => {
+  router.put('/v1/agent/runs/:runId/state', authenticateFor({ lateState: true }), (req: AgentRequest, res, next) => {
     const grant = grantOf(req);
     if (!req.is('application/gzip')) {
       next(new AppError(ErrorCode.UnsupportedMediaType, 'the state archive must be sent as application/gzip'));
@@ -132,13 +137,16 @@ export function agentRouter(deps: AgentDeps): Router {
       // Stopping early (over the limit, a superseded write) must leave the connection whole so the runner reads
       // the refusal; a reset would look like a lost connection and be retried.
       const body = req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
+      // The run ended before its node sent this (the node was away past the run's timeout, say): the state
+      // the template left is kept, set apart, for an operator to look at and promote; never dropped, never current.
+      const quarantine = req.ended && `run ${grant.runId} had ended (${req.ended.status}${req.ended.reason ? `: ${req.ended.reason}` : ''}) when its node sent this state`;
       const v = await archiveStateForRun(
         deps.db,
         deps.secrets,
-        { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.state.versionsKept, defaultMaxMb: deps.state.maxMb },
+        { deploymentId: grant.deploymentId, runId: grant.runId, keep: deps.state.versionsKept, defaultMaxMb: deps.state.maxMb, ...(quarantine ? { quarantine } : {}) },
         body,
       );
-      res.status(200).json({ version: v.version, sha256: v.sha256, sizeBytes: v.sizeBytes });
+      res.status(200).json({ version: v.version, sha256: v.sha256, sizeBytes: v.sizeBytes, ...(v.quarantine ? { quarantine: v.quarantine } : {}) });
     })().catch(async (err: unknown) => {
       // Over the limit, the run ends as state-too-large whatever the runner reports; the rest of the body is not read.
       if (err instanceof StateStorageError && err.reason === 'state-too-large') await recordAgentStateFailure(deps.db, grant.runId, err).catch(() => undefined);

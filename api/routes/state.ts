@@ -16,6 +16,9 @@ const StateVersionSchema = z
     sha256: z.string().openapi({ description: 'of the tar.gz archive' }),
     sizeBytes: z.number().int(),
     createdAt: z.string(),
+    quarantine: z.string().nullable().openapi({
+      description: 'set when the version was set apart: its node sent it after its run had ended. It never becomes current by itself; promote it with a rollback to it.',
+    }),
   })
   .openapi('StateVersion');
 
@@ -44,6 +47,7 @@ export function stateRoutes(deps: Pick<ApiDeps, 'db' | 'secrets' | 'state'>): An
       path: '/v1/deployments/{id}/state-versions/{version}/rollback',
       operationId: 'rollbackState',
       summary: 'Make a new state version equal to an earlier one; the next run starts from it',
+      description: 'Also promotes a quarantined version (state a node sent after its run had ended): the new version has its content and is current.',
       tag: 'state',
       roles: OPERATORS,
       params: StateVersionParams,

@@ -130,17 +130,21 @@ export async function reissueEnrolment(db: Db, nodeId: string, by: string, secon
 }
 
 /**
- * The built-in node is enrolled by the process that hosts it, at each start, with a key it just made:
- * the same record a remote node gets, without a token (nothing crosses a network).
+ * The built-in node is enrolled by the process that hosts it, at each start, with a certificate it just
+ * made: the same record a remote node gets, without a token (nothing crosses a network). A revoked built-in
+ * node stays revoked: false then.
  */
-export async function enrolBuiltInNode(db: Queryable, nodeId: string, description: string, sealingPublicKey: string, certificateNotAfter: Date): Promise<void> {
-  await db.query(
+export async function enrolBuiltInNode(db: Queryable, nodeId: string, description: string, sealingPublicKey: string, certificateNotAfter: Date): Promise<boolean> {
+  const { rows } = await db.query(
     `INSERT INTO nodes (id, description, status, sealing_public_key, enrolled_at, certificate_not_after)
      VALUES ($1, $2, 'active', $3, now(), $4)
      ON CONFLICT (id) DO UPDATE SET status = 'active', sealing_public_key = excluded.sealing_public_key,
-       enrolled_at = now(), certificate_not_after = excluded.certificate_not_after, revoked_at = NULL, revoked_by = NULL`,
+       enrolled_at = coalesce(nodes.enrolled_at, now()), certificate_not_after = excluded.certificate_not_after
+     WHERE nodes.status <> 'revoked'
+     RETURNING id`,
     [nodeId, description, sealingPublicKey, certificateNotAfter],
   );
+  return rows.length > 0;
 }
 
 export async function getNode(db: Queryable, id: string): Promise<Node | undefined> {

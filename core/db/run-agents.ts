@@ -40,19 +40,29 @@ export async function grantRunAgentDigest(db: Queryable, g: RunAgentGrant & { cr
   );
 }
 
-/** The grant for a run's credential, only while the run is active: a credential dies with its run. */
-export async function verifyRunAgent(db: Queryable, runId: string, credential: string): Promise<RunAgentGrant | undefined> {
-  const { rows } = await db.query<{ deployment_id: string; credential_sha256: Buffer; restore_version: number | null }>(
-    `SELECT a.deployment_id, a.credential_sha256, a.restore_version
+/**
+ * The grant for a run's credential, only while the run is active: a credential dies with its run. With
+ * `ended`, also for a run that has ended: `ended` then says how (only its node's late state is taken so).
+ */
+export async function verifyRunAgent(
+  db: Queryable,
+  runId: string,
+  credential: string,
+  opts: { allowEnded?: boolean } = {},
+): Promise<(RunAgentGrant & { ended?: { status: string; reason: string | null } }) | undefined> {
+  const { rows } = await db.query<{ deployment_id: string; credential_sha256: Buffer; restore_version: number | null; status: string; reason: string | null }>(
+    `SELECT a.deployment_id, a.credential_sha256, a.restore_version, r.status, r.reason
        FROM run_agents a JOIN runs r ON r.id = a.run_id
-      WHERE a.run_id = $1 AND r.status = ANY($2)`,
-    [runId, ACTIVE_RUN_STATUSES],
+      WHERE a.run_id = $1`,
+    [runId],
   );
   const row = rows[0];
   if (!row) return undefined;
+  const active = (ACTIVE_RUN_STATUSES as readonly string[]).includes(row.status);
+  if (!active && !opts.allowEnded) return undefined;
   const presented = sha256(credential);
   if (presented.length !== row.credential_sha256.length || !timingSafeEqual(presented, row.credential_sha256)) return undefined;
-  return { runId, deploymentId: row.deployment_id, restoreVersion: row.restore_version ?? undefined };
+  return { runId, deploymentId: row.deployment_id, restoreVersion: row.restore_version ?? undefined, ...(active ? {} : { ended: { status: row.status, reason: row.reason } }) };
 }
 
 /** The runner has called in: a Job that vanishes after this must not be made again (the template may have run). */

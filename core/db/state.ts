@@ -11,6 +11,8 @@ export interface StateVersion {
   sha256: string;
   sizeBytes: number;
   createdAt: string;
+  /** Why it was set apart: its run had ended when its node sent it. Never current until promoted (a rollback to it). */
+  quarantine: string | null;
 }
 
 interface StateVersionRow {
@@ -24,6 +26,7 @@ interface StateVersionRow {
   writer: string | null;
   chunks_sha256: Buffer | null;
   created_at: Date;
+  quarantine: string | null;
 }
 
 const toVersion = (r: StateVersionRow): StateVersion => ({
@@ -33,6 +36,7 @@ const toVersion = (r: StateVersionRow): StateVersion => ({
   sha256: r.sha256!.toString('hex'),
   sizeBytes: Number(r.size_bytes),
   createdAt: r.created_at.toISOString(),
+  quarantine: r.quarantine,
 });
 
 export const STATE_CHUNK_BYTES = 1024 * 1024;
@@ -81,6 +85,8 @@ export interface StateWriteOptions {
   maxBytes?: number | undefined;
   /** Called as chunks are stored, with the archive bytes stored so far. */
   onProgress?: ((bytes: number) => void) | undefined;
+  /** Store it set apart, for this reason: it does not become current, and retention keeps it. */
+  quarantine?: string | undefined;
 }
 
 /**
@@ -96,17 +102,17 @@ async function claimStateVersion(db: Db, opts: StateWriteOptions, writer: string
     if (old.rows[0]?.status === 'complete') return old.rows[0];
     if (old.rows[0]) {
       const { rows } = await tx.query<StateVersionRow>(
-        `UPDATE state_versions SET writer = $3 WHERE deployment_id = $1 AND version = $2 RETURNING *`,
-        [opts.deploymentId, old.rows[0].version, writer],
+        `UPDATE state_versions SET writer = $3, quarantine = $4 WHERE deployment_id = $1 AND version = $2 RETURNING *`,
+        [opts.deploymentId, old.rows[0].version, writer, opts.quarantine ?? null],
       );
       await tx.query('DELETE FROM state_chunks WHERE deployment_id = $1 AND version = $2', [opts.deploymentId, old.rows[0].version]);
       return rows[0]!;
     }
     const { rows } = await tx.query<StateVersionRow>(
-      `INSERT INTO state_versions (deployment_id, version, run_id, status, writer)
-       VALUES ($1, (SELECT coalesce(max(version), 0) + 1 FROM state_versions WHERE deployment_id = $1), $2, 'writing', $3)
+      `INSERT INTO state_versions (deployment_id, version, run_id, status, writer, quarantine)
+       VALUES ($1, (SELECT coalesce(max(version), 0) + 1 FROM state_versions WHERE deployment_id = $1), $2, 'writing', $3, $4)
        RETURNING *`,
-      [opts.deploymentId, opts.runId, writer],
+      [opts.deploymentId, opts.runId, writer, opts.quarantine ?? null],
     );
     return rows[0]!;
   });
@@ -218,10 +224,12 @@ export async function writeStateVersion(db: Db, box: SecretBox, opts: StateWrite
         WHERE deployment_id = $1 AND version = $2 RETURNING *`,
       [target.deploymentId, target.version, hash.digest(), size, idx, chain.digest()],
     );
-    await tx.query(
-      `UPDATE deployments SET current_state_version = $2 WHERE id = $1 AND (current_state_version IS NULL OR current_state_version < $2)`,
-      [target.deploymentId, target.version],
-    );
+    if (rows[0].quarantine === null) {
+      await tx.query(
+        `UPDATE deployments SET current_state_version = $2 WHERE id = $1 AND (current_state_version IS NULL OR current_state_version < $2)`,
+        [target.deploymentId, target.version],
+      );
+    }
     const dropped = await applyRetention(tx, target.deploymentId, opts.keep);
     return { version: toVersion(completed.rows[0]!), dropped };
   });
@@ -251,9 +259,9 @@ async function applyRetention(tx: Queryable, deploymentId: string, keep: number 
   let dropped = 0;
   if (keep !== undefined) {
     const r = await tx.query(
-      `DELETE FROM state_versions s WHERE s.deployment_id = $1 AND s.status = 'complete'
+      `DELETE FROM state_versions s WHERE s.deployment_id = $1 AND s.status = 'complete' AND s.quarantine IS NULL
           AND s.version <> coalesce((SELECT current_state_version FROM deployments WHERE id = $1), 0)
-          AND s.version NOT IN (SELECT version FROM state_versions WHERE deployment_id = $1 AND status = 'complete'
+          AND s.version NOT IN (SELECT version FROM state_versions WHERE deployment_id = $1 AND status = 'complete' AND quarantine IS NULL
                                 ORDER BY version DESC LIMIT $2)`,
       [deploymentId, keep],
     );
@@ -261,7 +269,8 @@ async function applyRetention(tx: Queryable, deploymentId: string, keep: number 
   }
   const r = await tx.query(
     `DELETE FROM state_versions s WHERE s.deployment_id = $1 AND s.status = 'writing'
-        AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = ANY($2))`,
+        AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id AND r.status = ANY($2))
+        AND (s.quarantine IS NULL OR s.created_at < now() - interval '1 day')`,
     [deploymentId, ACTIVE_RUN_STATUSES],
   );
   return dropped + (r.rowCount ?? 0);

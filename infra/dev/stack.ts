@@ -150,20 +150,22 @@ async function main(): Promise<void> {
       } catch (err) {
         say(`base images not made: ${err instanceof Error ? err.message : String(err)}`);
       }
-      // The built-in node runs beside the cluster; its runners reach the agent API on this stack's own API.
+      // The built-in node runs beside the cluster; its runners reach the agent API through the gateway.
       if (!workerConfig.node.runnerImage) {
         const runnerImage = await step('building the runner (infra/images/pod-runner)', () => ensurePodRunnerImage(docker));
         workerConfig = { ...workerConfig, node: { ...workerConfig.node, runnerImage } };
       }
     }
     const builds = dockerReady && workerConfig.builds.registry !== undefined;
-    const roles: ProcessRole[] = ['api', 'cluster', ...(dockerReady ? (['node'] as const) : []), ...(builds ? (['builder'] as const) : [])];
+    // The gateway is where remote nodes dial in, and the built-in node goes through it too.
+    const roles: ProcessRole[] = ['api', 'cluster', 'gateway', ...(dockerReady ? (['node'] as const) : []), ...(builds ? (['builder'] as const) : [])];
     const composed = await compose({ ...workerConfig, databaseUrl }, roles, { log, onStopping: (what) => say(`  stopping ${what}`) });
     onStop('the API, the workers and their connections', () => composed.stop());
     await step('bundling workflows, starting the workers and the API', () => composed.start());
     const { api } = composed;
     if (!api) throw new Error('the stack composes the API, yet none listens');
-    if (dockerReady) say(`node worker '${config.node.id}' polls task queue ${nodeTaskQueue(config.node.id)}`);
+    if (composed.gateway) say(`node gateway listens at ${composed.gateway.address} (remote nodes dial it: docs/remote-nodes.md)`);
+    if (dockerReady) say(`node worker '${config.node.id}' polls task queue ${nodeTaskQueue(config.node.id)} through the gateway`);
     if (builds) say(`builder worker pushes template images to ${workerConfig.builds.registry}`);
 
     if (devCluster) {

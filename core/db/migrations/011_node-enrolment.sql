@@ -27,7 +27,17 @@ CREATE TABLE node_enrolments (
 );
 CREATE INDEX node_enrolments_node ON node_enrolments (node_id);
 
+-- When a target first took a run's grant: from then on its container may exist, so a node that goes away
+-- is waited for (bounded by the run's own timeout) rather than the run failed while its template may go on.
+ALTER TABLE runs ADD COLUMN granted_at timestamptz;
+
+-- State a node sent for a run that had already ended (its node came back after the run was closed): kept,
+-- never current, never dropped by retention, until an operator promotes it (a rollback to it) or purges.
+ALTER TABLE state_versions ADD COLUMN quarantine text;
+
 -- Down Migration
+ALTER TABLE state_versions DROP COLUMN quarantine;
+ALTER TABLE runs DROP COLUMN granted_at;
 DROP TABLE node_enrolments;
 ALTER TABLE nodes
   DROP CONSTRAINT nodes_active_has_key,
