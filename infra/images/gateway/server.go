@@ -96,6 +96,15 @@ func newServer(cfg *config) (*server, error) {
 		// A node that vanished (no FIN) is noticed by pings, and its polls' slots are given back.
 		HTTP2:    &http.HTTP2Config{SendPingTimeout: time.Minute, PingTimeout: 20 * time.Second, MaxReceiveBufferPerStream: 4 << 20},
 		ErrorLog: log.New(jsonLogWriter{}, "", 0),
+		// One line per connection opened and closed: a worker that keeps reconnecting shows here.
+		ConnState: func(c net.Conn, state http.ConnState) {
+			switch state {
+			case http.StateNew:
+				logLine("connected", map[string]any{"remote": c.RemoteAddr().String()})
+			case http.StateClosed, http.StateHijacked:
+				logLine("disconnected", map[string]any{"remote": c.RemoteAddr().String()})
+			}
+		},
 	}
 	listener, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
