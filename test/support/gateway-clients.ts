@@ -8,8 +8,11 @@ import { createRequire } from 'node:module';
 import * as grpc from '@grpc/grpc-js';
 import type { Connection } from '@temporalio/client';
 import { msToTs } from '@temporalio/common/lib/time.js';
-import { temporal } from '@temporalio/proto';
+import type * as Protos from '@temporalio/proto';
 import type { Root } from 'protobufjs';
+
+/** The SDK's generated protos (a CommonJS module whose named exports ESM cannot see). */
+export const { temporal } = createRequire(import.meta.url)('@temporalio/proto') as typeof Protos;
 
 /** The protobufjs JSON root shipped with the SDK: every method of every Temporal service it knows. */
 export const protoRoot = createRequire(import.meta.url)('@temporalio/proto/protos/json-module.js') as Root;
@@ -141,7 +144,7 @@ export async function scheduleActivities(
   const { enums } = temporal.api;
   const workflowId = `gateway-raw-${randomUUID()}`;
   const workflowQueue = `gateway-raw-wf-${randomUUID()}`;
-  const started: temporal.api.workflowservice.v1.IStartWorkflowExecutionResponse = await direct.workflowService.startWorkflowExecution({
+  const started: Protos.temporal.api.workflowservice.v1.IStartWorkflowExecutionResponse = await direct.workflowService.startWorkflowExecution({
     namespace: opts.namespace,
     workflowId,
     workflowType: { name: 'raw' },
@@ -150,17 +153,20 @@ export async function scheduleActivities(
     identity: 'gateway-test',
     requestId: randomUUID(),
   });
-  const task = await direct.workflowService.pollWorkflowTaskQueue({
-    namespace: opts.namespace,
-    taskQueue: { name: workflowQueue, kind: enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
-    identity: 'gateway-test',
-  });
+  // Temporal refuses a long poll without a deadline.
+  const task = await direct.withDeadline(Date.now() + 30_000, () =>
+    direct.workflowService.pollWorkflowTaskQueue({
+      namespace: opts.namespace,
+      taskQueue: { name: workflowQueue, kind: enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
+      identity: 'gateway-test',
+    }),
+  );
   if (!task.taskToken?.length) throw new Error('no workflow task for the raw workflow');
   await direct.workflowService.respondWorkflowTaskCompleted({
     namespace: opts.namespace,
     taskToken: task.taskToken,
     identity: 'gateway-test',
-    commands: opts.activityIds.map((activityId): temporal.api.command.v1.ICommand => ({
+    commands: opts.activityIds.map((activityId): Protos.temporal.api.command.v1.ICommand => ({
       commandType: enums.v1.CommandType.COMMAND_TYPE_SCHEDULE_ACTIVITY_TASK,
       scheduleActivityTaskCommandAttributes: {
         activityId,
