@@ -6,7 +6,7 @@
  *   DATABASE_URL   use this Postgres server (a fresh database is made on it); otherwise an embedded one
  *   DOCKER_HOST    the Docker engine (default socket otherwise)
  *   GG_TEST_KUBERNETES=0   skip the Kubernetes test cluster (quick local runs; its tests are skipped then)
- *   GG_TEST_GO=0   skip the runner's Go tests (quick local runs of TypeScript files; the runner is still built)
+ *   GG_TEST_GO=0   skip the Go modules' tests (pod-runner, gateway: quick local runs of TypeScript files; the binaries are still built)
  *   npm test -- test/unit   runs only the files under the given paths
  *   npm run test:large      the multi-GiB state tests (test/large), left out of a run that names no path
  */
@@ -16,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { MANAGED_LABEL, WORKDIR_LABEL } from '../activities/execution/adapter.js';
 import { K8S_MANAGED_LABEL } from '../activities/execution/kubernetes/job-spec.js';
+import { GATEWAY_DIR } from '../infra/dev/gateway.js';
 import { POD_RUNNER_DIR, goEnv } from '../infra/dev/images.js';
 import { say } from '../infra/dev/progress.js';
 import { startTestServices, type TestServices } from '../infra/dev/test-services.js';
@@ -36,17 +37,23 @@ interface Counts {
   skipped: number;
 }
 
+/** The Go modules of this repository, each tested with `go vet` and `go test` before anything is started. */
+const GO_MODULES = [
+  { name: 'pod-runner', dir: POD_RUNNER_DIR },
+  { name: 'gateway', dir: GATEWAY_DIR },
+];
+
 /**
- * The pod-runner's own tests (Go, infra/images/pod-runner): a few seconds, before anything is started.
- * `go test -json`, so each test is counted (subtests within their test); a failing test's output is printed.
+ * One Go module's own tests: a few seconds, before anything is started. `go test -json`, so each test is
+ * counted (subtests within their test); a failing test's output is printed.
  */
-async function podRunnerTests(): Promise<{ ok: boolean; counts: Counts }> {
+async function goModuleTests(name: string, dir: string): Promise<{ ok: boolean; counts: Counts }> {
   const started = Date.now();
   const counts: Counts = { passed: 0, failed: 0, skipped: 0 };
-  say('pod-runner (Go): go vet + go test ...');
+  say(`${name} (Go): go vet + go test ...`);
   const go = (args: string[], onLine?: (line: string) => void) =>
     new Promise<boolean>((resolve) => {
-      const child = spawn('go', args, { cwd: POD_RUNNER_DIR, env: goEnv(), stdio: ['ignore', onLine ? 'pipe' : 'inherit', 'inherit'] });
+      const child = spawn('go', args, { cwd: dir, env: goEnv(), stdio: ['ignore', onLine ? 'pipe' : 'inherit', 'inherit'] });
       child.on('error', (err) => {
         say(`cannot run 'go' (${err.message}): install Go 1.24+ (https://go.dev/dl) or put it on PATH`);
         resolve(false);
@@ -84,8 +91,15 @@ async function podRunnerTests(): Promise<{ ok: boolean; counts: Counts }> {
     else if (event.Action === 'skip') counts.skipped += 1;
   };
   const ok = (await go(['vet', './...'])) && (await go(['test', '-json', './...'], onEvent));
-  say(`pod-runner (Go): ${ok ? 'ok' : 'FAILED'} in ${((Date.now() - started) / 1000).toFixed(1)}s: ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`);
+  say(`${name} (Go): ${ok ? 'ok' : 'FAILED'} in ${((Date.now() - started) / 1000).toFixed(1)}s: ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped`);
   return { ok: ok && counts.failed === 0, counts };
+}
+
+/** Every Go module's tests, one after the other (each uses both cores); all are run even when one fails. */
+async function goTests(): Promise<{ name: string; ok: boolean; counts: Counts }[]> {
+  const results = [];
+  for (const m of GO_MODULES) results.push({ name: m.name, ...(await goModuleTests(m.name, m.dir)) });
+  return results;
 }
 
 /** The files left under the tests' secrets folder: a run's secrets that outlived it. Folders alone are no leak. */
@@ -133,10 +147,11 @@ async function main(): Promise<number> {
     ? (await Promise.all(selected.map((p) => findTestFiles(p)))).flat()
     : (await findTestFiles('test')).filter((f) => !f.startsWith(`test${path.sep}large${path.sep}`));
   if (files.length === 0) throw new Error(`no test files under ${selected.join(' ')}`);
-  const goTests = process.env.GG_TEST_GO === '0' ? { ok: true, counts: { passed: 0, failed: 0, skipped: 0 } } : await podRunnerTests();
-  if (process.env.GG_TEST_GO === '0') say('pod-runner (Go): not run (GG_TEST_GO=0)');
-  if (!goTests.ok) {
-    console.log('the pod-runner\'s Go tests failed: nothing else was run');
+  const goResults = process.env.GG_TEST_GO === '0' ? [] : await goTests();
+  if (process.env.GG_TEST_GO === '0') say('Go modules (pod-runner, gateway): not run (GG_TEST_GO=0)');
+  const goFailed = goResults.filter((r) => !r.ok).map((r) => r.name);
+  if (goFailed.length > 0) {
+    console.log(`the Go tests of ${goFailed.join(' and ')} failed: nothing else was run`);
     return 1;
   }
   let services: TestServices | undefined;
@@ -245,7 +260,7 @@ async function main(): Promise<number> {
         say(`  ${[n.tests && `${n.tests} test(s)`, n.suites && `${n.suites} whole suite(s)`].filter(Boolean).join(' and ')}: ${reason}${kubernetesOff}`);
       }
     }
-    say(`pod-runner (Go): ${goTests.counts.passed} passed, ${goTests.counts.failed} failed, ${goTests.counts.skipped} skipped`);
+    for (const r of goResults) say(`${r.name} (Go): ${r.counts.passed} passed, ${r.counts.failed} failed, ${r.counts.skipped} skipped`);
     say(`leftover checks: ${checks.ok} ok, ${checks.failed} failed`);
     // A skipped suite's tests are never declared, so it counts as one skipped test here.
     const suitesNote = skipped.suites > 0 ? ` (${skipped.suites} of them whole suites, whose tests are not counted)` : '';
