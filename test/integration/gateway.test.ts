@@ -31,10 +31,11 @@ import {
   rawOfEnvelope,
   scheduleActivities,
   sealToken,
+  startFakeTemporal,
   temporal,
 } from '../support/gateway-clients.js';
 import type { GatewayTestActivities, nodeActivities, oneEcho } from '../support/gateway-workflows.js';
-import { env } from '../support/env.js';
+import { env, eventually } from '../support/env.js';
 
 const NAMESPACE = 'default';
 const WORKFLOWS_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'support', 'gateway-workflows.ts');
@@ -185,8 +186,11 @@ describe('node gateway', { concurrency: true, timeout: 600_000 }, () => {
       const r = await a.client.callPath(p);
       assert.equal(r.code, grpcStatus.PERMISSION_DENIED, `${p}: ${grpcStatus[r.code]} ${r.details}`);
     }
+    // One refusal line per refused call (the lines arrive through a pipe: wait for the last ones).
+    const expected = results.length - 1 + 3;
+    await eventually('the refusal lines', () => Promise.resolve(refusalsOf(gateway, a.id).length >= expected ? true : undefined), 5_000).catch(() => undefined);
     const refusals = refusalsOf(gateway, a.id);
-    assert.equal(refusals.length, results.length - 1 + 3, 'one refusal line per refused call');
+    assert.equal(refusals.length, expected, 'one refusal line per refused call');
     assert.ok(refusals.every((l) => typeof l.method === 'string' && typeof l.reason === 'string' && l.reason !== ''));
   });
 
@@ -224,6 +228,38 @@ describe('node gateway', { concurrency: true, timeout: 600_000 }, () => {
     const own = await poll({ name: `node-${a.id}`, kind: normal });
     assert.ok([grpcStatus.OK, grpcStatus.DEADLINE_EXCEEDED].includes(own.code), `own queue: ${grpcStatus[own.code]} ${own.details}`);
     assert.equal(own.response?.taskToken, undefined);
+  });
+
+  test('nothing a node sends in headers reaches Temporal, and DescribeNamespace is answered reduced', async () => {
+    // The dev server ignores `authorization` and `temporal-namespace`, so a made-up frontend shows what arrives.
+    // Its answer has both worker capabilities set (the dev server advertises neither).
+    const fake = await startFakeTemporal({
+      GetSystemInfo: () => ({ serverVersion: 'fake' }),
+      DescribeNamespace: () => ({
+        namespaceInfo: {
+          name: NAMESPACE, state: 1, id: 'ns-id', description: 'internal', ownerEmail: 'ops@example.com',
+          capabilities: { workerHeartbeats: true, workerCommands: true, syncUpdate: true },
+          limits: { blobSizeLimitError: 2097152 },
+        },
+        config: { historyArchivalUri: 's3://internal' },
+      }),
+    });
+    const g = await startGateway({ ...gatewayOptions(), temporalAddress: fake.address });
+    gateways.push(g);
+    const node = await nodeCert(ca, uniqueId('headers'));
+    api.statuses.set(node.id, 'active');
+    const client = clientOf(g, node);
+    const hostile = { authorization: 'Bearer admin', 'temporal-namespace': 'temporal-system', 'x-glider-node': 'other' };
+    assert.equal((await client.call(WORKFLOW_SERVICE, 'GetSystemInfo', {}, hostile)).code, grpcStatus.OK);
+    const described = await client.call(WORKFLOW_SERVICE, 'DescribeNamespace', { namespace: NAMESPACE }, hostile);
+    assert.equal(described.code, grpcStatus.OK, described.details);
+    await fake.stop();
+    for (const md of fake.headers) {
+      for (const name of Object.keys(hostile)) assert.deepEqual(md.get(name), [], `${name} reached Temporal`);
+    }
+    assert.deepEqual(described.response, {
+      namespaceInfo: { name: NAMESPACE, state: 1, id: 'ns-id', capabilities: { syncUpdate: true }, limits: { blobSizeLimitError: 2097152 } },
+    });
   });
 
   test('a forged task token completes an activity on Temporal directly, and is refused by the gateway', async () => {

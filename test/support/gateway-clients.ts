@@ -191,3 +191,36 @@ export async function historyEventTypes(direct: Connection, namespace: string, e
   const h = await direct.workflowService.getWorkflowExecutionHistory({ namespace, execution: { workflowId: execution.workflowId, runId: execution.runId } });
   return (h.history?.events ?? []).map((e) => temporal.api.enums.v1.EventType[e.eventType ?? 0] ?? String(e.eventType));
 }
+
+/** A made-up Temporal frontend: answers the WorkflowService methods it is given and records the headers it got. */
+export async function startFakeTemporal(answers: Record<string, () => Record<string, unknown>>): Promise<{ address: string; headers: grpc.Metadata[]; stop(): Promise<void> }> {
+  const service = protoRoot.lookupService(WORKFLOW_SERVICE);
+  const headers: grpc.Metadata[] = [];
+  const definition: Record<string, grpc.MethodDefinition<Record<string, unknown>, Record<string, unknown>>> = {};
+  const implementation: grpc.UntypedServiceImplementation = {};
+  for (const [method, answer] of Object.entries(answers)) {
+    const m = service.methods[method];
+    if (!m) throw new Error(`no method ${method}`);
+    m.resolve();
+    const [req, res] = [m.resolvedRequestType!, m.resolvedResponseType!];
+    definition[method] = {
+      path: `/${WORKFLOW_SERVICE}/${method}`,
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: (v: Record<string, unknown>) => Buffer.from(req.encode(req.fromObject(v)).finish()),
+      requestDeserialize: (b: Buffer) => req.toObject(req.decode(b)),
+      responseSerialize: (v: Record<string, unknown>) => Buffer.from(res.encode(res.fromObject(v)).finish()),
+      responseDeserialize: (b: Buffer) => res.toObject(res.decode(b)),
+    };
+    implementation[method] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      headers.push(call.metadata);
+      callback(null, answer());
+    };
+  }
+  const server = new grpc.Server();
+  server.addService(definition, implementation);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  return { address: `127.0.0.1:${port}`, headers, stop: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())) };
+}
