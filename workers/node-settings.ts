@@ -23,6 +23,8 @@ const Env = z.object({
   GLIDERGUN_REGISTRY_AUTH_FILE: z.string().min(1).optional(),
   /** How long running activities get to end when the worker stops (their containers go on and are adopted later). */
   GLIDERGUN_NODE_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(3600).default(10),
+  /** Between heartbeats to the node API. */
+  GLIDERGUN_NODE_HEARTBEAT_SECONDS: z.coerce.number().int().min(1).max(300).default(30),
   DOCKER_HOST: z.string().min(1).optional(),
 });
 
@@ -61,6 +63,7 @@ export function loadNodeSettings(env: NodeJS.ProcessEnv, dir?: string): { dir: s
       namespace: e.TEMPORAL_NAMESPACE,
       registryCredentials,
       shutdownGraceSeconds: e.GLIDERGUN_NODE_SHUTDOWN_GRACE_SECONDS,
+      heartbeatSeconds: e.GLIDERGUN_NODE_HEARTBEAT_SECONDS,
     },
   };
 }
