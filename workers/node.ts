@@ -7,11 +7,8 @@ import Docker from 'dockerode';
 import type { ClientTls } from '../activities/execution/agent-relay.js';
 import { DockerExecutor } from '../activities/execution/docker.js';
 import { installRunner } from '../activities/execution/docker-images.js';
-import type { RunAgents } from '../activities/execution/outcome.js';
 import { NoGrantError, createNodeActivities, type RunGrants } from '../activities/node.js';
 import { nodeApiRunAgents } from '../activities/storage/node-api-run-agents.js';
-import type { Config } from '../core/config.js';
-import { loadNodeKey } from '../core/keys.js';
 import { certificateNotAfter } from '../core/pki.js';
 import { RegistryCredentials, type RegistryAuth } from '../core/registry-credentials.js';
 import { NodeApi, NodeApiError } from './node-api.js';
@@ -307,56 +304,4 @@ export async function startNodeWorker(opts: { identityDir: string; config: NodeS
     ready,
     stop: () => (stopped ??= stop()),
   };
-}
-
-/**
- * The built-in node's worker as the composition root (workers/compose.ts) still makes it: in process, on a
- * connection it is given. Its runs' grants come from `grants` (a node API or the database); without it,
- * every run is refused. To be replaced by startNodeWorker once the built-in node has an identity folder.
- */
-export async function createNodeWorker(opts: {
-  connection: NativeConnection;
-  config: Config;
-  docker: Docker;
-  /** What runners told the agent API: how each run ended. */
-  agents: RunAgents;
-  /** Which of the given runs are still active: at start, the worker removes what ended runs left on this node. */
-  activeRuns: (runIds: readonly string[]) => Promise<ReadonlySet<string>>;
-  grants?: RunGrants | undefined;
-  sealingKeyPem?: string | undefined;
-}): Promise<Worker> {
-  const { config } = opts;
-  if (!config.node.runnerImage) {
-    throw new Error('GLIDERGUN_NODE_RUNNER_IMAGE is not set: a node runs every template under the runner of that image (npm run pod-runner-image builds it)');
-  }
-  const sealingKeyPem = opts.sealingKeyPem ?? (await loadNodeKey(config.node.workDir));
-  const credentials = new RegistryCredentials(config.registries.credentials);
-  let runner: string;
-  try {
-    runner = await installRunner(opts.docker, config.node.runnerImage, path.join(config.node.workDir, 'bin'), credentials, (message, fields) => {
-      Runtime.instance().logger.info(message, fields);
-    });
-  } catch (err) {
-    throw new Error(`the runner could not be taken from ${config.node.runnerImage}: ${errorText(err)}`, { cause: err });
-  }
-  const credentialFor = (runId: string) => `ggr_${createHmac('sha256', sealingKeyPem).update(`run-agent:${runId}`).digest('base64url')}`;
-  const adapter = new DockerExecutor(opts.docker, config.node.workDir, config.node.secretsDir, runner, config.node.agentUrl, opts.agents, credentialFor, credentials);
-  try {
-    const removed = await adapter.removeLeftovers(opts.activeRuns);
-    if (removed.length > 0) Runtime.instance().logger.info(`removed what ${removed.length} ended run(s) left on this node`, { runIds: removed });
-  } catch (err) {
-    Runtime.instance().logger.warn('could not remove what ended runs left on this node; trying again at the next start', { error: String(err) });
-  }
-  const grants: RunGrants = opts.grants ?? {
-    grant: () => Promise.reject(new NoGrantError('this in-process node worker has no node API to fetch grants from (compose it with startNodeWorker)')),
-  };
-  return Worker.create({
-    connection: opts.connection,
-    namespace: config.temporal.namespace,
-    taskQueue: nodeTaskQueue(config.node.id),
-    activities: createNodeActivities({ adapter, grants, sealingKeyPem }),
-    maxConcurrentActivityTaskExecutions: 20,
-    maxHeartbeatThrottleInterval: '1 second',
-    shutdownGraceTime: '10 seconds',
-  });
 }
