@@ -2,6 +2,7 @@ import { OpenAPIRegistry, OpenApiGeneratorV31, extendZodWithOpenApi } from '@ast
 import { z } from 'zod';
 import { ErrorCode } from '../core/errors.js';
 import { registerAgentPaths } from './agent/openapi.js';
+import { registerNodePaths } from './node/openapi.js';
 import { registerSourcePaths } from './sources/openapi.js';
 import { StoredSourceSchema } from './template-schemas.js';
 import { HTTP_STATUS } from './errors.js';
@@ -31,6 +32,7 @@ const STATUS_TEXT: Record<number, string> = {
 export function openApiDocument(routes: readonly AnyRoute[], version: string): object {
   const registry = new OpenAPIRegistry();
   registerAgentPaths(registry, ErrorBodySchema);
+  registerNodePaths(registry, ErrorBodySchema);
   registerSourcePaths(registry, ErrorBodySchema, StoredSourceSchema);
   registry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer', description: 'ggt_… token' });
   for (const route of routes) {

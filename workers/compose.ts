@@ -3,6 +3,7 @@
  * the test system all build a process here, from the roles it plays. What the roles share — the Postgres
  * pool, the key box, the Temporal connections, the Docker client, the stores — is built once.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, type Worker, type WorkflowBundleOption } from '@temporalio/worker';
 import type Docker from 'dockerode';
@@ -99,6 +100,7 @@ function temporalWorker(worker: Worker, close: () => Promise<void>): RunningWork
 const WORKER_ROLES: readonly WorkerRole[] = ['cluster', 'node', 'builder'];
 /** How many runs the built-in node executes at once. */
 const BUILT_IN_NODE_CAPACITY = 20;
+const BUILT_IN_NODE_READY_MS = 30_000;
 
 function nodeLog(log: Logger): NodeLog {
   const node = log.child({ component: 'node' });
@@ -220,6 +222,10 @@ function assemble(built: {
         docker,
         log: nodeLog(log),
       });
+      // Started means polling, with what ended runs left here removed first, as a node process does; the
+      // gateway is this process's own, so this is a matter of moments unless something is wrong.
+      const polling = await Promise.race([node.ready.then(() => true), sleep(BUILT_IN_NODE_READY_MS, false, { ref: false })]);
+      if (!polling) log.warn(`the built-in node does not poll yet after ${BUILT_IN_NODE_READY_MS / 1000} s; it goes on trying`);
       let stopped: Promise<void> | undefined;
       return { run: node.run, shutdown: () => void (stopped ??= node.stop().catch(() => undefined)), close: async () => stopped };
     },

@@ -47,11 +47,13 @@ export function registerAgentPaths(registry: OpenAPIRegistry, errorBody: z.ZodTy
     path: '/v1/agent/runs/{runId}/state',
     operationId: 'agentPutState',
     summary: 'Stores /state as archived after the template ended; idempotent per run',
+    description:
+      'A node\'s run is served through the node gateway only, for its node. For a node\'s run that has already ended (its node came back late), only this call is taken: the state is stored set apart (`quarantine`), never current, until an operator promotes it with a rollback.',
     request: { params: runId, body: { required: true, content: { 'application/gzip': { schema: z.string().openapi({ format: 'binary' }) } } } },
     responses: {
       200: {
         description: 'the state version written',
-        content: { 'application/json': { schema: z.object({ version: z.number().int(), sha256: z.string(), sizeBytes: z.number().int() }) } },
+        content: { 'application/json': { schema: z.object({ version: z.number().int(), sha256: z.string(), sizeBytes: z.number().int(), quarantine: z.string().optional() }) } },
       },
       ...common,
       415: error('Not application/gzip: UNSUPPORTED_MEDIA_TYPE'),

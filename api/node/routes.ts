@@ -28,19 +28,19 @@ export interface NodeApiDeps {
 }
 
 const Pem = (kind: string) => z.string().max(16 * 1024).regex(new RegExp(`^-----BEGIN ${kind}-----[\\s\\S]+-----END ${kind}-----\\s*$`), `a PEM ${kind}`);
-const EnrolBody = z.strictObject({
+export const EnrolBody = z.strictObject({
   token: z.string().min(1).max(200),
   csr: Pem('CERTIFICATE REQUEST'),
   sealingPublicKey: z.base64().max(200),
 });
-const RenewBody = z.strictObject({ csr: Pem('CERTIFICATE REQUEST') });
-const HeartbeatBody = z.strictObject({
+export const RenewBody = z.strictObject({ csr: Pem('CERTIFICATE REQUEST') });
+export const HeartbeatBody = z.strictObject({
   version: z.string().min(1).max(64),
   capacity: z.number().int().min(0).max(10_000),
   activeRuns: z.array(z.string().regex(ID_PATTERN)).max(10_000),
 });
-const AgentBody = z.strictObject({ credentialSha256: z.base64().refine((s) => Buffer.from(s, 'base64').length === 32, 'the sha256 of the credential (32 bytes, base64)') });
-const ActiveRunsBody = z.strictObject({ runIds: z.array(z.string().regex(ID_PATTERN)).max(10_000) });
+export const AgentBody = z.strictObject({ credentialSha256: z.base64().refine((s) => Buffer.from(s, 'base64').length === 32, 'the sha256 of the credential (32 bytes, base64)') });
+export const ActiveRunsBody = z.strictObject({ runIds: z.array(z.string().regex(ID_PATTERN)).max(10_000) });
 
 type NodeRequest = Request<{ runId?: string; id?: string }> & { nodeId?: string };
 

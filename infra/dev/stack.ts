@@ -42,6 +42,8 @@ async function main(): Promise<void> {
     logger: new QuietLogger('WARN'),
     shutdownSignals: [],
     telemetryOptions: { logging: { filter: makeTelemetryFilterString({ core: 'WARN' }) } },
+    // The built-in node reaches Temporal through the gateway, which passes no worker heartbeats.
+    workerHeartbeatInterval: 0,
   });
   const stops: { what: string; stop: () => Promise<unknown> }[] = [];
   const onStop = (what: string, stop: () => Promise<unknown>) => stops.push({ what, stop });

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
+import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { LOG_FRAMES_TYPE, encodeLogFrames } from '../../api/agent/log-frames.js';
 import { grantRunAgent, getAgentResult, runAgentStarted } from '../../core/db/run-agents.js';
@@ -18,8 +19,10 @@ describe('the agent API', () => {
   let runId: string;
   const credential = 'ggr_test-credential-0123456789';
 
+  /** What the node gateway adds to a node's calls: its secret and the node its certificate names. */
+  let viaGateway: Record<string, string>;
   const agent = (method: string, path: string, body?: Buffer | string, headers: Record<string, string> = {}, token = credential) =>
-    fetch(`${sys.api.url}${path}`, { method, body, headers: { authorization: `Bearer ${token}`, ...headers } });
+    fetch(`${sys.api.url}${path}`, { method, body, headers: { authorization: `Bearer ${token}`, ...viaGateway, ...headers } });
   type Frame = { stream: string; offset: number; data: Buffer | string };
   const postBody = (body: Buffer, id = runId, type = LOG_FRAMES_TYPE) => agent('POST', `/v1/agent/runs/${id}/log-frames`, body, { 'content-type': type });
   const postFrames = (frames: Frame[], id = runId) => postBody(encodeLogFrames(frames), id);
@@ -44,6 +47,7 @@ describe('the agent API', () => {
   before(async () => {
     // No node worker: the run stays pending, which is an active run whose agent may call in.
     sys = await startTestSystem({ nodeWorker: false, env: { GLIDERGUN_LOG_MAX_BYTES: '2048' } });
+    viaGateway = { 'x-glider-gateway': (await readFile(sys.config.nodes.gatewaySecretFile, 'utf8')).trim(), 'x-glider-node': sys.nodeId };
     const template = await registerExampleTemplate(sys.call);
     deploymentId = await createDeployment(sys.call, template, { message: 'agent' }, { kind: 'node', node: sys.nodeId });
     const run = await sys.call<{ id: string }>('POST', `/v1/deployments/${deploymentId}/runs`, { action: 'deploy' });

@@ -8,21 +8,33 @@ import { scriptImage } from '../support/images.js';
 import { env, eventually, startTestSystem, type TestSystem } from '../support/system.js';
 
 /** A worker as its own process (with this file's configuration), so a test can kill -9 it mid-run. */
-function startWorkerProcess(sys: TestSystem, which: 'node' | 'cluster'): ChildProcess & { polling: Promise<void> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, `../../workers/${which}-main.ts`)], {
-    env: {
-      ...process.env,
-      DATABASE_URL: env('GG_TEST_DATABASE_URL'),
-      TEMPORAL_ADDRESS: sys.config.temporal.address,
-      GLIDERGUN_TASK_QUEUE: sys.config.temporal.taskQueue,
-      GLIDERGUN_WORKFLOW_BUNDLE: env('GG_TEST_WORKFLOW_BUNDLE'),
-      GLIDERGUN_NODE_ID: sys.nodeId,
-      GLIDERGUN_DATA_DIR: sys.config.dataDir,
-      GLIDERGUN_SECRETS_DIR: path.dirname(sys.config.node.secretsDir),
-      GLIDERGUN_STOP_GRACE_SECONDS: '2',
-      GLIDERGUN_NODE_RUNNER_IMAGE: env('GG_TEST_NODE_RUNNER_IMAGE'),
-      GLIDERGUN_AGENT_URL: sys.api.url,
-    },
+function startWorkerProcess(sys: TestSystem, which: 'cluster'): ChildProcess & { polling: Promise<void> } {
+  return spawnWorker(which, [], {
+    DATABASE_URL: env('GG_TEST_DATABASE_URL'),
+    TEMPORAL_ADDRESS: sys.config.temporal.address,
+    GLIDERGUN_TASK_QUEUE: sys.config.temporal.taskQueue,
+    GLIDERGUN_WORKFLOW_BUNDLE: env('GG_TEST_WORKFLOW_BUNDLE'),
+    GLIDERGUN_DATA_DIR: sys.config.dataDir,
+  });
+}
+
+/**
+ * The built-in node's worker as a process of its own, as a remote node runs (`npm run node-worker`): its
+ * identity folder and the gateway only, with the work and secrets folders the test system's node uses.
+ */
+async function startNodeWorkerProcess(sys: TestSystem): Promise<ChildProcess & { polling: Promise<void> }> {
+  const identity = await sys.nodeIdentity();
+  return spawnWorker('node', ['--dir', identity.dir], {
+    GLIDERGUN_NODE_WORK_DIR: sys.config.node.workDir,
+    GLIDERGUN_SECRETS_DIR: sys.config.node.secretsDir,
+    GLIDERGUN_NODE_RUNNER_IMAGE: env('GG_TEST_NODE_RUNNER_IMAGE'),
+    GLIDERGUN_NODE_SHUTDOWN_GRACE_SECONDS: '2',
+  });
+}
+
+function spawnWorker(which: 'node' | 'cluster', args: string[], workerEnv: Record<string, string>): ChildProcess & { polling: Promise<void> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, `../../workers/${which}-main.ts`), ...args], {
+    env: { ...process.env, ...workerEnv },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
@@ -75,7 +87,6 @@ async function storedStdout(sys: TestSystem, runId: string): Promise<string> {
   return res.text();
 }
 
-const startNodeWorkerProcess = (sys: TestSystem) => startWorkerProcess(sys, 'node');
 
 describe('crash safety', () => {
   let sys: TestSystem;
@@ -91,7 +102,7 @@ describe('crash safety', () => {
   it('finishes a run whose node worker was killed with SIGKILL mid-run: the container is adopted, not started twice, its log has no gap or repeat', async () => {
     // ~45 s of printing: the retried attempt comes only after the heartbeat timeout (20 s) of the dead one.
     const lines = 900;
-    const worker = startNodeWorkerProcess(sys);
+    const worker = await startNodeWorkerProcess(sys);
     children.push(worker);
     const template = await registerExampleTemplate(sys.call, { image: await countingImage(sys, lines) });
     const id = await createDeployment(sys.call, template, { message: 'survive' }, { kind: 'node', node: sys.nodeId });
@@ -105,7 +116,8 @@ describe('crash safety', () => {
     await new Promise((r) => worker.once('exit', r));
     const atDeath = await engineLastLine(sys, first.Id);
     await eventually('the template to print while no worker watches it', async () => ((await engineLastLine(sys, first.Id)) >= atDeath + 20 ? true : undefined), 30_000);
-    const restarted = startNodeWorkerProcess(sys);
+    const restartedAt = Date.now();
+    const restarted = await startNodeWorkerProcess(sys);
     children.push(restarted);
     // The new worker resumes the run (attempt 2, by its identity) while the template still prints: the log
     // is then made of what was stored, what the engine kept while no one watched, and what follows.
@@ -113,7 +125,10 @@ describe('crash safety', () => {
       'the new worker to adopt the container while the template still prints',
       async () => {
         const pending = (await sys.client.workflow.getHandle(`deployment-${id}`).describe()).raw.pendingActivities ?? [];
-        const resumed = pending.some((a) => a.activityType?.name === 'executeRun' && (a.attempt ?? 0) >= 2 && a.lastWorkerIdentity?.startsWith(`${restarted.pid}@`));
+        // Every attempt shows the node's identity (the gateway sets it): the new worker's is the one started after the restart.
+        const resumed = pending.some(
+          (a) => a.activityType?.name === 'executeRun' && (a.attempt ?? 0) >= 2 && Number(a.lastStartedTime?.seconds ?? 0) * 1000 >= restartedAt - 1000,
+        );
         if (!resumed) return undefined;
         const info = await sys.docker.getContainer(first.Id).inspect();
         assert.ok(info.State.Running && (await engineLastLine(sys, first.Id)) < lines, 'the template had ended before the new worker adopted it');

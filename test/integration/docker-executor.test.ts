@@ -57,15 +57,19 @@ describe('DockerExecutor', () => {
     const box = new SecretBox(await loadEncryptionKey({ base64: sys.config.security.encryptionKey, file: sys.config.security.encryptionKeyFile }));
     runs = createRunActivities({ db: sys.db, runs: sys.config.runs, secrets: box });
     const credentialKey = randomBytes(16).toString('hex');
+    // The runner's calls go through the gateway with the built-in node's certificate, as on any node.
+    const identity = await sys.nodeIdentity();
     const runner = await installRunner(sys.docker, env('GG_TEST_NODE_RUNNER_IMAGE'), path.join(env('GG_TEST_SCRATCH'), `executor-bin-${process.pid}`), new RegistryCredentials(), () => undefined);
     executor = new DockerExecutor(
       sys.docker,
       path.join(env('GG_TEST_SCRATCH'), `executor-${process.pid}`),
       path.join(SECRETS_ROOT, `executor-${process.pid}`),
       runner,
-      sys.api.url,
+      `https://${sys.gatewayAddress}`,
       postgresRunAgents(sys.db),
       (runId) => `ggr_${createHash('sha256').update(`${credentialKey}:${runId}`).digest('base64url')}`,
+      new RegistryCredentials(),
+      () => ({ ca: identity.caPem, cert: identity.certPem, key: identity.keyPem }),
     );
     templates.example = await registerExampleTemplate(sys.call);
     // A template whose main process and a background child both trap SIGTERM and record it.

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { grantRunAgent } from '../../core/db/run-agents.js';
 import { setRunPhase } from '../../core/db/runs.js';
@@ -61,10 +62,12 @@ describe('run phases', () => {
     const { deploymentId, runId } = await runningRun();
     const credential = `ggr_${randomBytes(16).toString('hex')}`;
     await grantRunAgent(sys.db, { runId, deploymentId, restoreVersion: undefined, credential });
-    const agent = (method: string, body?: ReadableStream<Uint8Array>) =>
+    const viaGateway = async () => ({ 'x-glider-gateway': (await readFile(sys.config.nodes.gatewaySecretFile, 'utf8')).trim(), 'x-glider-node': sys.nodeId });
+    const agent = async (method: string, body?: ReadableStream<Uint8Array>) =>
       fetch(`${sys.api.url}/v1/agent/runs/${runId}/state`, {
         method,
-        headers: { authorization: `Bearer ${credential}`, ...(body ? { 'content-type': 'application/gzip' } : {}) },
+        // As the node gateway passes a node's runner call on: its secret, and the node its certificate names.
+        headers: { authorization: `Bearer ${credential}`, ...(await viaGateway()), ...(body ? { 'content-type': 'application/gzip' } : {}) },
         ...(body ? { body, duplex: 'half' } : {}),
       });
 

@@ -17,7 +17,9 @@ import { loadConfig, type Config } from '../../core/config.js';
 import type { Db } from '../../core/db/pool.js';
 import { ROLES, createToken, type Role } from '../../core/db/tokens.js';
 import type { ApiServer } from '../../workers/api.js';
+import { provisionBuiltInNode } from '../../workers/built-in-node.js';
 import { compose, type WorkerRole } from '../../workers/compose.js';
+import { readNodeIdentity, type NodeIdentity } from '../../workers/node-identity.js';
 import { freePort } from '../../infra/dev/ports.js';
 import { env, eventually } from './env.js';
 import { adminKubeConfig } from './kubernetes.js';
@@ -53,6 +55,10 @@ export interface TestSystem {
   tokens: Record<Role, string>;
   /** An API client with the admin token. */
   call: ReturnType<typeof apiClient>;
+  /** host:port of this system's node gateway (the built-in node dials it). */
+  gatewayAddress: string;
+  /** The built-in node's identity (made now with the API's CA), for a node worker or an executor of a test's own. */
+  nodeIdentity(): Promise<NodeIdentity>;
   /** Starts (again) the node worker; tests that simulate a node outage stop it. */
   startNodeWorker(): Promise<void>;
   stopNodeWorker(): Promise<void>;
@@ -127,8 +133,8 @@ export async function startTestSystem(
     await composed.stop().catch(() => undefined);
     throw err;
   }
-  const { api, temporal: client } = composed;
-  if (!api || !client) throw new Error('the test system composes the API, so it has an API and a Temporal client');
+  const { api, temporal: client, gateway } = composed;
+  if (!api || !client || !gateway) throw new Error('the test system composes the API and the gateway, so it has them and a Temporal client');
 
   const tokens = {} as Record<Role, string>;
   for (const role of ROLES) tokens[role] = (await createToken(db, { name: `${role}-${suffix}`, role, createdBy: 'test' })).secret;
@@ -142,6 +148,8 @@ export async function startTestSystem(
     nodeId,
     tokens,
     call: apiClient(api.url, tokens.admin),
+    gatewayAddress: gateway.address,
+    nodeIdentity: async () => readNodeIdentity(await provisionBuiltInNode(db, config, api.nodeCa, gateway.address)),
     startNodeWorker: () => composed.startWorker('node'),
     stopNodeWorker: () => composed.stopWorker('node'),
     startClusterWorker: () => composed.startWorker('cluster'),
