@@ -55,7 +55,7 @@ async function goModuleTests(name: string, dir: string): Promise<{ ok: boolean; 
     new Promise<boolean>((resolve) => {
       const child = spawn('go', args, { cwd: dir, env: goEnv(), stdio: ['ignore', onLine ? 'pipe' : 'inherit', 'inherit'] });
       child.on('error', (err) => {
-        say(`cannot run 'go' (${err.message}): install Go 1.24+ (https://go.dev/dl) or put it on PATH`);
+        say(`cannot run 'go' (${err.message}): install Go 1.26+ (https://go.dev/dl; the gateway's grpc needs 1.26) or put it on PATH`);
         resolve(false);
       });
       if (onLine && child.stdout) {
