@@ -34,8 +34,6 @@ const ConfigSchema = z.object({
   GLIDERGUN_KUBERNETES_RUNNER_IMAGE: z.string().min(1).optional(),
   /** The pod-runner image a node worker takes its runner from (infra/images/pod-runner); pulled if the engine lacks it. */
   GLIDERGUN_NODE_RUNNER_IMAGE: z.string().min(1).optional(),
-  /** Where a node worker relays its runners' agent calls. Unset: the API's own address. */
-  GLIDERGUN_AGENT_URL: z.string().url().optional(),
   GLIDERGUN_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(300),
   GLIDERGUN_KUBERNETES_PULL_TIMEOUT_SECONDS: z.coerce.number().int().min(1).default(120),
   /** Secrets (type kubernetes.io/dockerconfigjson) in the runs' namespace that the kubelet pulls template images with. */
@@ -100,10 +98,10 @@ export interface Config {
   devStack: { startTemporal: boolean; temporalPort: number; postgresPort: number };
   api: { host: string; port: number };
   /**
-   * `runnerImage`: where the runner every Docker run wraps its template with comes from (required to run);
-   * `agentUrl`: where the runner's calls, relayed by the node worker, go.
+   * `runnerImage`: where the runner every Docker run wraps its template with comes from (required to run).
+   * The built-in node's runners reach the agent API through the gateway, like any node's.
    */
-  node: { id: string; workDir: string; secretsDir: string; runnerImage: string | undefined; agentUrl: string };
+  node: { id: string; workDir: string; secretsDir: string; runnerImage: string | undefined };
   security: { encryptionKey: string | undefined; encryptionKeyFile: string; adminTokenFile: string };
   /**
    * Node identity (docs/remote-nodes.md): `ca` is the node CA's files from configuration, else `caFile` (cert
@@ -143,13 +141,6 @@ export interface Config {
   /** How state versions are kept: how many per deployment, and how large one may be unless set per deployment. */
   state: StatePolicy;
   logLevel: z.infer<typeof ConfigSchema>['GLIDERGUN_LOG_LEVEL'];
-}
-
-/** An address that listens on every interface is reached on loopback. */
-function reachable(host: string): string {
-  if (host === '0.0.0.0') return '127.0.0.1';
-  if (host === '::') return '[::1]';
-  return host.includes(':') ? `[${host}]` : host;
 }
 
 export class ConfigError extends Error {
@@ -206,7 +197,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       workDir: path.join(dataDir, 'node', e.GLIDERGUN_NODE_ID),
       secretsDir: path.join(e.GLIDERGUN_SECRETS_DIR, e.GLIDERGUN_NODE_ID),
       runnerImage: e.GLIDERGUN_NODE_RUNNER_IMAGE,
-      agentUrl: e.GLIDERGUN_AGENT_URL ?? `http://${reachable(e.GLIDERGUN_API_HOST)}:${e.GLIDERGUN_API_PORT}`,
     },
     security: {
       encryptionKey: e.GLIDERGUN_ENCRYPTION_KEY,

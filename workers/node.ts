@@ -152,10 +152,20 @@ export async function startNodeWorker(opts: { identityDir: string; config: NodeS
     }
   };
 
+  // Set once the control plane says this node was revoked: nothing it sends is taken any more, so it stops.
+  let revoked: Error | undefined;
   const heartbeat = async () => {
     try {
       await api.heartbeat({ version: NODE_VERSION, capacity: config.capacity, activeRuns: [...executing.keys()] });
     } catch (err) {
+      if (err instanceof NodeApiError && err.code === 'NODE_REVOKED') {
+        revoked = new Error(`node '${nodeId}' was revoked: the gateway refuses all it sends. Ask an admin for a new node and enrol this machine again (npm run node-worker -- enrol …)`);
+        log.error(revoked.message);
+        stopping.abort();
+        const worker = current;
+        if (worker?.getState() === 'RUNNING') worker.shutdown();
+        return;
+      }
       log.warn(`heartbeat to the node API failed: ${errorText(err)}`);
     }
     await removeLeftovers();
@@ -219,6 +229,7 @@ export async function startNodeWorker(opts: { identityDir: string; config: NodeS
       }
       await sleep(delay, undefined, { signal: stopping.signal }).catch(() => undefined);
     }
+    if (revoked) throw revoked;
   };
 
   /** Moves a running worker (its polls, its activities' heartbeats and answers) onto a connection with `id`'s certificate, and closes the one before. */

@@ -23,7 +23,7 @@ const view = (node: Node, activeRuns: string[]) => {
 
 export function nodeRoutes(deps: Pick<ApiDeps, 'db' | 'temporal' | 'nodes'>): AnyRoute[] {
   const { db, nodes } = deps;
-  const enrolment = (e: { token: string; expiresAt: string }) => ({ ...e, gateway: nodes.gatewayAddress, caCertificate: nodes.ca.certPem });
+  const enrolment = (e: { token: string; expiresAt: string }) => ({ token: e.token, expiresAt: e.expiresAt, gateway: nodes.gatewayAddress, caCertificate: nodes.ca.certPem });
   const activeRunsOf = async (id: string) => (await listNodes(db)).find((n) => n.id === id)?.activeRuns ?? [];
   return [
     defineRoute({

@@ -63,6 +63,7 @@ describe('nodes: enrolment, identity and revocation', () => {
     const ttl = Date.parse(made.enrolment.expiresAt) - Date.now();
     assert.ok(ttl > 50 * 60_000 && ttl <= 60 * 60_000, `expires in about an hour, not ${ttl} ms`);
     assert.equal(made.enrolment.caCertificate, sys.api.nodeCa.certPem);
+    assert.deepEqual(Object.keys(made.enrolment).sort(), ['caCertificate', 'expiresAt', 'gateway', 'token']);
     // Only a hash is kept.
     const stored = await sys.db.query<{ token_sha256: Buffer }>('SELECT token_sha256 FROM node_enrolments WHERE node_id = $1', [made.node.id]);
     assert.equal(stored.rows.length, 1);

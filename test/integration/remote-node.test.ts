@@ -11,6 +11,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { WORKDIR_LABEL } from '../../activities/execution/adapter.js';
 import { freePort } from '../../infra/dev/ports.js';
 import { startGatewayProcess, type Gateway } from '../../workers/gateway-process.js';
@@ -128,7 +129,7 @@ describe('a remote node: its own process, reaching nothing but the gateway', () 
     await stopGateway().catch(() => undefined);
     await sys.stop();
     await rm(dir, { recursive: true, force: true });
-    if (process.env.GG_TEST_NODE_LOG || worker?.child.exitCode) console.log(worker?.lines.join('\n'));
+    if (process.env.GG_TEST_NODE_LOG) console.log(worker?.lines.join('\n'));
   });
 
   it('enrols with a one-time token, trusting only the CA it was given, and keeps its keys to itself', async () => {
@@ -232,5 +233,16 @@ describe('a remote node: its own process, reaching nothing but the gateway', () 
       const left = await sys.docker.listContainers({ all: true, filters: { label: [`${WORKDIR_LABEL}=${path.join(dir, 'id', 'work')}`] } });
       return left.length === 0 ? true : undefined;
     });
+  });
+
+  it('stops with a clear message once it is revoked: every call it makes is refused, on its open connections too', async () => {
+    const from = worker!.lines.length;
+    const revoked = await sys.call<{ status: string }>('POST', `/v1/nodes/${nodeId}/revoke`);
+    assert.equal(revoked.body.status, 'revoked');
+    // The next heartbeat (every second here) is refused by the gateway on the connection already open.
+    const code = await Promise.race([worker!.exited, sleep(30_000, 'still running' as const, { ref: false })]);
+    assert.equal(code, 1, 'the node exits with an error');
+    assert.ok(worker!.lines.slice(from).some((l) => /was revoked: .*enrol this machine again/.test(l)), worker!.lines.slice(from).join('\n'));
+    assert.equal((await sys.call<{ connection: string }>('GET', `/v1/nodes/${nodeId}`)).body.connection, 'revoked');
   });
 });
