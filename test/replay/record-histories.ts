@@ -128,6 +128,48 @@ const SCENARIOS: Scenario[] = [
     },
   },
   {
+    // After `grant-from-node-api`: the node takes its grant (and the sealed secrets) from the node API.
+    name: 'granted-deploy-then-destroy-with-secret',
+    async record(ctx) {
+      const sys = await ctx.system();
+      const template = await registerExampleTemplate(sys.call, {
+        parameters: [...EXAMPLE_PARAMETERS, { name: 'password', type: 'string', sensitive: true, default: 'not-a-real-secret' }],
+      });
+      const id = await createDeployment(sys.call, template, { message: 'ok' }, node(sys));
+      await ended(sys, await startRun(sys, id), 'succeeded');
+      await ended(sys, await startRun(sys, id, 'destroy'), 'succeeded');
+      return { sys, workflowId: deploymentWorkflowId(id) };
+    },
+  },
+  {
+    // The node took the run, went away past the node wait, and came back: the run waited and succeeded.
+    name: 'node-away-then-back',
+    async record(ctx) {
+      const sys = await ctx.own({ env: { GLIDERGUN_NODE_WAIT_SECONDS: '3' } });
+      const id = await createDeployment(sys.call, await registerExampleTemplate(sys.call), { message: 'away', sleep_seconds: 20 }, node(sys));
+      const run = await startRun(sys, id);
+      await executing(sys, id);
+      await sys.stopNodeWorker();
+      await new Promise((resolve) => setTimeout(resolve, 12_000));
+      await sys.startNodeWorker();
+      await ended(sys, run, 'succeeded');
+      return { sys, workflowId: deploymentWorkflowId(id) };
+    },
+  },
+  {
+    // Its node revoked while the run waited for it: failed as node-revoked, no cleanup waited for.
+    name: 'node-revoked',
+    async record(ctx) {
+      const sys = await ctx.own({ nodeWorker: false, env: { GLIDERGUN_NODE_WAIT_SECONDS: '600' } });
+      const id = await createDeployment(sys.call, await registerExampleTemplate(sys.call), { message: 'x' }, node(sys));
+      const run = await startRun(sys, id);
+      await eventually('the run to wait for its node', async () => ((await sys.call<{ status: string }>('GET', `/v1/runs/${run}`)).body.status === 'running' ? true : undefined));
+      assert.equal((await sys.call('POST', `/v1/nodes/${sys.nodeId}/revoke`)).status, 200);
+      await ended(sys, run, 'failed', 'node-revoked');
+      return { sys, workflowId: deploymentWorkflowId(id) };
+    },
+  },
+  {
     name: 'failed-run',
     async record(ctx) {
       const sys = await ctx.system();
@@ -334,7 +376,7 @@ async function main(): Promise<number> {
   const written: string[] = [];
   const failed: string[] = [];
   try {
-    services = await startTestServices('histories', { kubernetes: toRecord.some((s) => s.needsCluster) });
+    services = await startTestServices('rec', { kubernetes: toRecord.some((s) => s.needsCluster) });
     Object.assign(process.env, services.env);
     const own = async (opts: Parameters<typeof startTestSystem>[0]) => {
       const sys = await startTestSystem(opts);
