@@ -26,6 +26,8 @@ const AGENT_DIR = '/var/run/glider-gun';
 const SOCKET_NAME = 'agent.sock';
 /** A unix socket's path is at most 107 bytes (sun_path); the relay makes it under a name 9 bytes longer first. */
 const MAX_SOCKET_PATH = 107 - 9;
+/** The runner's folder of a run, in the secrets folder: `<run id>.runner`. */
+const RUNNER_DIR_SUFFIX = '.runner';
 
 /**
  * Until the container has exited, or (with a deadline) a cancel or the deadline comes first. An abandoned
@@ -145,8 +147,16 @@ export class DockerExecutor implements ExecutionAdapter {
     }
   }
 
+  /**
+   * The runner's folder (its parameters file and the agent socket), beside the secrets on the memory file
+   * system: the parameters stay off disk, and the socket's path stays short whatever the data folder is.
+   */
+  private runnerDir(runId: string): string {
+    return path.join(this.secretsDir, `${runId}${RUNNER_DIR_SUFFIX}`);
+  }
+
   private socketPath(runId: string): string {
-    return path.join(this.runDir(runId), 'runner', SOCKET_NAME);
+    return path.join(this.runnerDir(runId), SOCKET_NAME);
   }
 
   private async supervise(container: Docker.Container, info: Docker.ContainerInspectInfo, spec: RunSpec, ctx: ExecutionContext): Promise<RunOutcome> {
@@ -203,6 +213,7 @@ export class DockerExecutor implements ExecutionAdapter {
     }
     await rm(this.runDir(runId), { recursive: true, force: true });
     await rm(this.secretsPath(runId), { recursive: true, force: true });
+    await rm(this.runnerDir(runId), { recursive: true, force: true });
   }
 
   /**
@@ -215,7 +226,7 @@ export class DockerExecutor implements ExecutionAdapter {
     const containers = await this.docker.listContainers({ all: true, filters: { label: [MANAGED_LABEL, `${WORKDIR_LABEL}=${this.workDir}`] } });
     const runIds = new Set(containers.map((c) => c.Labels[RUN_LABEL] ?? ''));
     for (const dir of [path.join(this.workDir, 'runs'), this.secretsDir]) {
-      for (const name of await readdir(dir).catch(() => [])) runIds.add(name);
+      for (const name of await readdir(dir).catch(() => [])) runIds.add(name.endsWith(RUNNER_DIR_SUFFIX) ? name.slice(0, -RUNNER_DIR_SUFFIX.length) : name);
     }
     const candidates = [...runIds].filter((id) => /^run-[a-z0-9]+$/.test(id));
     if (candidates.length === 0) return [];
@@ -237,15 +248,14 @@ export class DockerExecutor implements ExecutionAdapter {
     if (Buffer.byteLength(this.socketPath(spec.runId)) > MAX_SOCKET_PATH) {
       throw ApplicationFailure.create({
         type: RunFailure.Infrastructure,
-        message: `the run's agent socket ${this.socketPath(spec.runId)} is longer than a unix socket path may be (${MAX_SOCKET_PATH} bytes): choose a shorter GLIDERGUN_DATA_DIR`,
+        message: `the run's agent socket ${this.socketPath(spec.runId)} is longer than a unix socket path may be (${MAX_SOCKET_PATH} bytes): choose a shorter GLIDERGUN_SECRETS_DIR`,
         nonRetryable: true,
       });
     }
     await rm(dir, { recursive: true, force: true });
-    for (const sub of ['state', 'logs', 'runner', ...(spec.templateFiles ? ['template'] : [])]) await mkdir(path.join(dir, sub), { recursive: true });
-    await writeFile(path.join(dir, 'runner', PARAMETERS_FILE), `${JSON.stringify(spec.parameters, null, 2)}\n`, { mode: 0o444 });
+    for (const sub of ['state', 'logs', ...(spec.templateFiles ? ['template'] : [])]) await mkdir(path.join(dir, sub), { recursive: true });
 
-    // The parent is private to root on the host; the run's own folder is what the container sees.
+    // The parent is private to root on the host; the run's own folders are what the container sees.
     await mkdir(this.secretsDir, { recursive: true, mode: 0o700 });
     const fsType = (await statfs(this.secretsDir)).type;
     if (!MEMORY_FS_TYPES.has(fsType)) {
@@ -255,6 +265,11 @@ export class DockerExecutor implements ExecutionAdapter {
         nonRetryable: true,
       });
     }
+    const runnerDir = this.runnerDir(spec.runId);
+    await rm(runnerDir, { recursive: true, force: true });
+    await mkdir(runnerDir, { mode: 0o755 });
+    await chmod(runnerDir, 0o755);
+    await writeFile(path.join(runnerDir, PARAMETERS_FILE), `${JSON.stringify(spec.parameters, null, 2)}\n`, { mode: 0o444 });
     const secretsDir = this.secretsPath(spec.runId);
     await rm(secretsDir, { recursive: true, force: true });
     await mkdir(secretsDir, { mode: 0o755 });
@@ -294,7 +309,7 @@ export class DockerExecutor implements ExecutionAdapter {
             `${path.join(dir, 'state')}:/state`,
             `${path.join(dir, 'logs')}:/logs`,
             `${this.secretsPath(spec.runId)}:/secrets:ro`,
-            `${path.join(dir, 'runner')}:${AGENT_DIR}:ro`,
+            `${this.runnerDir(spec.runId)}:${AGENT_DIR}:ro`,
             `${this.runnerBinary}:${RUNNER_PATH}:ro`,
             ...(spec.templateFiles ? [`${path.join(dir, 'template')}:/template`] : []),
           ],
