@@ -29,11 +29,15 @@ describe('a node that goes away in the middle of a run', () => {
     assert.ok(first, 'the run\'s container runs');
 
     await sys.stopNodeWorker();
-    // Away for longer than GLIDERGUN_NODE_WAIT_SECONDS (and than the retried attempt's wait for a worker).
-    await new Promise((r) => setTimeout(r, 12_000));
-    const meanwhile = await sys.call<{ status: string }>('GET', `/v1/runs/${runId}`);
-    assert.equal(meanwhile.body.status, 'running', 'the run waits for its node');
-    await sys.startNodeWorker();
+    try {
+      // Away for longer than GLIDERGUN_NODE_WAIT_SECONDS (and than the retried attempt's wait for a worker).
+      await new Promise((r) => setTimeout(r, 12_000));
+      const meanwhile = await sys.call<{ status: string }>('GET', `/v1/runs/${runId}`);
+      assert.equal(meanwhile.body.status, 'running', 'the run waits for its node');
+    } finally {
+      // Back whatever happened: the node removes what the run left.
+      await sys.startNodeWorker();
+    }
 
     const seen = new Set<string>();
     const run = await eventually('the run to end', async () => {
