@@ -44,7 +44,11 @@ const Grant = z.object({
   secrets: Sealed.nullish(),
 });
 
-const ExecuteInput = z.strictObject({ runId: z.string(), cancelNow: z.boolean().optional() });
+/**
+ * What a task may say: the run, and to stop it at once. Workflows started before `grant-from-node-api` still
+ * send the whole spec (and secrets sealed to `nodePublicKey()`): of that, too, only these are taken.
+ */
+const ExecuteInput = z.object({ runId: z.string(), cancelNow: z.boolean().optional() });
 
 function refuse(message: string): ApplicationFailure {
   return ApplicationFailure.create({ type: RunFailure.Infrastructure, message, nonRetryable: true });
@@ -72,14 +76,10 @@ export interface NodeActivityDeps {
   onRun?: ((runId: string, executing: boolean) => void) | undefined;
 }
 
-/** A node's activities; given the cluster target's deps (`nodePrivateKeyPem`), the cluster target's (createClusterTargetActivities). */
-export function createNodeActivities(deps: NodeActivityDeps): NodeTargetActivities;
-export function createNodeActivities(deps: ClusterTargetDeps): ClusterTargetActivities;
-export function createNodeActivities(deps: NodeActivityDeps | ClusterTargetDeps): NodeTargetActivities | ClusterTargetActivities {
-  return 'grants' in deps ? nodeActivities(deps) : createClusterTargetActivities(deps);
-}
+/** A target's execution activities: a node's, and the cluster worker's for the `cluster` target (its grants from Postgres). */
+export function createNodeActivities(deps: NodeActivityDeps) {
+  const publicKey = createPublicKey(createPrivateKey(deps.sealingKeyPem)).export({ type: 'spki', format: 'der' }).toString('base64');
 
-function nodeActivities(deps: NodeActivityDeps) {
   function openSecrets(runId: string, sealed: z.infer<typeof Sealed> | null | undefined): Record<string, unknown> {
     if (!sealed) return {};
     let opened: unknown;
@@ -112,9 +112,17 @@ function nodeActivities(deps: NodeActivityDeps) {
   }
 
   return {
+    /**
+     * The public half of this target's sealing key, for workflows started before `grant-from-node-api` (they
+     * ask for it and seal the run's secrets to it); since then secrets are sealed to the pinned key only.
+     */
+    async nodePublicKey(): Promise<string> {
+      return Promise.resolve(publicKey);
+    },
+
     async executeRun(input: { runId: string; cancelNow?: boolean | undefined }): Promise<RunOutcome> {
       const task = ExecuteInput.safeParse(input);
-      if (!task.success) throw refuse(`an executeRun task must be {runId, cancelNow?}: ${task.error.issues.map((i) => `${i.path.join('.') || '(input)'}: ${i.message}`).join('; ')}`);
+      if (!task.success) throw refuse(`an executeRun task names its run ({runId, cancelNow?}): ${task.error.issues.map((i) => `${i.path.join('.') || '(input)'}: ${i.message}`).join('; ')}`);
       const runId = checkedRunId(task.data.runId);
       const ctx = Context.current();
       // Only a cancel that someone asked for stops the template; any other reason to stop this attempt
@@ -151,67 +159,4 @@ function nodeActivities(deps: NodeActivityDeps) {
   };
 }
 
-export type NodeTargetActivities = ReturnType<typeof nodeActivities>;
-
-/**
- * The `cluster` target's execution activities, as the cluster worker serves them (it has the database, and its
- * tasks come from its own workflows): the whole spec in the task, secrets sealed to `nodePublicKey()`. Also
- * what histories from before nodes fetched their grants replay against. Nodes never serve these.
- */
-export interface ClusterTargetDeps {
-  adapter: ExecutionAdapter;
-  nodePrivateKeyPem: string;
-}
-
-export function createClusterTargetActivities(deps: ClusterTargetDeps) {
-  const publicKey = createPublicKey(createPrivateKey(deps.nodePrivateKeyPem)).export({ type: 'spki', format: 'der' }).toString('base64');
-
-  function openSecrets(spec: RunSpec): Record<string, unknown> {
-    if (!spec.secrets) return {};
-    try {
-      return JSON.parse(openSealedForNode(deps.nodePrivateKeyPem, spec.secrets).toString('utf8')) as Record<string, unknown>;
-    } catch {
-      throw refuse('the run\'s secrets were sealed for another key');
-    }
-  }
-
-  return {
-    /** The public half of this target's key; the workflow seals each run's secrets to it. */
-    async nodePublicKey(): Promise<string> {
-      return Promise.resolve(publicKey);
-    },
-
-    async executeRun(spec: RunSpec): Promise<RunOutcome> {
-      checkedRunId(spec.runId);
-      const ctx = Context.current();
-      const cancel = new AbortController();
-      const abandon = new AbortController();
-      const onAbort = () => (ctx.cancellationDetails?.cancelRequested ? cancel.abort() : abandon.abort());
-      if (ctx.cancellationSignal.aborted) onAbort();
-      else ctx.cancellationSignal.addEventListener('abort', onAbort, { once: true });
-      if (spec.cancelNow) cancel.abort();
-      return deps.adapter.execute(spec, openSecrets(spec), {
-        signal: cancel.signal,
-        abandon: abandon.signal,
-        heartbeat: (details) => {
-          ctx.heartbeat(details);
-        },
-        log: (message, fields) => {
-          ctx.log.info(message, { runId: spec.runId, ...fields });
-        },
-      });
-    },
-
-    async cleanupRun(runId: string): Promise<void> {
-      await deps.adapter.cleanup(checkedRunId(runId));
-    },
-  };
-}
-
-export type ClusterTargetActivities = ReturnType<typeof createClusterTargetActivities>;
-
-/**
- * What the deployment workflow proxies: a node's `executeRun({runId, cancelNow?})`, and the cluster target's
- * `nodePublicKey()` and `executeRun(spec)` (which histories from before grants replay, too).
- */
-export type NodeActivities = NodeTargetActivities & ClusterTargetActivities;
+export type NodeActivities = ReturnType<typeof createNodeActivities>;

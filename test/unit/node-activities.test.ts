@@ -85,11 +85,22 @@ describe('node activities', () => {
       await assert.rejects(t.exec({ runId }), refused(/is not a run id/), runId);
       await assert.rejects(t.clean(runId), refused(/is not a run id/), runId);
     }
-    await assert.rejects(t.exec({ ...spec(), secrets: undefined } as unknown as { runId: string }), refused(/must be \{runId, cancelNow\?\}/), 'a whole spec in the task is refused');
+    await assert.rejects(t.exec({ cancelNow: true } as unknown as { runId: string }), refused(/names its run/), 'a task without a run');
     assert.deepEqual(t.asked, []);
     assert.deepEqual(t.cleaned, []);
     await t.clean(RUN);
     assert.deepEqual(t.cleaned, [RUN]);
+  });
+
+  it('take nothing but the run id from a task that carries a whole spec (workflows from before grants): the grant is what runs', async () => {
+    const t = setup(() => Promise.resolve({ spec: spec() }));
+    const sealedElsewhere = sealForNode(generateNodeKeyPair().publicKey, Buffer.from('{"password":"planted"}'));
+    const task = { ...spec({ image: 'evil.example/planted:1', env: { PLANTED: '1' } }), secrets: sealedElsewhere };
+    assert.deepEqual(await t.exec(task as unknown as { runId: string }), { status: 'succeeded' });
+    assert.deepEqual(t.asked, [RUN]);
+    assert.equal(t.executed[0]?.spec.image, 'registry.local/t:1');
+    assert.deepEqual(t.executed[0]?.spec.env, { GLIDERGUN_RUN_ID: RUN });
+    assert.deepEqual(t.executed[0]?.secrets, {});
   });
 
   it('refuse a grant for another run, with fields that would reach a path or the environment, or sealed to another key', async () => {
