@@ -141,10 +141,13 @@ export async function startNodeWorker(opts: { identityDir: string; config: NodeS
       tls: { serverRootCACertificate: Buffer.from(id.caPem), clientCertPair: { crt: Buffer.from(id.certPem), key: Buffer.from(id.keyPem) } },
     });
 
-  const removeLeftovers = async () => {
+  // One removal at a time (the first heartbeat and the first worker both ask at start).
+  let removing: Promise<void> | undefined;
+  const removeLeftovers = () => (removing ??= removeLeftoversOnce().finally(() => (removing = undefined)));
+  const removeLeftoversOnce = async () => {
     if (leftoversDone) return;
     try {
-      const removed = await adapter.removeLeftovers((runIds) => api.activeRuns(runIds));
+      const removed = await adapter.removeLeftovers((runIds) => api.activeRuns(runIds), (message) => log.warn(message));
       leftoversDone = true;
       if (removed.length > 0) log.info(`removed what ${removed.length} ended run(s) left on this node`, { runIds: removed });
     } catch (err) {

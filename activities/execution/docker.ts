@@ -222,7 +222,7 @@ export class DockerExecutor implements ExecutionAdapter {
    * label), run folders and secrets are removed. `activeRuns` tells which runs are still active; theirs are
    * kept for the attempt that adopts them. Answers the runs cleaned up.
    */
-  async removeLeftovers(activeRuns: (runIds: readonly string[]) => Promise<ReadonlySet<string>>): Promise<string[]> {
+  async removeLeftovers(activeRuns: (runIds: readonly string[]) => Promise<ReadonlySet<string>>, log: (message: string) => void = () => undefined): Promise<string[]> {
     const containers = await this.docker.listContainers({ all: true, filters: { label: [MANAGED_LABEL, `${WORKDIR_LABEL}=${this.workDir}`] } });
     const runIds = new Set(containers.map((c) => c.Labels[RUN_LABEL] ?? ''));
     for (const dir of [path.join(this.workDir, 'runs'), this.secretsDir]) {
@@ -233,10 +233,34 @@ export class DockerExecutor implements ExecutionAdapter {
     const active = await activeRuns(candidates);
     const removed: string[] = [];
     for (const runId of candidates.filter((id) => !active.has(id))) {
+      await this.settleEnded(runId, log);
       await this.cleanup(runId);
       removed.push(runId);
     }
     return removed;
+  }
+
+  /**
+   * A container still running for a run that has ended (this node was away past the run's end): its template
+   * may have changed real things, so its /state is not dropped. Its runner is stopped as a cancel would stop
+   * it, with a relay to reach the agent API, and archives /state; the API keeps that, set apart, as a
+   * quarantined version for an operator to promote.
+   */
+  private async settleEnded(runId: string, log: (message: string) => void): Promise<void> {
+    const container = await this.find(containerName(runId));
+    const info = await container?.inspect().catch(() => undefined);
+    if (!container || !info?.State.Running) return;
+    const grace = Number(/^GG_STOP_GRACE_SECONDS=(\d+)$/m.exec((info.Config.Env ?? []).join('\n'))?.[1] ?? 10);
+    log(`run ${runId} ended while this node was away, but its container still runs: stopping it so its runner archives /state (kept as a quarantined state version)`);
+    await mkdir(this.runnerDir(runId), { recursive: true });
+    const relay = await startAgentRelay({ socketPath: this.socketPath(runId), agentUrl: this.agentUrl, runId, credential: this.credentialFor(runId), tls: this.agentTls });
+    try {
+      await container.stop({ t: grace + ARCHIVE_GRACE_SECONDS }).catch((err: unknown) => {
+        if (statusCode(err) !== 304) throw err; // 304: already stopped
+      });
+    } finally {
+      await relay.close();
+    }
   }
 
   /**

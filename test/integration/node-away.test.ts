@@ -68,4 +68,34 @@ describe('a node that goes away in the middle of a run', () => {
       await sys.startNodeWorker();
     }
   });
+
+  it('keeps the /state of a container whose run ended while its node was away: archived when the node is back, set apart as quarantined', async () => {
+    const template = await registerExampleTemplate(sys.call);
+    const id = await createDeployment(sys.call, template, { message: 'late', sleep_seconds: 120 }, { kind: 'node', node: sys.nodeId });
+    const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${id}/runs`, { action: 'deploy' });
+    const runId = started.body.id;
+    await waitForExecuting(sys.call, runId);
+    const label = { label: [`io.glider-gun.run=${runId}`] };
+    await sys.stopNodeWorker();
+    try {
+      // The run ends while its node is away; its container goes on (its template wrote /state/run-count).
+      assert.equal((await sys.call('POST', `/v1/runs/${runId}/cancel`)).status, 202);
+      assert.equal((await waitForRun(sys.call, runId, 60_000)).status, 'cancelled');
+      assert.equal((await sys.docker.listContainers({ filters: label })).length, 1, 'its container still runs');
+    } finally {
+      await sys.startNodeWorker();
+    }
+    const versions = await eventually('the container\'s state to be archived, set apart', async () => {
+      const list = await sys.call<{ items: { version: number; runId: string; quarantine: string | null }[] }>('GET', `/v1/deployments/${id}/state-versions`);
+      return list.body.items.length > 0 ? list.body.items : undefined;
+    }, 60_000);
+    assert.equal(versions.length, 1);
+    assert.equal(versions[0]!.runId, runId);
+    assert.match(versions[0]!.quarantine ?? '', /had ended \(cancelled\)/);
+    const dep = await sys.call<{ currentStateVersion: number | null }>('GET', `/v1/deployments/${id}`);
+    assert.equal(dep.body.currentStateVersion, null, 'not current until promoted');
+    const archive = await fetch(`${sys.api.url}/v1/deployments/${id}/state-versions/${versions[0]!.version}/archive`, { headers: { authorization: `Bearer ${sys.tokens.admin}` } });
+    assert.equal(archive.status, 200);
+    await eventually('the container to be removed', async () => ((await sys.docker.listContainers({ all: true, filters: label })).length === 0 ? true : undefined));
+  });
 });
