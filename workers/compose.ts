@@ -275,7 +275,7 @@ function assemble(built: {
     checkNotStopping();
     if (roles.has('gateway')) {
       if (!api) throw new Error('the gateway is composed with the api role: it is started in front of this process\'s API');
-      gateway = await startGatewayProcess({ config, ca: api.nodeCa, apiUrl: api.url, listen: options.gatewayListen ?? `${config.api.host}:${config.nodes.gatewayPort}` });
+      gateway = await startGatewayProcess({ config, ca: api.nodeCa, apiUrl: api.url, listen: options.gatewayListen ?? `${config.api.host}:${config.nodes.gatewayPort}`, log });
       log.info({ address: gateway.address }, 'the node gateway listens');
     }
     for (const role of ['node', 'builder'] as const) {

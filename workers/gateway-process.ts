@@ -3,7 +3,8 @@ import path from 'node:path';
 import type { Config } from '../core/config.js';
 import { loadGatewaySecret, loadGatewayTokenKeys } from '../core/keys.js';
 import { issueServerCertificate, type CertificateAuthority } from '../core/pki.js';
-import { ensureGatewayBinary, startGateway } from '../infra/dev/gateway.js';
+import type { Logger } from 'pino';
+import { ensureGatewayBinary, startGateway, type GatewayLogLine } from '../infra/dev/gateway.js';
 
 export interface Gateway {
   /** host:port nodes dial. */
@@ -13,12 +14,29 @@ export interface Gateway {
 
 const isIp = (host: string) => /^[\d.]+$/.test(host) || host.includes(':');
 
+/** The gateway's lines into this process's log: refusals as warnings, connections at debug. */
+function gatewayLog(log: Logger): (line: GatewayLogLine) => void {
+  const gateway = log.child({ component: 'gateway' });
+  return ({ msg, ...fields }) => {
+    if (msg === 'refused') gateway.warn(fields, 'the gateway refused a node\'s call');
+    else if (msg === 'connected' || msg === 'disconnected') gateway.debug(fields, msg);
+    else gateway.info(fields, msg);
+  };
+}
+
 /**
  * The node gateway (infra/images/gateway) as a child of this process, in front of its API and Temporal: the
  * dev stack's and the tests' way to run one. Its server certificate is made here with the node CA, for the
  * address it listens on; the secret and the task-token keys are the installation's (made at first start).
  */
-export async function startGatewayProcess(opts: { config: Config; ca: CertificateAuthority; apiUrl: string; listen: string }): Promise<Gateway> {
+export async function startGatewayProcess(opts: {
+  config: Config;
+  ca: CertificateAuthority;
+  apiUrl: string;
+  listen: string;
+  /** Where its lines go: every refusal is one (the audit trail), with the node and the method. */
+  log?: Logger | undefined;
+}): Promise<Gateway> {
   const { config } = opts;
   const dir = path.join(config.dataDir, 'pki', 'gateway');
   await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -43,6 +61,7 @@ export async function startGatewayProcess(opts: { config: Config; ca: Certificat
     apiUrl: opts.apiUrl,
     apiSecretFile: config.nodes.gatewaySecretFile,
     tokenKeysFile: config.nodes.gatewayTokenKeysFile,
+    ...(opts.log ? { onLog: gatewayLog(opts.log) } : {}),
   });
   return { address: gateway.address, stop: () => gateway.stop() };
 }

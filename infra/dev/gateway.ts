@@ -134,6 +134,8 @@ export interface GatewayOptions {
   tokenKeysFile: string;
   /** More variables, e.g. GATEWAY_NODE_RPS. */
   env?: Record<string, string>;
+  /** Hears each JSON line as it is printed (refusals are the audit trail). */
+  onLog?: (line: GatewayLogLine) => void;
   startTimeoutMs?: number;
 }
 
@@ -167,6 +169,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       try {
         const line = JSON.parse(part) as GatewayLogLine;
         lines.push(line);
+        opts.onLog?.(line);
         if (line.msg === 'listening' && typeof line.address === 'string') onListening?.(line.address);
       } catch {
         lines.push({ msg: 'unparsed', text: part });
