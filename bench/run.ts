@@ -6,6 +6,8 @@
  *   archive-ratio        our archive + restore of a 200 MB /state (the runner's tar + gzip, encrypted chunks in Postgres)
  *                        over `tar c | gzip` + `gunzip | tar x` of the same folder at the same level
  *   archive-peak-rss-mb  this process's peak resident memory while doing it (and at 50 MB, to show it is flat)
+ *   remote-run-overhead-ratio  the same no-op `deploy` on a remote node (a node process of its own, enrolled
+ *                        through the gateway, every call through it) over the same bare `docker run --rm`
  *   k8s-run-overhead-ratio  median no-op `deploy` on the `cluster` target (a Job with the pod-runner, state
  *                        restored and archived through the agent API) over the median bare Job of the same
  *                        image and command (create → pod Succeeded), on the test cluster
@@ -67,33 +69,15 @@ async function main(): Promise<void> {
     say(`no-op deploy runs through the API × ${RUNS} (+2 warm-up)`);
     const template = await registerExampleTemplate(sys.call);
     const dep = await createDeployment(sys.call, template, { message: 'bench' }, { kind: 'node', node: sys.nodeId });
-    const total: number[] = [];
-    const toStart: number[] = [];
-    const execute: number[] = [];
-    for (let i = 0; i < RUNS + 2; i++) {
-      const t0 = performance.now();
-      const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${dep}/runs`, { action: 'deploy' });
-      if (started.status !== 202) throw new Error(`run refused: ${JSON.stringify(started.body)}`);
-      let run: { status: string; stateVersion: number | null; createdAt: string; startedAt: string; finishedAt: string };
-      for (;;) {
-        run = (await sys.call<typeof run>('GET', `/v1/runs/${started.body.id}`)).body;
-        if (run.status === 'succeeded' && run.stateVersion !== null) break;
-        if (['failed', 'cancelled'].includes(run.status)) throw new Error(`bench run ended ${run.status}`);
-        await sleep(5);
-      }
-      if (i < 2) continue;
-      total.push(performance.now() - t0);
-      toStart.push(Date.parse(run.startedAt) - Date.parse(run.createdAt));
-      execute.push(Date.parse(run.finishedAt) - Date.parse(run.startedAt));
-      // The container is removed after the run is recorded; let that finish so runs don't overlap.
-      await sleep(50);
-    }
-    say(`  per phase (medians): accepted → started ${median(toStart).toFixed(0)} ms, started → recorded (restore, container, archive) ${median(execute).toFixed(0)} ms`);
+    const local = await timeRuns(sys, dep);
+    say(`  per phase (medians): accepted → started ${median(local.toStart).toFixed(0)} ms, started → recorded (restore, container, archive) ${median(local.execute).toFixed(0)} ms`);
     result('docker-run-median-ms', median(bare));
-    result('run-median-ms', median(total));
-    result('run-phase-accept-to-start-median-ms', median(toStart));
-    result('run-phase-start-to-finish-median-ms', median(execute));
-    result('run-overhead-ratio', median(total) / median(bare));
+    result('run-median-ms', median(local.total));
+    result('run-phase-accept-to-start-median-ms', median(local.toStart));
+    result('run-phase-start-to-finish-median-ms', median(local.execute));
+    result('run-overhead-ratio', median(local.total) / median(bare));
+
+    await benchRemoteNode(sys, template, median(bare), createDeployment);
 
     // The runner packs and unpacks /state in every run; here it is run on its own (`pack`, `unpack`).
     const runner = await installRunner(services.docker, services.env.GG_TEST_NODE_RUNNER_IMAGE!, path.join(services.scratch, 'bin'), new RegistryCredentials(), () => undefined);
@@ -153,6 +137,68 @@ async function main(): Promise<void> {
   }
   console.log('');
   for (const [name, value] of results) console.log(`${name}: ${value}`);
+}
+
+/** `RUNS` no-op deploys of a deployment (after 2 warm-ups), each timed from the POST to the run `succeeded` with its state archived. */
+async function timeRuns(sys: TestSystem, dep: string): Promise<{ total: number[]; toStart: number[]; execute: number[] }> {
+  const total: number[] = [];
+  const toStart: number[] = [];
+  const execute: number[] = [];
+  for (let i = 0; i < RUNS + 2; i++) {
+    const t0 = performance.now();
+    const started = await sys.call<{ id: string }>('POST', `/v1/deployments/${dep}/runs`, { action: 'deploy' });
+    if (started.status !== 202) throw new Error(`run refused: ${JSON.stringify(started.body)}`);
+    let run: { status: string; stateVersion: number | null; createdAt: string; startedAt: string; finishedAt: string };
+    for (;;) {
+      run = (await sys.call<typeof run>('GET', `/v1/runs/${started.body.id}`)).body;
+      if (run.status === 'succeeded' && run.stateVersion !== null) break;
+      if (['failed', 'cancelled'].includes(run.status)) throw new Error(`bench run ended ${run.status}`);
+      await sleep(5);
+    }
+    if (i < 2) continue;
+    total.push(performance.now() - t0);
+    toStart.push(Date.parse(run.startedAt) - Date.parse(run.createdAt));
+    execute.push(Date.parse(run.finishedAt) - Date.parse(run.startedAt));
+    // The container is removed after the run is recorded; let that finish so runs don't overlap.
+    await sleep(50);
+  }
+  return { total, toStart, execute };
+}
+
+/**
+ * The same no-op deploy on a remote node: a node process of its own (`npm run node-worker`), enrolled
+ * through the test system's gateway with a token from `POST /v1/nodes`, reaching Temporal and the API only
+ * through that gateway (mTLS, its checks on every call), on the same Docker engine as the bare baseline.
+ */
+async function benchRemoteNode(sys: TestSystem, template: string, bareMedian: number, createDeployment: typeof Fixtures.createDeployment): Promise<void> {
+  const { createAndEnrolNode, nodeWorker, remoteNodeEnv } = await import('../test/support/remote-node.js');
+  const { SECRETS_ROOT } = await import('../test/support/system.js');
+  const suffix = randomBytes(3).toString('hex');
+  const dir = path.join(process.env.GG_TEST_SCRATCH!, `bench-remote-${suffix}`);
+  const secretsDir = `${SECRETS_ROOT}/bench-remote-${suffix}`;
+  const environment = remoteNodeEnv(secretsDir, { GLIDERGUN_LOG_LEVEL: 'warn' });
+  say(`a remote node (its own process, through the gateway at ${sys.gatewayAddress}): no-op deploy runs × ${RUNS} (+2 warm-up)`);
+  const nodeId = await createAndEnrolNode(sys, { name: `bench-${suffix}`, gateway: sys.gatewayAddress, dir, environment });
+  const node = nodeWorker(['--dir', path.join(dir, 'id')], environment);
+  try {
+    // Polling once its first heartbeat is in (it reports its version then).
+    for (let waited = 0; ; waited += 100) {
+      const seen = (await sys.call<{ version: string | null }>('GET', `/v1/nodes/${nodeId}`)).body;
+      if (seen.version) break;
+      if (node.child.exitCode !== null || waited > 60_000) throw new Error(`the remote node did not come up:\n${node.lines.join('\n')}`);
+      await sleep(100);
+    }
+    const dep = await createDeployment(sys.call, template, { message: 'bench' }, { kind: 'node', node: nodeId });
+    const remote = await timeRuns(sys, dep);
+    say(`  per phase (medians): accepted → started ${median(remote.toStart).toFixed(0)} ms, started → recorded ${median(remote.execute).toFixed(0)} ms`);
+    result('remote-run-median-ms', median(remote.total));
+    result('remote-run-phase-start-to-finish-median-ms', median(remote.execute));
+    result('remote-run-overhead-ratio', median(remote.total) / bareMedian);
+  } finally {
+    await node.stop();
+    await rm(dir, { recursive: true, force: true });
+    await rm(secretsDir, { recursive: true, force: true });
+  }
 }
 
 /** The cluster target against a bare Job of the same image and command, on the test cluster. */

@@ -6,7 +6,6 @@
  * gateway restarts while it is idle.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -19,25 +18,8 @@ import { NODE_VERSION } from '../../workers/node.js';
 import { readNodeIdentity, writeNodeIdentity } from '../../workers/node-identity.js';
 import { certificateNotAfter, createKeyAndCsr, signNodeCertificate } from '../../core/pki.js';
 import { EXAMPLE_PARAMETERS, createDeployment, uniqueName, waitForRun, type RunBody } from '../support/fixtures.js';
+import { nodeWorker, remoteNodeEnv } from '../support/remote-node.js';
 import { SECRETS_ROOT, env, eventually, images, startTestSystem, type TestSystem } from '../support/system.js';
-
-const NODE_MAIN = path.join(import.meta.dirname, '..', '..', 'workers', 'node-main.ts');
-
-/** `npm run node-worker -- …`, as its own process (node with tsx, so the pid is the node's own). */
-function nodeWorker(args: string[], environment: NodeJS.ProcessEnv): { child: ChildProcess; lines: string[]; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', NODE_MAIN, ...args], { env: environment, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: string[] = [];
-  for (const stream of [child.stdout, child.stderr]) {
-    let rest = '';
-    stream?.setEncoding('utf8').on('data', (chunk: string) => {
-      const parts = (rest + chunk).split('\n');
-      rest = parts.pop() ?? '';
-      lines.push(...parts);
-    });
-  }
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, lines, exited };
-}
 
 /** The TCP sockets in LISTEN state that a process (and its children) holds: its fds' socket inodes found in /proc/net/tcp{,6}. */
 async function listeningPortsOf(pid: number): Promise<{ sockets: number; listening: string[] }> {
@@ -88,16 +70,9 @@ describe('a remote node: its own process, reaching nothing but the gateway', () 
     gateway = undefined;
   };
   /** Only what a node has: no DATABASE_URL, no TEMPORAL_ADDRESS, no API address. */
-  const nodeEnv = (): NodeJS.ProcessEnv => ({
-    PATH: process.env.PATH,
-    HOME: process.env.HOME,
-    ...(process.env.DOCKER_HOST ? { DOCKER_HOST: process.env.DOCKER_HOST } : {}),
-    GLIDERGUN_NODE_RUNNER_IMAGE: env('GG_TEST_NODE_RUNNER_IMAGE'),
-    GLIDERGUN_SECRETS_DIR: secretsDir,
-    GLIDERGUN_NODE_SHUTDOWN_GRACE_SECONDS: '2',
+  const nodeEnv = (): NodeJS.ProcessEnv =>
     // Heartbeats every second: the restart of the gateway falls between two of them.
-    GLIDERGUN_NODE_HEARTBEAT_SECONDS: '1',
-  });
+    remoteNodeEnv(secretsDir, { GLIDERGUN_NODE_HEARTBEAT_SECONDS: '1' });
   const deploy = async (action = 'deploy'): Promise<RunBody> => {
     const run = await sys.call<{ id: string }>('POST', `/v1/deployments/${deploymentId}/runs`, { action });
     assert.ok(run.status === 201 || run.status === 202, JSON.stringify(run.body));
