@@ -104,17 +104,8 @@ export async function createKeyAndCsr(commonName = 'glider-gun node'): Promise<{
   return { keyPem: await exportKeyPem(keys.privateKey), csrPem: csr.toString('pem') };
 }
 
-/**
- * Signs a node's client certificate for `nodeId`. Only the CSR's public key is taken (its signature proves
- * the node holds the key); its subject and any names it asks for are ignored.
- */
-export async function signNodeCertificate(
-  ca: CertificateAuthority,
-  csrPem: string,
-  nodeId: string,
-  opts: { days?: number; notBefore?: Date } = {},
-): Promise<string> {
-  if (!NODE_ID_PATTERN.test(nodeId)) throw new CertificateRequestError(`'${nodeId}' is not a node id`);
+/** A CSR whose signature matches its key, an ECDSA P-256 one; else CertificateRequestError. */
+export async function checkedCsr(csrPem: string): Promise<x509.Pkcs10CertificateRequest> {
   let csr: x509.Pkcs10CertificateRequest;
   try {
     csr = new x509.Pkcs10CertificateRequest(csrPem);
@@ -126,6 +117,21 @@ export async function signNodeCertificate(
   if (algorithm.name !== 'ECDSA' || algorithm.namedCurve !== 'P-256') {
     throw new CertificateRequestError('the CSR\'s key must be ECDSA P-256');
   }
+  return csr;
+}
+
+/**
+ * Signs a node's client certificate for `nodeId`. Only the CSR's public key is taken (its signature proves
+ * the node holds the key); its subject and any names it asks for are ignored.
+ */
+export async function signNodeCertificate(
+  ca: CertificateAuthority,
+  csrPem: string,
+  nodeId: string,
+  opts: { days?: number; notBefore?: Date } = {},
+): Promise<string> {
+  if (!NODE_ID_PATTERN.test(nodeId)) throw new CertificateRequestError(`'${nodeId}' is not a node id`);
+  const csr = await checkedCsr(csrPem);
   return issue(ca, { name: `CN=node ${nodeId}`, publicKey: csr.publicKey }, {
     days: opts.days ?? 30,
     sans: [{ type: 'url', value: nodeIdentityUri(nodeId) }],

@@ -14,7 +14,7 @@ import { getAgentResult, getAgentStateFailure, grantRunAgentDigest, runAgentStar
 import { activeRunIds, getRun } from '../../core/db/runs.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
 import { ID_PATTERN } from '../../core/ids.js';
-import { CertificateRequestError, certificateNotAfter, signNodeCertificate, type CertificateAuthority } from '../../core/pki.js';
+import { CertificateRequestError, certificateNotAfter, checkedCsr, signNodeCertificate, type CertificateAuthority } from '../../core/pki.js';
 import { runGrant } from '../../core/run-grant.js';
 import { gatewayWord } from './gateway-auth.js';
 
@@ -120,7 +120,9 @@ export function nodeRouter(deps: NodeApiDeps): Router {
     const body = parse(EnrolBody, req.body);
     checkSealingKey(body.sealingPublicKey);
     // The CSR is checked before the token is spent: a bad request leaves the token usable.
-    await sign(body.csr, 'enrolment-check');
+    await checkedCsr(body.csr).catch((err: unknown) => {
+      throw err instanceof CertificateRequestError ? new AppError(ErrorCode.CertificateRequestInvalid, err.message) : err;
+    });
     const notAfter = new Date(Date.now() + deps.certificateDays * 86_400_000);
     const node = await enrolNode(db, body.token, body.sealingPublicKey, notAfter);
     const signed = await sign(body.csr, node.id);
