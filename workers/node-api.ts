@@ -132,8 +132,9 @@ export class NodeApi {
     return this.call('POST', '/v1/node/certificate', { csr }, Certified, false);
   }
 
+  /** Not retried here: the next heartbeat is the retry, and a failure must be told while it lasts. */
   async heartbeat(body: { version: string; capacity: number; activeRuns: readonly string[] }): Promise<void> {
-    await this.call('POST', '/v1/node/heartbeat', body, Empty, true);
+    await this.call('POST', '/v1/node/heartbeat', body, Empty, false);
   }
 
   /** The run's grant `{spec, secrets?}`, as JSON: its reader (activities/node.ts) checks every field. */

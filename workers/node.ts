@@ -157,10 +157,17 @@ export async function startNodeWorker(opts: { identityDir: string; config: NodeS
 
   // Set once the control plane says this node was revoked: nothing it sends is taken any more, so it stops.
   let revoked: Error | undefined;
+  // Since when heartbeats fail: the node says when it reaches the control plane again.
+  let awaySince: number | undefined;
   const heartbeat = async () => {
     try {
       await api.heartbeat({ version: NODE_VERSION, capacity: config.capacity, activeRuns: [...executing.keys()] });
+      if (awaySince !== undefined) {
+        log.info(`reached the control plane through the gateway at ${identity.gateway} again, after ${Math.round((Date.now() - awaySince) / 1000)} s away`);
+        awaySince = undefined;
+      }
     } catch (err) {
+      awaySince ??= Date.now();
       if (err instanceof NodeApiError && err.code === 'NODE_REVOKED') {
         revoked = new Error(`node '${nodeId}' was revoked: the gateway refuses all it sends. Ask an admin for a new node and enrol this machine again (npm run node-worker -- enrol …)`);
         log.error(revoked.message);

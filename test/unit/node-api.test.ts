@@ -124,8 +124,11 @@ describe('the node API client', () => {
       assert.equal(requests.length, 1, 'a certificate request is not repeated by the client (the renewal loop tries again later)');
       requests = [];
       handler = (_req, res) => json(res, 502, { code: 'API_UNREACHABLE', message: 'still down' });
-      await assert.rejects(c.heartbeat({ version: 'x', capacity: 1, activeRuns: [] }), /502 API_UNREACHABLE: still down/);
+      await assert.rejects(c.activeRuns([]), /502 API_UNREACHABLE: still down/);
       assert.equal(requests.length, FAST.attempts, 'gives up after its attempts, with the last error');
+      requests = [];
+      await assert.rejects(c.heartbeat({ version: 'x', capacity: 1, activeRuns: [] }), /502 API_UNREACHABLE: still down/);
+      assert.equal(requests.length, 1, 'a heartbeat is not repeated by the client: the next heartbeat is the retry, and a failure is told at once');
     } finally {
       c.close();
     }
