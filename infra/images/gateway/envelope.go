@@ -15,7 +15,7 @@ import (
 )
 
 // A Temporal task token is a plain, unsigned proto: whoever knows a workflow id and an activity id can make one
-// that completes that activity (see /work/shared/notes/remote-node-gateway.md). So a node only ever sees tokens
+// that completes that activity (docs/remote-nodes.md; gateway.test.ts shows the forgery). So a node only ever sees tokens
 // wrapped in an envelope the gateway signed for it, and only an envelope signed for the calling node is
 // unwrapped on the way back. The envelope is stateless, so it survives restarts and works across replicas:
 //
