@@ -84,8 +84,8 @@ describe(`the dev stack${devKubernetes ? ' with its dev Kubernetes' : ''} after 
     dataDir = await mkdtemp(path.join(os.tmpdir(), 'gg-dev-stack-'));
     // The embedded Postgres runs as its own user when we are root: it must reach its folder.
     await chmod(dataDir, 0o755);
-    const [api, temporal, ui, postgres] = [await keepablePort(), await keepablePort(), await keepablePort(), await keepablePort()];
-    ports = { api, temporal, 'Temporal UI': ui, postgres };
+    const [api, temporal, ui, postgres, gateway] = [await keepablePort(), await keepablePort(), await keepablePort(), await keepablePort(), await keepablePort()];
+    ports = { api, temporal, 'Temporal UI': ui, postgres, gateway };
     apiUrl = `http://127.0.0.1:${api}`;
     stackEnv = {
       GLIDERGUN_DATA_DIR: dataDir,
@@ -93,7 +93,9 @@ describe(`the dev stack${devKubernetes ? ' with its dev Kubernetes' : ''} after 
       GLIDERGUN_TEMPORAL_PORT: String(temporal),
       TEMPORAL_UI_PORT: String(ui),
       GLIDERGUN_EMBEDDED_PG_PORT: String(postgres),
-      GLIDERGUN_SECRETS_DIR: path.join(SECRETS_ROOT, `dev-stack-${path.basename(dataDir)}`),
+      GLIDERGUN_GATEWAY_PORT: String(gateway),
+      // Short: the runner's socket lives under it (a unix socket path is at most 107 bytes).
+      GLIDERGUN_SECRETS_DIR: path.join(SECRETS_ROOT, `ds-${path.basename(dataDir).slice(-6)}`),
       TEMPORAL_CLI_PATH: env('GG_TEST_TEMPORAL_CLI'),
       GLIDERGUN_LOG_LEVEL: 'warn',
       ...(devKubernetes ? { GLIDERGUN_DEV_KUBERNETES: 'true' } : {}),

@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import { Readable } from 'node:stream';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
@@ -416,7 +417,9 @@ describe('stream failures', () => {
       const credential = `ggr_${randomBytes(16).toString('hex')}`;
       await grantRunAgent(sys.db, { runId, deploymentId, restoreVersion: undefined, credential });
       const stateUrl = `${sys.api.url}/v1/agent/runs/${runId}/state`;
-      const headers = { authorization: `Bearer ${credential}`, 'content-type': 'application/gzip' };
+      // As the node gateway passes a node's runner call on: its secret, and the node its certificate names.
+      const gatewaySecret = (await readFile(sys.config.nodes.gatewaySecretFile, 'utf8')).trim();
+      const headers = { authorization: `Bearer ${credential}`, 'content-type': 'application/gzip', 'x-glider-gateway': gatewaySecret, 'x-glider-node': idleNode };
       try {
         const archive = gzipSync(randomBytes(12 * 1024 * 1024), { level: 0 });
         await withLoggedApi(async (url, logged) => {
