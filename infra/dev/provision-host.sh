@@ -3,7 +3,7 @@
 # installs Debian's docker.io (dockerd, containerd, runc, tini) and busybox-static (for the locally made
 # base images), starts dockerd if it is not answering, and starts the machine's Postgres if it is
 # installed but down. For the Kubernetes test cluster (infra/dev/kubernetes.ts) it installs the CNI
-# plugins, the image registry, openssl and iptables, and gcc for the pause image.
+# plugins, the image registry, openssl, iptables and iproute2, and gcc for the pause image.
 # Idempotent: on a ready machine it only checks. Progress goes to stderr.
 set -euo pipefail
 
@@ -33,8 +33,9 @@ packages=()
 command -v dockerd >/dev/null || packages+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
 # The Kubernetes test cluster: pod networking (bridge, host-local, loopback, portmap, firewall in /usr/lib/cni),
-# the registry its node pulls from, its certificates, the firewall plugin's iptables, and a static pause binary.
-for pkg in containernetworking-plugins docker-registry openssl iptables gcc libc6-dev; do
+# the registry its node pulls from, its certificates, the firewall plugin's iptables, and a static pause binary;
+# iproute2 for the remote-node fault tests (a node in a network namespace of its own, test/support/netns.ts).
+for pkg in containernetworking-plugins docker-registry openssl iptables iproute2 gcc libc6-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || packages+=("$pkg")
 done
 if ((${#packages[@]})); then
