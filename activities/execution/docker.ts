@@ -249,7 +249,8 @@ export class DockerExecutor implements ExecutionAdapter {
   private async settleEnded(runId: string, log: (message: string) => void): Promise<void> {
     const container = await this.find(containerName(runId));
     const info = await container?.inspect().catch(() => undefined);
-    if (!container || !info?.State.Running) return;
+    // Only a run's own container has a runner to archive /state (anything else carrying the labels is removed).
+    if (!container || !info?.State.Running || info.Config.Entrypoint?.[0] !== RUNNER_PATH) return;
     const grace = Number(/^GG_STOP_GRACE_SECONDS=(\d+)$/m.exec((info.Config.Env ?? []).join('\n'))?.[1] ?? 10);
     log(`run ${runId} ended while this node was away, but its container still runs: stopping it so its runner archives /state (kept as a quarantined state version)`);
     await mkdir(this.runnerDir(runId), { recursive: true });
