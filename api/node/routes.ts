@@ -8,10 +8,10 @@ import express, { Router, type NextFunction, type Request, type Response } from 
 import { z } from 'zod';
 import type { Config } from '../../core/config.js';
 import type { SecretBox } from '../../core/crypto.js';
-import { enrolNode, getNode, nodeStatusForGateway, recordCertificate, recordHeartbeat, runOfNode } from '../../core/db/nodes.js';
+import { activeRunsOfNode, enrolNode, getNode, nodeStatusForGateway, recordCertificate, recordHeartbeat, runOfNode } from '../../core/db/nodes.js';
 import type { Db } from '../../core/db/pool.js';
 import { getAgentResult, getAgentStateFailure, grantRunAgentDigest, runAgentStarted } from '../../core/db/run-agents.js';
-import { activeRunIds, getRun } from '../../core/db/runs.js';
+import { getRun } from '../../core/db/runs.js';
 import { AppError, ErrorCode } from '../../core/errors.js';
 import { ID_PATTERN } from '../../core/ids.js';
 import { CertificateRequestError, certificateNotAfter, checkedCsr, signNodeCertificate, type CertificateAuthority } from '../../core/pki.js';
@@ -148,11 +148,7 @@ export function nodeRouter(deps: NodeApiDeps): Router {
 
   router.post('/v1/node/active-runs', fromGateway(true), json, handle(async (req) => {
     const { runIds } = parse(ActiveRunsBody, req.body);
-    const nodeId = nodeOf(req);
-    const active = await activeRunIds(db, runIds);
-    const own = [];
-    for (const runId of active) if (await runOfNode(db, runId, nodeId)) own.push(runId);
-    return { active: own.sort() };
+    return { active: await activeRunsOfNode(db, nodeOf(req), runIds) };
   }));
 
   /** The run's grant: what to execute, from the database, and its secrets sealed to the node's pinned key. */

@@ -1,4 +1,4 @@
-import { createNode, getNode, listNodes, reissueEnrolment, revokeNode, type Node } from '../../core/db/nodes.js';
+import { activeRunsOfNode, createNode, getNode, listNodes, reissueEnrolment, revokeNode, type Node } from '../../core/db/nodes.js';
 import { ErrorCode, notFound } from '../../core/errors.js';
 import { signalNodeRevoked } from '../dispatch.js';
 import type { ApiDeps } from '../deps.js';
@@ -24,7 +24,6 @@ const view = (node: Node, activeRuns: string[]) => {
 export function nodeRoutes(deps: Pick<ApiDeps, 'db' | 'temporal' | 'nodes'>): AnyRoute[] {
   const { db, nodes } = deps;
   const enrolment = (e: { token: string; expiresAt: string }) => ({ token: e.token, expiresAt: e.expiresAt, gateway: nodes.gatewayAddress, caCertificate: nodes.ca.certPem });
-  const activeRunsOf = async (id: string) => (await listNodes(db)).find((n) => n.id === id)?.activeRuns ?? [];
   return [
     defineRoute({
       method: 'post',
@@ -70,7 +69,7 @@ export function nodeRoutes(deps: Pick<ApiDeps, 'db' | 'temporal' | 'nodes'>): An
       async handler({ params }) {
         const node = await getNode(db, params.id);
         if (!node) throw notFound(ErrorCode.NodeNotFound, 'node', params.id);
-        return { status: 200, body: view(node, await activeRunsOf(node.id)) };
+        return { status: 200, body: view(node, await activeRunsOfNode(db, node.id)) };
       },
     }),
     defineRoute({

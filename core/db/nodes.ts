@@ -200,6 +200,17 @@ export async function revokeNode(db: Queryable, nodeId: string, by: string): Pro
   return { node: toNode(rows[0]), activeRuns: runs.rows.map((r) => ({ runId: r.id, deploymentId: r.deployment_id })) };
 }
 
+/** A node's active runs (of those given, when given), in one query. */
+export async function activeRunsOfNode(db: Queryable, nodeId: string, among?: readonly string[]): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `SELECT r.id FROM runs r JOIN deployments d ON d.id = r.deployment_id
+      WHERE d.target_kind = 'node' AND d.target_node = $1 AND r.status = ANY($2) AND ($3::text[] IS NULL OR r.id = ANY($3))
+      ORDER BY r.id`,
+    [nodeId, ACTIVE_RUN_STATUSES, among ?? null],
+  );
+  return rows.map((r) => r.id);
+}
+
 /** Whether a run belongs to a node (its deployment targets that node) and is still active. */
 export async function runOfNode(db: Queryable, runId: string, nodeId: string): Promise<boolean> {
   const { rows } = await db.query(
